@@ -1,0 +1,209 @@
+"""Running the model under nnsight: one forward pass, or a generation, with interventions and recording.
+
+``_touch_layers`` is the single place where a step (a trace, a generation prefill, or
+one KV-cached decode step) reads and edits modules. It visits layers in execution
+order and, inside a layer, o_proj input → attention output → layer output, which is
+the order nnsight 0.8 requires.
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import nnsight
+import torch
+
+from .batch import Batch, make_batch
+from .errors import IntrospectError
+from .inject import Injection
+from .interventions import HeadAblation, InterventionPlan, ResidualPatch
+from .prompts import RenderedPrompt
+from .record import RecordSpec, Recording, cosine_to
+
+
+@contextmanager
+def _quiet_nnsight():
+    """A bounded ``tracer.iter`` cut short by EOS warns that later steps were never reached; that is expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        yield
+
+
+def _as_batch(model: Any, prompts: Batch | Sequence[RenderedPrompt | str]) -> Batch:
+    return prompts if isinstance(prompts, Batch) else make_batch(model.tokenizer, prompts)
+
+
+def _unwrap(out: Any) -> tuple[torch.Tensor, bool]:
+    """Decoder layers return a tensor in transformers 5 and a tuple in older versions."""
+    return (out[0], True) if isinstance(out, tuple) else (out, False)
+
+
+def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, batch: Batch, step: int,
+                  rec_layers: list[int], store: dict) -> None:
+    """Read/edit every module this step needs, in execution order. Runs inside a trace."""
+    arch, nn = model.arch, model.nn
+    want_res = spec is not None and (spec.residual or spec.cosine_with is not None)
+    want_attn = spec is not None and spec.attention
+    want_heads = spec is not None and spec.head_outputs
+    rec_set = set(rec_layers)
+    layers = sorted(set(plan.edit_layers) | set(plan.ablation_layers) | (rec_set if spec else set()))
+    for L in layers:
+        if (want_heads and L in rec_set) or L in plan.ablations:
+            op = arch.o_proj(nn, L)
+            x = op.input
+            if L in plan.ablations:
+                x = plan.apply_heads(L, x)
+                op.input = x
+            if want_heads and L in rec_set:
+                b, s, _ = x.shape
+                store["heads"].setdefault(L, []).append(x.detach().reshape(b, s, arch.n_heads, arch.head_dim).cpu())
+        if want_attn and L in rec_set:
+            w = arch.attn(nn, L).output[1]
+            if w is None:
+                raise IntrospectError("attention weights are None: load the model with attention=True (eager attention)")
+            store["attn"].setdefault(L, []).append(w.detach().cpu())
+        if L in plan.slots or L in plan.patches or (want_res and L in rec_set):
+            lay = arch.layer(nn, L)
+            h, is_tuple = _unwrap(lay.output)
+            s = h.shape[1]
+            positions = batch.positions(s, batch.width + step if step else s)
+            if step == 0 and L in plan.slots:
+                norms = h.detach().float().norm(dim=-1).cpu()
+                m = plan.dose_norm_mask(positions)
+                store["ref_norms"][L] = (norms * m).sum(1) / m.sum(1).clamp_min(1)
+            if L in plan.slots or L in plan.patches:
+                h = plan.apply_residual(L, h, positions, prefill=(step == 0))
+                lay.output = (h,) + tuple(lay.output[1:]) if is_tuple else h
+            if want_res and L in rec_set:
+                if spec.residual:
+                    store["res"].setdefault(L, []).append(h.detach().cpu())
+                if spec.cosine_with is not None:
+                    vecs = spec.cosine_with
+                    vecs = vecs[:, L, :] if vecs.ndim == 3 else vecs
+                    store["cos"].setdefault(L, []).append(cosine_to(h.detach().float(), vecs.float().to(h.device)).cpu())
+
+
+def _new_store() -> dict:
+    return {"res": {}, "attn": {}, "heads": {}, "cos": {}, "ref_norms": {}}
+
+
+def _plan(model: Any, batch: Batch, injections, ablations, patches) -> InterventionPlan:
+    return InterventionPlan(model.arch, batch.size, injections, ablations, patches, dtype=model.dtype,
+                            device=model.device)
+
+
+def forward(
+    model: Any,
+    prompts: Batch | Sequence[RenderedPrompt | str],
+    injections: Sequence[Injection | Sequence[Injection] | None] | None = None,
+    *,
+    record: RecordSpec | None = None,
+    ablations: Sequence[HeadAblation] = (),
+    patches: Sequence[ResidualPatch] = (),
+) -> Recording:
+    """One batched forward pass with per-row injections, ablations, patches and recording."""
+    batch = _as_batch(model, prompts)
+    plan = _plan(model, batch, injections, ablations, patches)
+    spec = record if record is not None else RecordSpec(layers=[], residual=False, logits=True)
+    rec_layers = model.arch.resolve_layers(spec.layers) if spec.layers != [] else []
+    with torch.no_grad(), _quiet_nnsight():
+        with model.nn.trace(batch.inputs(model.device), **model.trace_kwargs):
+            store = _new_store()
+            _touch_layers(model, plan, spec, batch, 0, rec_layers, store)
+            if spec.logits:
+                store["logits"] = model.nn.output.logits.detach().cpu().save()
+            store = nnsight.save(store)
+    return _to_recording(batch, plan, rec_layers, store, steps=False)
+
+
+def _to_recording(batch: Batch, plan: InterventionPlan, rec_layers: list[int], store: dict, steps: bool) -> Recording:
+    def first(d: dict) -> dict:
+        return {k: v[0] for k, v in d.items()}
+
+    rec = Recording(batch=batch, layers=rec_layers)
+    rec.residual, rec.attention = first(store["res"]), first(store["attn"])
+    rec.head_outputs, rec.cosine = first(store["heads"]), first(store["cos"])
+    rec.logits = store.get("logits")
+    rec.ref_norms = dict(store["ref_norms"])
+    rec.doses = plan.doses(rec.ref_norms)
+    if steps:
+        rec.steps = store  # type: ignore[attr-defined]
+    return rec
+
+
+@dataclass
+class Generation:
+    """Generated continuations of a batch, with the injection doses and (optional) per-step recordings."""
+
+    batch: Batch
+    sequences: torch.Tensor  # [B, T + new] padded prompt + new tokens
+    new_tokens: list[list[int]]  # per row, up to and excluding the first EOS
+    texts: list[str]
+    doses: list[list[float | None]]
+    recording: dict = field(default_factory=dict)  # per layer: list over steps of [B, S, ...] tensors
+
+
+def _eos_ids(model: Any) -> set[int]:
+    ids: set[int] = set()
+    for src in (getattr(model.hf, "generation_config", None), model.config):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        if isinstance(e, int):
+            ids.add(e)
+        elif isinstance(e, (list, tuple)):
+            ids.update(int(x) for x in e)
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(int(model.tokenizer.eos_token_id))
+    return ids
+
+
+def generate(
+    model: Any,
+    prompts: Batch | Sequence[RenderedPrompt | str],
+    injections: Sequence[Injection | Sequence[Injection] | None] | None = None,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    record: RecordSpec | None = None,
+    ablations: Sequence[HeadAblation] = (),
+    **generate_kwargs: Any,
+) -> Generation:
+    """Batched generation; injections apply at the prefill *and* at every decoded token in their window.
+
+    ``temperature=0`` is greedy decoding; otherwise sampling, seeded with ``seed``.
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    batch = _as_batch(model, prompts)
+    plan = _plan(model, batch, injections, ablations, ())
+    rec_layers = model.arch.resolve_layers(record.layers) if record is not None else []
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=model.tokenizer.pad_token_id)
+    if temperature and temperature > 0:
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=1.0, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    kwargs.update(generate_kwargs)
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    with torch.no_grad(), _quiet_nnsight():
+        with model.nn.generate(**kwargs, **model.trace_kwargs) as tracer:
+            with tracer.invoke(batch.inputs(model.device)):
+                store = _new_store()
+                for step in tracer.iter[:max_new_tokens]:
+                    _touch_layers(model, plan, record, batch, step, rec_layers, store)
+                store = nnsight.save(store)
+            with tracer.invoke():
+                sequences = tracer.result.save()
+    sequences = sequences.detach().cpu()
+    eos = _eos_ids(model)
+    new_tokens, texts = [], []
+    for r in range(batch.size):
+        toks = sequences[r, batch.width:].tolist()
+        cut = next((i for i, t in enumerate(toks) if t in eos), len(toks))
+        new_tokens.append(toks[:cut])
+        texts.append(model.tokenizer.decode(toks[:cut], skip_special_tokens=True))
+    recording = {k: v for k, v in store.items() if k != "ref_norms" and v}
+    return Generation(batch, sequences, new_tokens, texts, plan.doses(store["ref_norms"]), recording)

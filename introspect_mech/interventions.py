@@ -1,0 +1,208 @@
+"""The one code path that edits activations, for traces and for every generation step.
+
+``InterventionPlan`` turns per-row specs (injections, head ablations, residual
+patches) into a few dense tensors once per batch; ``apply_*`` then edit a layer's
+activation given the *unpadded positions* of the tokens the layer sees at this step
+(all prompt tokens at the prefill, one token per KV-cached decode step). Masking by
+positions rather than slicing columns is what keeps left-padded rows correct.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+from .arch import Architecture
+from .errors import LayerError
+from .inject import NO_END, Injection, check_vector
+
+
+@dataclass(frozen=True, eq=False)
+class HeadAblation:
+    """Replace the output of ``heads`` at ``layer`` (the o_proj input slice) by zero or a mean.
+
+    ``mean`` is ``[n_heads, head_dim]`` (e.g. from ``record.mean_head_inputs``) for mode "mean".
+    ``rows=None`` applies to every row of the batch.
+    """
+
+    layer: int
+    heads: tuple[int, ...]
+    mode: Literal["zero", "mean"] = "zero"
+    mean: torch.Tensor | None = None
+    rows: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualPatch:
+    """Overwrite the residual (layer output) of ``row`` at unpadded ``position`` with ``vector``."""
+
+    layer: int
+    row: int
+    position: int
+    vector: torch.Tensor
+
+
+@dataclass
+class _Slot:
+    """Up to one injection per row at one layer, stored densely."""
+
+    mode: str
+    values: torch.Tensor  # add: [B, d] strength*vector ; scale: [B] factor
+    starts: torch.Tensor  # [B]
+    ends: torch.Tensor  # [B]
+    active: torch.Tensor  # [B] bool
+    rows: list[int] = field(default_factory=list)
+    entries: list[tuple[int, int]] = field(default_factory=list)  # (row, index of injection within the row)
+
+
+def _normalize_rows(injections: Sequence[Injection | Sequence[Injection] | None], batch_size: int) -> list[list[Injection]]:
+    if len(injections) != batch_size:
+        raise ValueError(f"got {len(injections)} injection entries for a batch of {batch_size} rows "
+                         "(pass one per row; None for a clean row)")
+    rows = []
+    for item in injections:
+        if item is None:
+            rows.append([])
+        elif isinstance(item, Injection):
+            rows.append([item])
+        else:
+            rows.append(list(item))
+    return rows
+
+
+class InterventionPlan:
+    """Dense per-layer tensors for a batch's injections, ablations and patches."""
+
+    def __init__(
+        self,
+        arch: Architecture,
+        batch_size: int,
+        injections: Sequence[Injection | Sequence[Injection] | None] | None = None,
+        ablations: Sequence[HeadAblation] = (),
+        patches: Sequence[ResidualPatch] = (),
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.arch, self.batch_size, self.dtype, self.device = arch, batch_size, dtype, torch.device(device)
+        self.rows = _normalize_rows(injections, batch_size) if injections is not None else [[] for _ in range(batch_size)]
+        self.slots: dict[int, list[_Slot]] = defaultdict(list)
+        self.resolved_layers: list[list[int]] = []
+        for r, injs in enumerate(self.rows):
+            lays = []
+            for j, inj in enumerate(injs):
+                layer = arch.resolve_layer(inj.layer)
+                lays.append(layer)
+                if inj.mode == "add":
+                    check_vector(inj.vector, arch.d_model, what=f"injection vector of row {r}")
+                self._place(layer, r, j, inj)
+            self.resolved_layers.append(lays)
+        self.ablations: dict[int, list[HeadAblation]] = defaultdict(list)
+        for ab in ablations:
+            layer = arch.resolve_layer(ab.layer)
+            for h in ab.heads:
+                if not 0 <= h < arch.n_heads:
+                    raise LayerError(f"head {h} out of range at layer {layer}: the model has {arch.n_heads} heads")
+            if ab.mode == "mean" and (ab.mean is None or tuple(ab.mean.shape) != (arch.n_heads, arch.head_dim)):
+                raise ValueError(f"mean ablation needs mean of shape ({arch.n_heads}, {arch.head_dim})")
+            self.ablations[layer].append(ab)
+        self.patches: dict[int, list[ResidualPatch]] = defaultdict(list)
+        for p in patches:
+            layer = arch.resolve_layer(p.layer)
+            check_vector(p.vector, arch.d_model, what="patch vector")
+            if not 0 <= p.row < batch_size:
+                raise ValueError(f"patch row {p.row} outside the batch of {batch_size}")
+            self.patches[layer].append(p)
+
+    def _place(self, layer: int, row: int, j: int, inj: Injection) -> None:
+        slot = next((s for s in self.slots[layer] if s.mode == inj.mode and row not in s.rows), None)
+        if slot is None:
+            b = self.batch_size
+            values = (torch.zeros(b, self.arch.d_model, dtype=self.dtype, device=self.device) if inj.mode == "add"
+                      else torch.ones(b, dtype=self.dtype, device=self.device))
+            slot = _Slot(inj.mode, values, torch.zeros(b, dtype=torch.long, device=self.device),
+                         torch.zeros(b, dtype=torch.long, device=self.device),
+                         torch.zeros(b, dtype=torch.bool, device=self.device))
+            self.slots[layer].append(slot)
+        if inj.mode == "add":
+            slot.values[row] = inj.strength * inj.vector.to(device=self.device, dtype=self.dtype)
+        else:
+            slot.values[row] = inj.strength
+        slot.starts[row] = inj.window.start
+        slot.ends[row] = NO_END if inj.window.end is None else inj.window.end
+        slot.active[row] = True
+        slot.rows.append(row)
+        slot.entries.append((row, j))
+
+    # ---- which layers does a step touch? -----------------------------------------
+    @property
+    def injection_layers(self) -> list[int]:
+        return sorted(self.slots)
+
+    @property
+    def edit_layers(self) -> list[int]:
+        return sorted(set(self.slots) | set(self.patches))
+
+    @property
+    def ablation_layers(self) -> list[int]:
+        return sorted(self.ablations)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.slots or self.ablations or self.patches)
+
+    # ---- application ---------------------------------------------------------------
+    def apply_residual(self, layer: int, h: torch.Tensor, positions: torch.Tensor, prefill: bool) -> torch.Tensor:
+        """Return the edited residual ``h`` ``[B, S, d]`` for tokens at unpadded ``positions`` ``[B, S]``."""
+        positions = positions.to(h.device)
+        for slot in self.slots.get(layer, ()):
+            m = (positions >= slot.starts[:, None]) & (positions < slot.ends[:, None]) & slot.active[:, None]
+            if slot.mode == "add":
+                h = h + m.unsqueeze(-1).to(h.dtype) * slot.values.to(h.dtype)[:, None, :]
+            else:
+                factor = torch.where(m, slot.values.to(h.dtype)[:, None], torch.ones((), dtype=h.dtype, device=h.device))
+                h = h * factor.unsqueeze(-1)
+        if prefill and layer in self.patches:
+            h = h.clone()
+            for p in self.patches[layer]:
+                cols = (positions[p.row] == p.position).nonzero().flatten()
+                if len(cols) != 1:
+                    raise ValueError(f"patch position {p.position} is not a token of row {p.row}")
+                h[p.row, cols[0]] = p.vector.to(h.dtype)
+        return h
+
+    def apply_heads(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Edit the o_proj input ``x`` ``[B, S, n_heads*head_dim]`` for head ablations at ``layer``."""
+        hd = self.arch.head_dim
+        x = x.clone()
+        for ab in self.ablations[layer]:
+            rows = slice(None) if ab.rows is None else list(ab.rows)
+            for h in ab.heads:
+                sl = slice(h * hd, (h + 1) * hd)
+                if ab.mode == "zero":
+                    x[rows, :, sl] = 0
+                else:
+                    x[rows, :, sl] = ab.mean[h].to(x.dtype)
+        return x
+
+    def dose_norm_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """Tokens over which the reference ‖h‖ is averaged: real prompt tokens except the first
+        (its residual norm is an outlier, the attention sink, on most models)."""
+        m = positions >= 1
+        only_first = m.sum(1) == 0
+        return m | (only_first[:, None] & (positions >= 0))
+
+    def doses(self, ref_norms: dict[int, torch.Tensor]) -> list[list[float | None]]:
+        """Effective dose of each injection: ``‖strength·v‖ / mean‖h‖`` (add) or ``|factor−1|`` (scale)."""
+        out: list[list[float | None]] = [[None] * len(r) for r in self.rows]
+        for layer, slots in self.slots.items():
+            norms = ref_norms.get(layer)
+            for slot in slots:
+                for row, j in slot.entries:
+                    if slot.mode == "scale":
+                        out[row][j] = abs(float(slot.values[row]) - 1.0)
+                    elif norms is not None:
+                        out[row][j] = float(slot.values[row].double().norm() / norms[row].double())
+        return out

