@@ -78,12 +78,13 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
                 h = plan.apply_residual(L, h, positions, prefill=(step == 0))
                 lay.output = (h,) + tuple(lay.output[1:]) if is_tuple else h
             if want_res and L in rec_set:
+                kept = h[:, -1:] if spec.last_token_only else h
                 if spec.residual:
-                    store["res"].setdefault(L, []).append(h.detach().cpu())
+                    store["res"].setdefault(L, []).append(kept.detach().cpu())
                 if spec.cosine_with is not None:
                     vecs = spec.cosine_with
                     vecs = vecs[:, L, :] if vecs.ndim == 3 else vecs
-                    store["cos"].setdefault(L, []).append(cosine_to(h.detach().float(), vecs.float().to(h.device)).cpu())
+                    store["cos"].setdefault(L, []).append(cosine_to(kept.detach().float(), vecs.float().to(h.device)).cpu())
 
 
 def _new_store() -> dict:
@@ -114,7 +115,8 @@ def forward(
             store = _new_store()
             _touch_layers(model, plan, spec, batch, 0, rec_layers, store)
             if spec.logits:
-                store["logits"] = model.nn.output.logits.detach().cpu().save()
+                logits = model.nn.output.logits
+                store["logits"] = (logits[:, -1:] if spec.last_token_only else logits).detach().cpu()
             store = nnsight.save(store)
     return _to_recording(batch, plan, rec_layers, store, steps=False)
 

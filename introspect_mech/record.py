@@ -31,6 +31,7 @@ class RecordSpec:
     head_outputs: bool = False
     cosine_with: torch.Tensor | None = None
     logits: bool = True
+    last_token_only: bool = False  # keep only the final position (concept-vector extraction): [B, 1, ...]
 
 
 @dataclass

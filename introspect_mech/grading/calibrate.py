@@ -15,6 +15,9 @@ Label mapping (the source's `correct_id` is NOT conditional on `affirmative`):
 - correct_id|affirmative: source (affirmative AND correct_id) vs our `correct_id`, which is the
   paper's affirmative_correct_id. A missing source correct_id counts as False when the source
   affirmative is False (the conjunction is then False regardless), and is skipped otherwise.
+- correct_id|affirmative,before_mention: source (affirmative AND before_mention AND correct_id)
+  vs our `correct_id` -- the closest reference to the paper's rule, which also requires the
+  detection claim to come no later than the word.
 
 Usage: python -m introspect_mech.grading.calibrate [--data PATH] [--split test|dev|all] [--out report.json]
 """
@@ -32,12 +35,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import MissingFileError
 from ..stats import Confusion
 from .base import Grader, Grades, GradeRequest
 
 DATA_ENV = "INTROSPECT_GRADING_DATA"
 DATA_RELATIVE = Path("shared/eval/grading/allied_llama31_claude-sonnet-4.jsonl")
-DEFAULT_LABELS = ("coherent", "affirmative", "correct_id", "correct_id|affirmative", "before_mention")
+DEFAULT_LABELS = ("coherent", "affirmative", "correct_id", "correct_id|affirmative",
+                  "correct_id|affirmative,before_mention", "before_mention")
 SPLITS = ("test", "dev", "all")
 
 
@@ -71,7 +76,7 @@ def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
     """Read the labelled JSONL (fields: id, prompt, response, concept, labels)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"calibration data not found at {p}. Pass --data PATH (or set ${DATA_ENV}); the "
             f"shared copy lives at <workspace>/{DATA_RELATIVE}, beside the repository."
         )
@@ -95,20 +100,21 @@ def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
 
 
 def _gold(label: str, labels: dict[str, bool]) -> bool | None:
-    if label == "correct_id|affirmative":
-        aff = labels.get("affirmative")
-        if aff is None:
-            return None
-        if aff is False:
+    if label.startswith("correct_id|"):
+        # A conjunction: False as soon as one known conjunct is False, unknown if one is missing.
+        conjuncts = [labels.get(c) for c in label.split("|", 1)[1].split(",")] + [labels.get("correct_id")]
+        if any(c is False for c in conjuncts):
             return False
-        return labels.get("correct_id")
+        if any(c is None for c in conjuncts):
+            return None
+        return True
     return labels.get(label)
 
 
 def _ours(label: str, g: Grades) -> bool | None:
     if label == "correct_id":
         return g.raw.get("identifies_word", g.thinking_about_word)
-    if label == "correct_id|affirmative":
+    if label.startswith("correct_id|"):
         return g.correct_id
     if label == "refusal":
         return g.raw.get("denial")

@@ -1,0 +1,269 @@
+"""Concept vectors: word × layer → direction in the residual stream.
+
+Mean-subtraction exactly as the paper: render ``Tell me about {word}`` (word
+lowercased) as a user turn with the generation prompt, read the residual at the last
+token (the end of the generation prompt; ``Assistant:`` in the raw format), and
+subtract the mean of the same reading over the baseline words. All words (concepts
+and baseline) and all layers come from one batched pass per chunk of prompts, so a
+layer sweep never re-extracts.
+
+Artefacts follow the SAELens convention: ``NAME.safetensors`` (tensors) beside
+``NAME.json`` (metadata: model fingerprint, method, prompt format, baseline hash, ...).
+Loading checks the metadata against the model, so a vector from another model cannot
+be injected by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import protocol
+from .errors import ArtifactError, ConceptError, MissingFileError, VectorError
+from .execution import forward
+from .prompts import RenderedPrompt, Turn, render
+from .record import RecordSpec
+
+FORMAT_VERSION = 1
+
+
+def check_word(word: Any) -> str:
+    """A concept word must be a non-empty string; returns it stripped."""
+    if not isinstance(word, str):
+        raise ConceptError(f"concept word must be a string, got {type(word).__name__} {word!r}")
+    w = word.strip()
+    if not w:
+        raise ConceptError("concept word is empty; pass a word such as 'dust' or one of the paper's 50 concept words")
+    return w
+
+
+def concept_prompt(tokenizer: Any, word: str, fmt: str = "auto") -> RenderedPrompt:
+    """The paper's extraction prompt for one word, lowercased, with the generation prompt."""
+    template = protocol.load_protocol()["concept_vector"]["prompt_turns"][0]["content"]
+    return render(tokenizer, [Turn("user", template.format(word=check_word(word).lower()))], fmt=fmt)
+
+
+def _hash_list(items: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ConceptVectors:
+    """Vectors ``[n_words, n_layers, d_model]`` with the metadata needed to trust them later."""
+
+    words: list[str]
+    layers: list[int]
+    vectors: torch.Tensor
+    meta: dict = field(default_factory=dict)
+    mean_norms: torch.Tensor | None = None  # [n_layers] mean ‖h‖ of the baseline prompts' tokens (dose reference)
+
+    def __post_init__(self) -> None:
+        if self.vectors.shape[:2] != (len(self.words), len(self.layers)):
+            raise VectorError(f"vectors of shape {tuple(self.vectors.shape)} do not match "
+                              f"{len(self.words)} words × {len(self.layers)} layers")
+        self._index = {w.lower(): i for i, w in enumerate(self.words)}
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vectors.shape[-1])
+
+    def _word_index(self, word: str) -> int:
+        w = check_word(word).lower()
+        if w not in self._index:
+            raise ConceptError(f"no vector for {word!r}; extracted words: {', '.join(self.words[:8])}"
+                               f"{'...' if len(self.words) > 8 else ''}")
+        return self._index[w]
+
+    def _layer_index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise VectorError(f"no vector at layer {layer}; extracted layers: {self.layers}")
+        return self.layers.index(layer)
+
+    def get(self, word: str, layer: int) -> torch.Tensor:
+        return self.vectors[self._word_index(word), self._layer_index(layer)]
+
+    def __contains__(self, word: str) -> bool:
+        return isinstance(word, str) and word.strip().lower() in self._index
+
+    def stack(self, words: Sequence[str] | None = None) -> torch.Tensor:
+        """``[K, n_layers, d]`` for ``RecordSpec(cosine_with=...)`` (layers must be all model layers)."""
+        idx = [self._word_index(w) for w in (words or self.words)]
+        return self.vectors[idx]
+
+    def norms(self) -> torch.Tensor:
+        """‖v‖ per word and layer: ``[n_words, n_layers]``."""
+        return self.vectors.float().norm(dim=-1)
+
+    # ---- persistence ------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path.safetensors`` and ``path.json`` atomically; returns the safetensors path."""
+        base = Path(path)
+        if base.suffix in (".safetensors", ".json"):
+            base = base.with_suffix("")
+        base.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"vectors": self.vectors.contiguous().float()}
+        if self.mean_norms is not None:
+            tensors["mean_norms"] = self.mean_norms.contiguous().float()
+        cfg = {"format_version": FORMAT_VERSION, "words": self.words, "layers": self.layers, **self.meta}
+        st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        _atomic_write(st, lambda p: save_file(tensors, str(p)))
+        _atomic_write(js, lambda p: p.write_text(json.dumps(cfg, indent=1)))
+        return st
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: Any = None) -> "ConceptVectors":
+        """Load and validate; with ``model``, refuse vectors extracted from another model."""
+        base = Path(path)
+        if base.suffix in (".safetensors", ".json"):
+            base = base.with_suffix("")
+        st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        for f in (st, js):
+            if not f.exists():
+                raise MissingFileError(f"{f} does not exist; extract vectors with `introspect-mech vectors --out {base}`")
+        try:
+            tensors = load_file(str(st))
+            cfg = json.loads(js.read_text())
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(f"{st} / {js} is corrupt ({exc}); delete both and re-extract with `introspect-mech vectors`") from exc
+        if "vectors" not in tensors or "words" not in cfg or "layers" not in cfg:
+            raise ArtifactError(f"{st} is not a concept-vector file (missing 'vectors' / 'words' / 'layers')")
+        meta = {k: v for k, v in cfg.items() if k not in ("words", "layers", "format_version")}
+        cv = cls(list(cfg["words"]), list(cfg["layers"]), tensors["vectors"], meta, tensors.get("mean_norms"))
+        if not torch.isfinite(cv.vectors).all():
+            raise ArtifactError(f"{st} holds NaN/inf values; re-extract it")
+        if model is not None:
+            cv.check_model(model)
+        return cv
+
+    def check_model(self, model: Any) -> None:
+        if self.d_model != model.arch.d_model:
+            raise VectorError(f"vectors have d_model {self.d_model} but {model.name} has {model.arch.d_model}; "
+                              "re-extract them for this model")
+        fp = self.meta.get("model_fingerprint")
+        if fp is not None and fp != model.fingerprint:
+            raise ArtifactError(f"vectors were extracted from model fingerprint {fp} "
+                                f"({self.meta.get('model_name')}), not from {model.name} ({model.fingerprint}); "
+                                "re-extract them for this model")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _last_token_residuals(model: Any, prompts: list[RenderedPrompt], layers: list[int], batch_size: int):
+    """Residual at the last prompt token for every layer: ``[n_prompts, n_layers, d]``, plus mean token norms."""
+    rows, norm_sum, norm_count = [], torch.zeros(len(layers), dtype=torch.float64), 0
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        rec = forward(model, chunk, record=RecordSpec(layers=layers, residual=True, logits=False))
+        res = torch.stack([rec.residual[L] for L in layers], dim=2)  # [B, T, nL, d]
+        rows.append(res[:, -1].float())
+        # mean ‖h‖ over real tokens except the first (attention-sink outlier): the dose reference
+        mask = (rec.batch.positions(rec.batch.width, rec.batch.width) >= 1).double()  # [B, T]
+        norms = res.double().norm(dim=-1)  # [B, T, nL]
+        norm_sum += (norms * mask[..., None]).sum((0, 1))
+        norm_count += int(mask.sum())
+    return torch.cat(rows), (norm_sum / max(norm_count, 1)).float()
+
+
+def _cache_path(model: Any, key: dict) -> Path:
+    from .models import cache_dir
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "vectors" / f"{model.fingerprint}-{digest}"
+
+
+def extract_concept_vectors(
+    model: Any,
+    words: Sequence[str] | None = None,
+    *,
+    layers: Any = None,
+    baseline: Sequence[str] | None = None,
+    fmt: str = "auto",
+    batch_size: int = 64,
+    cache: bool = True,
+) -> ConceptVectors:
+    """Mean-subtraction concept vectors for ``words`` (default: the paper's 50) at ``layers`` (default: all)."""
+    words = [check_word(w) for w in (protocol.concept_words() if words is None else words)]
+    if not words:
+        raise ConceptError("no concept words given")
+    baseline = [check_word(w) for w in (protocol.baseline_words() if baseline is None else baseline)]
+    if not baseline:
+        raise ConceptError("the baseline word list is empty")
+    layer_ids = model.arch.resolve_layers(layers)
+    fmt_used = "chat" if (fmt == "chat" or (fmt == "auto" and model.has_chat_template)) else "raw"
+    key = {"v": FORMAT_VERSION, "method": "mean_subtraction", "words": [w.lower() for w in words],
+           "baseline": _hash_list(w.lower() for w in baseline), "layers": layer_ids, "fmt": fmt_used}
+    path = _cache_path(model, key)
+    if cache and path.with_suffix(".safetensors").exists():
+        try:
+            return ConceptVectors.load(path, model)
+        except (ArtifactError, VectorError):
+            pass  # a stale or corrupt cache entry is simply recomputed
+    prompts = [concept_prompt(model.tokenizer, w, fmt) for w in words + baseline]
+    acts, mean_norms = _last_token_residuals(model, prompts, layer_ids, batch_size)
+    concept_acts, base_acts = acts[: len(words)], acts[len(words):]
+    vectors = concept_acts - base_acts.mean(0, keepdim=True)
+    meta = {
+        "method": "mean_subtraction",
+        "model_name": model.name,
+        "model_fingerprint": model.fingerprint,
+        "prompt_format": fmt_used,
+        "prompt_template": protocol.load_protocol()["concept_vector"]["prompt_turns"][0]["content"],
+        "read_position": "last token of the rendered prompt (end of the generation prompt)",
+        "word_case": "lower",
+        "baseline_hash": key["baseline"],
+        "baseline_size": len(baseline),
+        "protocol_hash": protocol.protocol_hash(),
+    }
+    cv = ConceptVectors([w.lower() for w in words], layer_ids, vectors, meta, mean_norms)
+    if cache:
+        cv.save(path)
+    return cv
+
+
+def extract_contrastive(
+    model: Any,
+    pairs: Sequence[tuple[Any, Any]],
+    *,
+    name: str,
+    layers: Any = None,
+    fmt: str = "auto",
+    batch_size: int = 64,
+) -> ConceptVectors:
+    """A contrastive direction: mean last-token residual of the positive prompts minus the negative ones.
+
+    Each prompt is a string (a user turn) or a list of turns; the vector is stored under ``name``.
+    """
+    name = check_word(name)
+    if not pairs:
+        raise ConceptError("contrastive extraction needs at least one (positive, negative) pair")
+
+    def rp(x: Any) -> RenderedPrompt:
+        turns = [Turn("user", x)] if isinstance(x, str) else x
+        return render(model.tokenizer, turns, fmt=fmt)
+
+    layer_ids = model.arch.resolve_layers(layers)
+    pos = [rp(p) for p, _ in pairs]
+    neg = [rp(n) for _, n in pairs]
+    acts, mean_norms = _last_token_residuals(model, pos + neg, layer_ids, batch_size)
+    vec = acts[: len(pos)].mean(0) - acts[len(pos):].mean(0)
+    meta = {"method": "contrastive", "model_name": model.name, "model_fingerprint": model.fingerprint,
+            "prompt_format": pos[0].fmt, "n_pairs": len(pairs), "protocol_hash": protocol.protocol_hash()}
+    return ConceptVectors([name.lower()], layer_ids, vec[None], meta, mean_norms)
