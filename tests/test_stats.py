@@ -1,0 +1,138 @@
+"""Statistics checked against independently published values (not our own output).
+
+Sources:
+- Wilson 81/263 and 15/148: Newcombe (1998a), "Two-sided confidence intervals for the single
+  proportion", Stat Med 17:857-872, worked examples (4 decimals).
+- Wilson 10/14, 430/474, 392/436: README examples of the `wilson-score-interval` npm package
+  (msn0), computed with z = 1.96.
+- Newcombe hybrid score 56/70 - 48/80 and 9/10 - 3/10: Newcombe (1998b), "Interval estimation for
+  the difference between independent proportions", Stat Med 17:873-890, method 10 (4 decimals).
+- Kappa 0.4: the worked example on Wikipedia's "Cohen's kappa" page (20/5/10/15 table).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from introspect_mech.stats import (
+    Confusion,
+    Rate,
+    cohens_kappa,
+    difference_interval,
+    net_detection,
+    wilson_interval,
+)
+
+FOUR_DP = 5.1e-5  # published to 4 decimals
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605)],
+)
+def test_wilson_matches_newcombe_1998(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got[0] == pytest.approx(lo, abs=FOUR_DP)
+    assert got[1] == pytest.approx(hi, abs=FOUR_DP)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [
+        (10, 14, 0.4535045882751561, 0.882788120898909),
+        (430, 474, 0.8776750858242243, 0.9301239839930541),
+        (392, 436, 0.8672311846637769, 0.9239627360567735),
+    ],
+)
+def test_wilson_matches_published_full_precision(k, n, lo, hi):
+    got = wilson_interval(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-12)
+
+
+def test_wilson_edge_cases():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0
+    # closed form for k = 0: z^2 / (n + z^2)
+    assert hi == pytest.approx(1.96**2 / (10 + 1.96**2), abs=1e-12)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(1 - 1.96**2 / (10 + 1.96**2), abs=1e-12)
+    lo, hi = wilson_interval(5, 10)  # symmetric around 1/2
+    assert lo + hi == pytest.approx(1.0, abs=1e-12) and lo < 0.5 < hi
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+    with pytest.raises(ValueError):
+        wilson_interval(-1, 2)
+
+
+def test_wilson_narrows_with_n():
+    w = [wilson_interval(n // 4, n) for n in (8, 80, 800)]
+    widths = [hi - lo for lo, hi in w]
+    assert widths[0] > widths[1] > widths[2]
+
+
+@pytest.mark.parametrize(
+    ("k1", "n1", "k2", "n2", "lo", "hi"),
+    [(56, 70, 48, 80, 0.0524, 0.3339), (9, 10, 3, 10, 0.1705, 0.8090)],
+)
+def test_newcombe_difference_matches_published(k1, n1, k2, n2, lo, hi):
+    d = difference_interval(k1, n1, k2, n2)
+    assert d.estimate == pytest.approx(k1 / n1 - k2 / n2)
+    assert d.lo == pytest.approx(lo, abs=FOUR_DP)
+    assert d.hi == pytest.approx(hi, abs=FOUR_DP)
+
+
+def test_difference_is_antisymmetric_and_handles_empty_groups():
+    a = difference_interval(9, 10, 3, 10)
+    b = difference_interval(3, 10, 9, 10)
+    assert (b.lo, b.hi) == pytest.approx((-a.hi, -a.lo))
+    e = difference_interval(0, 0, 3, 10)
+    assert math.isnan(e.estimate) and (e.lo, e.hi) == (-1.0, 1.0)
+
+
+def test_net_detection_uses_rates():
+    d = net_detection(Rate.of(20, 100), Rate.of(0, 100))
+    assert d.estimate == pytest.approx(0.2)
+    assert d.lo > 0  # 20/100 vs 0/100 is clearly above zero
+    assert d.first.k == 20 and d.second.n == 100
+
+
+def test_rate():
+    r = Rate.of(3, 12)
+    assert r.rate == 0.25 and (r.lo, r.hi) == wilson_interval(3, 12)
+    assert "3/12" in str(r)
+    assert math.isnan(Rate.of(0, 0).rate)
+    fb = Rate.from_bools([True, None, False, True])
+    assert (fb.k, fb.n) == (2, 3)
+
+
+def test_kappa_wikipedia_example():
+    # 50 items: both yes 20, A yes/B no 5, A no/B yes 10, both no 15 -> kappa = 0.4
+    a = [True] * 20 + [True] * 5 + [False] * 10 + [False] * 15
+    b = [True] * 20 + [False] * 5 + [True] * 10 + [False] * 15
+    assert cohens_kappa(a, b) == pytest.approx(0.4)
+
+
+def test_kappa_agrees_with_sklearn_and_edge_cases():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = random.Random(0)
+    a = [rng.random() < 0.3 for _ in range(200)]
+    b = [x if rng.random() < 0.8 else not x for x in a]
+    assert cohens_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert cohens_kappa([True, False], [False, True]) == pytest.approx(-1.0)
+    assert cohens_kappa([True, False, True], [True, False, True]) == pytest.approx(1.0)
+    assert math.isnan(cohens_kappa([True, True], [True, True]))  # undefined, not 1
+    with pytest.raises(ValueError):
+        cohens_kappa([True], [True, False])
+
+
+def test_confusion():
+    c = Confusion.of([True, True, False, False, True], [True, False, True, False, True])
+    assert (c.tp, c.fp, c.fn, c.tn) == (2, 1, 1, 1)
+    assert c.precision == pytest.approx(2 / 3) and c.recall == pytest.approx(2 / 3)
+    assert c.agreement == pytest.approx(3 / 5)
+    assert math.isnan(Confusion.of([False], [False]).precision)
