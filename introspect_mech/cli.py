@@ -54,8 +54,9 @@ def cmd_vectors(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size)
     dt = time.perf_counter() - t0
     out = cv.save(args.out)
-    print(f"extracted {len(cv.words)} concept vectors × {len(cv.layers)} layers (d={cv.d_model}) "
-          f"from {model.name} in {dt:.1f} s → {out} (+ .json)")
+    how = "loaded from cache" if cv.meta.pop("loaded_from_cache", None) else f"extracted in {dt:.1f} s"
+    print(f"{len(cv.words)} concept vectors × {len(cv.layers)} layers (d={cv.d_model}) from {model.name}, "
+          f"{how} → {out} (+ .json)")
     mid = cv.layers[len(cv.layers) * 2 // 3]
     print(f"mean ‖v‖ at layer {mid}: {float(cv.norms()[:, cv.layers.index(mid)].mean()):.2f}; "
           f"mean ‖h‖ there: {float(cv.mean_norms[cv.layers.index(mid)]):.2f}")

@@ -213,7 +213,9 @@ def extract_concept_vectors(
     path = _cache_path(model, key)
     if cache and path.with_suffix(".safetensors").exists():
         try:
-            return ConceptVectors.load(path, model)
+            cv = ConceptVectors.load(path, model)
+            cv.meta["loaded_from_cache"] = str(path)
+            return cv
         except (ArtifactError, VectorError):
             pass  # a stale or corrupt cache entry is simply recomputed
     prompts = [concept_prompt(model.tokenizer, w, fmt) for w in words + baseline]

@@ -111,9 +111,9 @@ class Confusion:
     def of(cls, pred: Sequence[bool], gold: Sequence[bool]) -> Confusion:
         if len(pred) != len(gold):
             raise ValueError(f"length mismatch: {len(pred)} predictions vs {len(gold)} labels")
-        tp = sum(1 for p, g in zip(pred, gold) if p and g)
-        fp = sum(1 for p, g in zip(pred, gold) if p and not g)
-        fn = sum(1 for p, g in zip(pred, gold) if not p and g)
+        tp = sum(1 for p, g in zip(pred, gold, strict=True) if p and g)
+        fp = sum(1 for p, g in zip(pred, gold, strict=True) if p and not g)
+        fn = sum(1 for p, g in zip(pred, gold, strict=True) if not p and g)
         return cls(tp=tp, fp=fp, fn=fn, tn=len(pred) - tp - fp - fn)
 
     @property

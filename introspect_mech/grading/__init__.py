@@ -6,7 +6,7 @@
 - `calibrate`: agreement of any grader with labelled responses (held-out split).
 """
 
-from .base import INJECTED_THOUGHTS, GradeRequest, Grader, Grades
+from .base import INJECTED_THOUGHTS, Grader, GradeRequest, Grades
 from .llm_judge import (
     CompletionBackend,
     HFBackend,

@@ -37,7 +37,7 @@ from typing import Any
 
 from ..errors import MissingFileError
 from ..stats import Confusion
-from .base import Grader, Grades, GradeRequest
+from .base import Grader, GradeRequest, Grades
 
 DATA_ENV = "INTROSPECT_GRADING_DATA"
 DATA_RELATIVE = Path("shared/eval/grading/allied_llama31_claude-sonnet-4.jsonl")
@@ -208,7 +208,7 @@ def calibrate(
     grades = grader.grade_many([r.request for r in rows])
     report = CalibrationReport(grader=grader.name, data=str(path), split=split, n_rows=len(rows))
     for label in labels:
-        pairs = [(_ours(label, g), _gold(label, r.labels)) for r, g in zip(rows, grades)]
+        pairs = [(_ours(label, g), _gold(label, r.labels)) for r, g in zip(rows, grades, strict=True)]
         report.labels.append(_agreement(label, pairs))
     return report
 

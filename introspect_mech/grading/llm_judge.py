@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import IntrospectError, MissingFileError
-from .base import INJECTED_THOUGHTS, Grader, Grades, GradeRequest
+from .base import INJECTED_THOUGHTS, Grader, GradeRequest, Grades
 
 PROTOCOL_FILE = Path(__file__).resolve().parents[1] / "protocol" / "lindsey2025.json"
 # The four prompts of Experiment 1; word_choice and intended_prefill serve other experiments.
@@ -198,7 +198,7 @@ class LLMJudge(Grader):
                 raise JudgeError(f"backend {self.backend_id} returned {len(completions)} completions "
                                  f"for {len(pending)} prompts")
             self.calls += len(pending)
-            for j, c in zip(pending, completions):
+            for j, c in zip(pending, completions, strict=True):
                 self.cache.put(j.key, {"backend": self.backend_id, "prompt_name": j.prompt_name,
                                        "completion": c, "verdict": parse_yes_no(c) if parse else None,
                                        "time": time.time()})

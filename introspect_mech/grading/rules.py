@@ -2,12 +2,14 @@
 
 Why: CI and quick sweeps need a grader with no model, no network and no cost, whose every
 decision can be traced to a named pattern. It approximates the LLM judge; its agreement with
-an LLM judge is measured in `calibrate.py` (held-out figures in the README), and it should not
-replace the judge for headline numbers.
+a reference judge is measured by `python -m introspect_mech.grading.calibrate` (patterns and
+thresholds were tuned on the "dev" half only; report the "test" half). It should not replace
+the judge for headline numbers.
 
 What it checks (per response, blind to the trial's condition):
 - coherent: non-empty, not degenerate (repetition loops, garbage characters, fused or
-  stuttering tokens, script mixing), and not role-confused (the model playing the researcher:
+  stuttering tokens, script mixing, broken contractions such as "I don not", dropped words,
+  code blocks), and not role-confused (the model playing the researcher:
   "I'll inject a thought about ..."). The paper's judge also marks denials of having thoughts
   as incoherent; that is not checked here (such answers fail `correct_id` anyway, since a
   denial is not an affirmative claim).
@@ -29,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .base import Grader, Grades, GradeRequest
+from .base import Grader, GradeRequest, Grades
 
 # --------------------------------------------------------------------------------------------
 # Affirmative detection claims. Each pattern marks where a claim starts; a claim counts only if
@@ -39,7 +41,10 @@ from .base import Grader, Grades, GradeRequest
 # Words allowed between the subject and the detection verb: auxiliaries and hedges that keep
 # the claim a claim ("I do detect", "I think I notice", "I can sense", "I've now detected").
 # "could/would/will" are absent on purpose: they make it conditional or future.
-_HEDGE = r"(?:do|did|can|definitely|clearly|indeed|also|now|still|actually|really|just|already|think\s+I|believe\s+I|seem\s+to|might|may|have|am)"
+_HEDGE = (
+    r"(?:do|did|can|definitely|clearly|indeed|also|now|still|actually|really|just|already|"
+    r"think\s+I|believe\s+I|seem\s+to|might|may|have|am)"
+)
 _DETECT_VERB = (
     r"(?:detect(?:ed|ing)?|notic(?:e|ed|ing)|sens(?:e|ed|ing)|perceiv(?:e|ed|ing)|spot(?:ted|ting)?|"
     r"pick(?:ed|ing)?\s+up|recogni[sz](?:e|ed|ing)|observ(?:e|ed|ing)|aware\s+of|experiencing|"
@@ -100,8 +105,8 @@ AFFIRMATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
     ),
 }
 # Patterns that name a thought-like thing themselves and need no THOUGHT_OBJECT.
-_SELF_CONTAINED = {"yes_answer", "detected_the_thought", "is_the_injected_thought", "there_is_thought", "injected_thought_is", "thought_was_injected",
-                   "drawn_to", "felt_pull"}
+_SELF_CONTAINED = {"yes_answer", "detected_the_thought", "is_the_injected_thought", "there_is_thought",
+                   "injected_thought_is", "thought_was_injected", "drawn_to", "felt_pull"}
 
 # Negation anywhere in the clause before a claim (or inside the matched claim) cancels it:
 # "I don't think I detect", "No injected thought ... I notice", "Nothing I detect".
@@ -297,7 +302,7 @@ def coherence_problems(text: str) -> list[str]:
     if not tokens:
         return problems + ["no_words"]
     run, longest = 1, 1
-    for a, b in zip(tokens, tokens[1:]):
+    for a, b in zip(tokens, tokens[1:], strict=False):
         run = run + 1 if a == b else 1
         longest = max(longest, run)
     if longest >= MAX_SAME_TOKEN_RUN:
@@ -306,7 +311,7 @@ def coherence_problems(text: str) -> list[str]:
         distinct = len(set(tokens)) / len(tokens)
         if distinct < MIN_DISTINCT_RATIO:
             problems.append(f"distinct_ratio={distinct:.2f}")
-        grams = list(zip(tokens, tokens[1:], tokens[2:]))
+        grams = list(zip(tokens, tokens[1:], tokens[2:], strict=False))
         repeated = 1 - len(set(grams)) / len(grams)
         if repeated > MAX_REPEATED_TRIGRAM_FRACTION:
             problems.append(f"repeated_trigrams={repeated:.2f}")
@@ -364,52 +369,42 @@ class RuleGrader(Grader):
         pat = word_pattern(req.word, (self.aliases or {}).get(req.word, ()))
         sentences = split_sentences(text)
         mentions = list(pat.finditer(text))
-        mentioned = bool(mentions)
-        raw["mentions_word"] = mentioned
+        raw["mentions_word"] = bool(mentions)
 
         def sentence_of(pos: int) -> int:
-            for i, s in enumerate(sentences):
-                if s.start <= pos < s.end:
-                    return i
-            return len(sentences)
+            return next((i for i, s in enumerate(sentences) if s.start <= pos < s.end), len(sentences))
 
+        # Sentence index of every mention, and whether that sentence frames it as a thought.
+        mention_sents = [i for i in (sentence_of(m.start()) for m in mentions) if i < len(sentences)]
+        framed = [bool(THOUGHT_CONTEXT.search(sentences[i].text)) for i in mention_sents]
         opens_with_word = bool(pat.match(text, LEADING_FILLER.match(text).end()))
         first_claim = claims[0] if claims else None
-        if not mentioned:
-            before_mention = affirmative
-            correct_id = False
+        if not mention_sents:
+            before_mention, correct_id = affirmative, False
         elif first_claim is None:
-            before_mention = False
-            correct_id = False
+            before_mention, correct_id = False, False
         else:
-            first_word_sent = sentence_of(mentions[0].start())
-            before_mention = first_claim.sentence <= first_word_sent and not opens_with_word
-            # The word must be named as the thought: in a thought context, in the claim's
-            # sentence or a later one (not "Yes, I detect a dust").
-            named_as_thought = any(
-                sentence_of(m.start()) >= first_claim.sentence
-                and (
-                    THOUGHT_CONTEXT.search(sentences[sentence_of(m.start())].text)
-                    or THOUGHT_OBJECT.search(sentences[first_claim.sentence].text[
-                        first_claim.start - sentences[first_claim.sentence].start:])
-                )
-                for m in mentions
-                if sentence_of(m.start()) < len(sentences)
-            )
+            # Paper: detection claimed before, or in the same sentence as, the first mention --
+            # and the response must not open with the word.
+            before_mention = first_claim.sentence <= mention_sents[0] and not opens_with_word
+            # The word must be named as the thought: a mention in the claim's sentence or later,
+            # framed as a thought there, or the claim itself names a thought ("I detect an
+            # injected thought. Dust."). Not "Yes, I detect a dust".
+            claim_sent = sentences[first_claim.sentence]
+            claim_names_thought = bool(THOUGHT_OBJECT.search(claim_sent.text[first_claim.start - claim_sent.start:]))
+            named_as_thought = any(i >= first_claim.sentence and (f or claim_names_thought)
+                                   for i, f in zip(mention_sents, framed, strict=True))
             correct_id = before_mention and named_as_thought
         raw["first_claim_sentence"] = first_claim.sentence if first_claim else None
-        raw["first_mention_sentence"] = sentence_of(mentions[0].start()) if mentioned else None
+        raw["first_mention_sentence"] = mention_sents[0] if mention_sents else None
         raw["opens_with_word"] = opens_with_word
 
-        thinking = mentioned and (
-            any(THOUGHT_CONTEXT.search(sentences[sentence_of(m.start())].text)
-                for m in mentions if sentence_of(m.start()) < len(sentences))
-            or len(_TOKEN.findall(text)) <= 4  # "Dust." / "The ocean." -- the word is the answer
-        )
-        # Unconditional identification (named as what is on its mind, affirmative or not). A
-        # bare mention was a worse proxy for the reference label on the dev split (kappa 0.51 vs
-        # 0.75): the reference does not count "dust dust dust ..." as identifying dust.
-        raw["identifies_word"] = bool(thinking)
+        # "Dust." / "The ocean.": when the answer is hardly more than the word, the word is the answer.
+        thinking = bool(mention_sents) and (any(framed) or len(_TOKEN.findall(text)) <= 4)
+        # Unconditional identification (named as what is on its mind, affirmative or not). A bare
+        # mention was a worse proxy for the reference label on the dev split (kappa 0.51 vs 0.70):
+        # the reference does not count "dust dust dust ..." as identifying dust.
+        raw["identifies_word"] = thinking
         return Grades(
             coherent=not problems,
             affirmative=affirmative,
