@@ -18,8 +18,8 @@ import pytest
 
 from introspect_mech.errors import MissingFileError
 from introspect_mech.grading import (
-    GradeRequest,
     Grader,
+    GradeRequest,
     Grades,
     HFBackend,
     JudgeError,
