@@ -102,6 +102,59 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str) -> list[float]:
+    from .inject import check_strength
+
+    return [check_strength(x) for x in text.split(",") if x.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_sweep
+
+    model = _load(args)
+    if args.experiment == "injected-thoughts":
+        from .experiments.injected_thoughts import ALL_CONTROLS, InjectedThoughts, InjectedThoughtsConfig
+
+        controls = ALL_CONTROLS if args.controls == "all" else tuple(
+            c.strip() for c in args.controls.split(",") if c.strip())
+        cfg = InjectedThoughtsConfig(
+            layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths),
+            concepts=args.concepts, n_concepts=args.n_concepts, trials=args.trials,
+            control_trials=args.control_trials, controls=controls, control_per_cell=args.control_per_cell,
+            yes_bias_per_cell=args.yes_bias_per_cell, alt_per_cell=args.alt_per_cell, variant=args.variant,
+            max_new_tokens=args.max_new_tokens, fmt=args.format)
+        exp = InjectedThoughts(model, cfg)
+    else:  # argparse restricts the choices; this guards programmatic calls
+        raise IntrospectError(f"unknown experiment {args.experiment!r}")
+    res = run_sweep(exp, model, args.out, batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
+                    progress=not args.no_progress)
+    print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
+          f"{res.n_generated} generated in {res.seconds:.1f} s"
+          + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
+    print(f"next: introspect-mech report {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    out = write_report(args.run, grader=args.grader, figures_dir=args.figures_dir, png=not args.no_png,
+                       judge_url=args.judge_url)
+    print(out["table"])
+    print("\nfigures:")
+    for name, paths in out["figures"].items():
+        print(f"  {name}: {', '.join(paths.values())}")
+    print(f"summary: {args.run}/summary.json")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .grading.calibrate import main as calibrate_main
+
+    argv = ["--split", args.split] + (["--data", args.data] if args.data else []) + (["--out", args.out] if args.out else [])
+    return calibrate_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +183,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result as JSON here")
     p.set_defaults(func=cmd_steer)
+
+    p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
+    p.add_argument("experiment", choices=["injected-thoughts"])
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
+    p.add_argument("--layers", default="0.33,0.5,0.67,0.83", help="indices or depth fractions")
+    p.add_argument("--strengths", default="1,2,4,8")
+    p.add_argument("--concepts", default="paper",
+                   help="'paper', category names (famous_people,countries,concrete_nouns,abstract_nouns,verbs), or words")
+    p.add_argument("--n-concepts", type=int, default=None, help="use only the first N selected concepts")
+    p.add_argument("--trials", type=int, default=1, help="samples per (concept, layer, strength)")
+    p.add_argument("--control-trials", type=int, default=100, help="no-injection trials (false positives)")
+    p.add_argument("--controls", default="all",
+                   help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (or 'all')")
+    p.add_argument("--control-per-cell", type=int, default=10, help="random/negated/scaling trials per cell")
+    p.add_argument("--yes-bias-per-cell", type=int, default=20)
+    p.add_argument("--alt-per-cell", type=int, default=6)
+    p.add_argument("--variant", default="2025", choices=["2025", "2026"])
+    p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="grade a run, write summary tables with CIs and figures")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--grader", default="rules", help="'rules' (offline) or 'openai:MODEL' (LLM judge)")
+    p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
+    p.add_argument("--figures-dir", default=None, help="where to write figures (default RUN/figures)")
+    p.add_argument("--no-png", action="store_true", help="HTML figures only")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("calibrate", help="score the offline grader against labelled responses")
+    p.add_argument("--data", default=None, help="labelled JSONL (default: shared/eval/grading/...)")
+    p.add_argument("--split", default="test", choices=["test", "dev", "all"])
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_calibrate)
     return parser
 
 

@@ -1,0 +1,214 @@
+"""Experiment 1: injected-thought detection and identification, with every control.
+
+Conditions (each a first-class trial type, stored beside the injected trials):
+
+- ``injected``: the concept vector at (layer, strength), from the ``\\n\\n`` before
+  "Trial 1" through every sampled token.
+- ``control``: no injection — its affirmative rate is the false-positive rate.
+- ``yes_bias``: the paper's 20 questions whose true answer is "no", under injection
+  (does injection just make the model say "yes"?); ``yes_bias_clean`` without it.
+- ``random_vector``: a random direction norm-matched to a concept vector.
+- ``negated``: minus the concept vector.
+- ``scaling``: the model's own activations scaled by ``1 + dose`` (same perturbation
+  size as the concept injection at that cell), so "anomaly" is not just "bigger".
+- ``alt_prompt``: the paper's three open questions ("What's going on in your mind
+  right now?", ...) with the concept injected on all positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import protocol
+from ..concepts import ConceptVectors, check_word, extract_concept_vectors
+from ..errors import ConceptError
+from ..inject import Injection, Window, check_strength, random_like
+from ..prompts import Turn, render
+from ..runner import Trial, TrialInput
+from .exp1_prompt import exp1_prompt, exp1_turns
+
+NAME = "injected_thoughts"
+ALL_CONTROLS = ("control", "yes_bias", "random_vector", "negated", "scaling", "alt_prompt")
+
+
+def resolve_concepts(spec: str | list[str]) -> list[tuple[str, str]]:
+    """``"paper"``, a category name, a comma list of those, or explicit words → ``[(word, category)]``."""
+    items = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
+    cats = protocol.category_words()
+    out: list[tuple[str, str]] = []
+    for item in items:
+        if item == "paper":
+            out += [(w, "paper") for w in protocol.concept_words()]
+        elif item in cats:
+            out += [(w, item) for w in cats[item]]
+        else:
+            out.append((check_word(item), "custom"))
+    if not out:
+        raise ConceptError("no concepts selected; use 'paper', a category "
+                           f"({', '.join(cats)}) or a comma-separated list of words")
+    seen, uniq = set(), []
+    for w, c in out:
+        if w.lower() not in seen:
+            seen.add(w.lower())
+            uniq.append((w, c))
+    return uniq
+
+
+@dataclass
+class InjectedThoughtsConfig:
+    layers: list[Any] = field(default_factory=lambda: [0.33, 0.5, 0.67, 0.83])
+    strengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
+    concepts: str | list[str] = "paper"
+    n_concepts: int | None = None  # first N of the selected concepts (None: all)
+    trials: int = 1  # samples per (concept, layer, strength)
+    control_trials: int = 100
+    controls: tuple[str, ...] = ALL_CONTROLS
+    control_per_cell: int = 10  # random / negated / scaling trials per (layer, strength)
+    yes_bias_per_cell: int = 20
+    alt_per_cell: int = 6
+    variant: str = "2025"
+    max_new_tokens: int = 100
+    fmt: str = "auto"
+
+    def validate(self) -> None:
+        for s in self.strengths:
+            check_strength(s)
+        unknown = set(self.controls) - set(ALL_CONTROLS)
+        if unknown:
+            raise ValueError(f"unknown control(s) {sorted(unknown)}; choose from {', '.join(ALL_CONTROLS)}")
+        if self.variant not in ("2025", "2026"):
+            raise ValueError("variant must be '2025' or '2026'")
+        if self.trials < 1 or self.control_trials < 0 or self.max_new_tokens < 1:
+            raise ValueError("trials and max_new_tokens must be >= 1, control_trials >= 0")
+
+
+def _seed_of(*parts: Any) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+class InjectedThoughts:
+    """The protocol object the runner drives (see ``runner.Experiment``)."""
+
+    name = NAME
+
+    def __init__(self, model: Any, cfg: InjectedThoughtsConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
+        self.n_layers = model.arch.n_layers
+        concepts = resolve_concepts(cfg.concepts)
+        self.concepts = concepts[: cfg.n_concepts] if cfg.n_concepts else concepts
+        self.category = {w.lower(): c for w, c in self.concepts}
+        self.vectors: ConceptVectors | None = None
+        self._prompts: dict[str, Any] = {}
+
+    # ---- trial list ------------------------------------------------------------------
+    def config(self) -> dict:
+        d = asdict(self.cfg)
+        d["layers"] = self.layers
+        d["concepts"] = [w for w, _ in self.concepts]
+        d["controls"] = list(self.cfg.controls)
+        return d
+
+    def trials(self) -> list[Trial]:
+        cfg, words = self.cfg, [w.lower() for w, _ in self.concepts]
+        out: list[Trial] = []
+        T = lambda **kw: Trial(experiment=NAME, **kw)  # noqa: E731
+        for L in self.layers:
+            for s in cfg.strengths:
+                for w in words:
+                    for k in range(cfg.trials):
+                        out.append(T(condition="injected", concept=w, layer=L, strength=float(s), sample=k,
+                                     category=self.category[w]))
+                n_ctl = min(cfg.control_per_cell, len(words))
+                for i in range(n_ctl):
+                    w = words[i]
+                    if "random_vector" in cfg.controls:
+                        out.append(T(condition="random_vector", concept=w, layer=L, strength=float(s), sample=i,
+                                     category=self.category[w]))
+                    if "negated" in cfg.controls:
+                        out.append(T(condition="negated", concept=w, layer=L, strength=float(s), sample=i,
+                                     category=self.category[w]))
+                    if "scaling" in cfg.controls:
+                        out.append(T(condition="scaling", concept=w, layer=L, strength=float(s), sample=i,
+                                     category=self.category[w]))
+                if "yes_bias" in cfg.controls:
+                    qs = protocol.experiment(NAME)["yes_bias_control_questions"]
+                    for i in range(min(cfg.yes_bias_per_cell, len(qs))):
+                        w = words[i % len(words)]
+                        out.append(T(condition="yes_bias", concept=w, layer=L, strength=float(s),
+                                     prompt_key=f"yes_bias:{i}", sample=0, category=self.category[w]))
+                if "alt_prompt" in cfg.controls:
+                    alts = protocol.experiment(NAME)["alternative_prompts_inject_all_positions"]
+                    for i in range(min(cfg.alt_per_cell, len(words))):
+                        w = words[i]
+                        out.append(T(condition="alt_prompt", concept=w, layer=L, strength=float(s),
+                                     prompt_key=f"alt:{i % len(alts)}", sample=i, category=self.category[w]))
+        if "control" in cfg.controls:
+            for k in range(cfg.control_trials):
+                # a control trial is graded against a concept word too (blind judge); cycle through them
+                w = words[k % len(words)]
+                out.append(T(condition="control", concept=w, sample=k, category=self.category[w]))
+        if "yes_bias" in cfg.controls:
+            qs = protocol.experiment(NAME)["yes_bias_control_questions"]
+            for i, _ in enumerate(qs):
+                out.append(T(condition="yes_bias_clean", prompt_key=f"yes_bias:{i}", sample=0))
+        return out
+
+    # ---- building inputs --------------------------------------------------------------
+    def prepare(self, model: Any) -> None:
+        words = [w for w, _ in self.concepts]
+        self.vectors = extract_concept_vectors(model, words, layers=self.layers, fmt=self.cfg.fmt)
+
+    def _prompt(self, model: Any, key: str):
+        if key in self._prompts:
+            return self._prompts[key]
+        exp = protocol.experiment(NAME)
+        if key == "default":
+            p = exp1_prompt(model.tokenizer, self.cfg.variant, self.cfg.fmt)
+            val = (p.rendered, p.window)
+        elif key.startswith("yes_bias:"):
+            q = exp["yes_bias_control_questions"][int(key.split(":")[1])]
+            turns = exp1_turns(self.cfg.variant)
+            head = turns[-1].content.split("Trial 1:")[0]
+            turns[-1] = Turn("user", head + "Trial 1: " + q)
+            rp = render(model.tokenizer, turns, fmt=self.cfg.fmt)
+            cs, _ = rp.find("\n\nTrial 1")
+            val = (rp, Window.from_position(rp.token_span(cs, cs + 2)[0]))
+        elif key.startswith("alt:"):
+            q = exp["alternative_prompts_inject_all_positions"][int(key.split(":")[1])]
+            val = (render(model.tokenizer, [Turn("user", q)], fmt=self.cfg.fmt), Window.all())
+        else:
+            raise KeyError(key)
+        self._prompts[key] = val
+        return val
+
+    def build(self, model: Any, trial: Trial) -> TrialInput:
+        assert self.vectors is not None, "prepare() first"
+        prompt, window = self._prompt(model, trial.prompt_key)
+        info = {"window": window.to_dict(), "category": trial.category}
+        mx = self.cfg.max_new_tokens
+        if trial.condition in ("control", "yes_bias_clean"):
+            return TrialInput(prompt, [], mx, info)
+        v = self.vectors.get(trial.concept, trial.layer)
+        s = trial.strength
+        if trial.condition in ("injected", "yes_bias", "alt_prompt"):
+            inj = Injection(v, trial.layer, s, window, label=trial.concept)
+        elif trial.condition == "random_vector":
+            seed = _seed_of("random", trial.concept, trial.layer, trial.sample)
+            inj = Injection(random_like(v, seed), trial.layer, s, window, label=f"random:{seed}")
+            info["random_seed"] = seed
+        elif trial.condition == "negated":
+            inj = Injection(-v, trial.layer, s, window, label=f"-{trial.concept}")
+        elif trial.condition == "scaling":
+            L_idx = self.vectors.layers.index(trial.layer)
+            mean_h = float(self.vectors.mean_norms[L_idx])
+            mean_v = float(self.vectors.norms()[:, L_idx].mean())
+            factor = 1.0 + s * mean_v / mean_h
+            inj = Injection.scaling(trial.layer, factor, window)
+            info["scale_factor"] = factor
+        else:
+            raise ValueError(f"unknown condition {trial.condition!r}")
+        return TrialInput(prompt, [inj], mx, info)

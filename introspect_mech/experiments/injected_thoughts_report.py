@@ -1,0 +1,261 @@
+"""Experiment 1 report: grade stored responses, compute rates with CIs, pick the best cell honestly, draw figures.
+
+Everything is recomputed from ``results.jsonl``: change the grader and re-run the
+report, the sweep is not touched.
+
+Headline number without selection bias: concepts are split in two halves by a hash of
+the word; the best (layer, strength) is chosen by net detection on one half and its
+success rate is read on the *other* half (and vice versa); the two held-out readings
+are pooled into one rate with a Wilson interval.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..grading.base import GradeRequest, Grader, Grades
+from ..stats import Rate, net_detection
+
+INJECTED_LIKE = ("injected", "random_vector", "negated", "scaling")
+YES_RE = re.compile(r"^\W*(?:\w+\W+){0,4}?(yes|yeah|yep|correct|true|absolutely|indeed)\b", re.I)
+NO_RE = re.compile(r"^\W*(?:\w+\W+){0,4}?(no|nope|not|false|incorrect|never|cannot|can't)\b", re.I)
+
+
+def says_yes(text: str) -> bool | None:
+    """Yes/no of a yes-bias answer from its first five words (whichever comes first); None if neither."""
+    y, n = YES_RE.search(text), NO_RE.search(text)
+    if y and (not n or y.start(1) < n.start(1)):
+        return True
+    if n:
+        return False
+    return None
+
+
+def _question(rec: dict) -> str:
+    return "open_question" if rec["condition"] == "alt_prompt" else "injected_thoughts"
+
+
+def grade_records(records: Sequence[dict], grader: Grader) -> list[Grades]:
+    """Grade every record blind to its condition: the grader sees the prompt, the response and a word."""
+    reqs = [GradeRequest(prompt=r["prompt"], response=r["response"], word=(r.get("concept") or None),
+                         question=_question(r)) for r in records]
+    return grader.grade_many(reqs)
+
+
+def outcome(rec: dict, g: Grades) -> str:
+    """The paper's qualitative outcomes, for the transcript pages."""
+    if g.coherent is False:
+        return "incoherent ('brain damage')"
+    if g.correct_id:
+        return "success (detected and identified)"
+    identifies = bool(g.raw.get("identifies_word")) or bool(g.thinking_about_word)
+    if g.affirmative and identifies and g.before_mention is False:
+        return "delayed detection (word first, claim after)"
+    if g.affirmative:
+        return "detected, not identified"
+    if g.thinking_about_word:
+        return "unconscious influence (word, no detection)"
+    return "not detected"
+
+
+def _key(rec: dict) -> tuple:
+    return (rec["condition"], rec.get("layer"), rec.get("strength"))
+
+
+def _fold(word: str | None) -> int:
+    return hashlib.sha256((word or "").lower().encode()).digest()[0] % 2
+
+
+def _rate(vals) -> dict:
+    return asdict(Rate.from_bools(vals))
+
+
+def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int | None, by_category: bool = False):
+    cells: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        k = _key(r) + ((r.get("category"),) if by_category else ())
+        cells[k].append(i)
+    rows = []
+    for k, idx in cells.items():
+        recs = [records[i] for i in idx]
+        gs = [grades[i] for i in idx]
+        cond, layer, strength = k[:3]
+        q = "open_question" if cond == "alt_prompt" else "injected_thoughts"
+        doses = [r["dose"] for r in recs if r.get("dose") is not None]
+        row = {
+            "condition": cond, "layer": layer, "strength": strength,
+            "depth": (layer / (n_layers - 1)) if (layer is not None and n_layers) else None,
+            "n": len(idx),
+            "success": _rate(g.success_for(q) for g in gs),
+            "affirmative": _rate(g.affirmative for g in gs),
+            "coherent": _rate(g.coherent for g in gs),
+            "thinking_about_word": _rate(g.thinking_about_word for g in gs),
+            "mean_dose": (sum(doses) / len(doses)) if doses else None,
+        }
+        if by_category:
+            row["category"] = k[3]
+        if cond.startswith("yes_bias"):
+            row["says_yes"] = _rate(says_yes(r["response"]) for r in recs)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["condition"], r["layer"] is None, r["layer"] or 0, r["strength"] or 0,
+                             r.get("category") or ""))
+    return rows
+
+
+def _held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> dict:
+    """Choose the best (layer, strength) on one half of the concepts, read success on the other half."""
+    per: dict[tuple, list[list[bool]]] = defaultdict(lambda: [[], []])
+    for r, g in zip(records, grades):
+        if r["condition"] == "injected" and g.success is not None:
+            per[(r["layer"], r["strength"])][_fold(r["concept"])].append(bool(g.success))
+    if not per:
+        return {}
+    folds = []
+    pooled_k = pooled_n = 0
+    for sel in (0, 1):
+        ev = 1 - sel
+
+        def net(cell):
+            v = per[cell][sel]
+            return (sum(v) / len(v) - fp.rate) if v else -math.inf
+
+        best = max(sorted(per), key=net)
+        vals = per[best][ev]
+        rate = Rate.from_bools(vals)
+        pooled_k += rate.k
+        pooled_n += rate.n
+        folds.append({"selected_on_fold": sel, "best_layer": best[0], "best_strength": best[1],
+                      "selection_success": asdict(Rate.from_bools(per[best][sel])),
+                      "held_out_success": asdict(rate)})
+    pooled = Rate.of(pooled_k, pooled_n)
+    return {"folds": folds, "pooled_held_out_success": asdict(pooled),
+            "pooled_net_detection": asdict(net_detection(pooled, fp)) if fp.n else None}
+
+
+def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int | None) -> dict:
+    rows = _cell_rows(records, grades, n_layers)
+    control = [g for r, g in zip(records, grades) if r["condition"] == "control"]
+    fp = Rate.from_bools(g.affirmative for g in control)
+    control_summary = {"false_positive": asdict(fp), "n": len(control),
+                       "coherent": _rate(g.coherent for g in control),
+                       "success_vs_assigned_word": _rate(g.success for g in control)}
+    for row in rows:
+        if row["condition"] == "injected" and fp.n:
+            s = row["success"]
+            row["net_detection"] = asdict(net_detection(Rate.of(s["k"], s["n"]), fp))
+    injected = [r for r in rows if r["condition"] == "injected"]
+    best_in_sample = max(injected, key=lambda r: (r["success"]["rate"] if r["success"]["n"] else -1), default=None)
+    return {
+        "n_records": len(records),
+        "conditions": sorted({r["condition"] for r in records}),
+        "control": control_summary,
+        "cells": rows,
+        "by_category": _cell_rows([r for r in records if r["condition"] == "injected"],
+                                  [g for r, g in zip(records, grades) if r["condition"] == "injected"],
+                                  n_layers, by_category=True),
+        "held_out": _held_out(records, grades, fp),
+        "best_in_sample": ({k: best_in_sample[k] for k in ("layer", "strength", "depth", "success")}
+                           if best_in_sample else None),
+    }
+
+
+def _fmt(rate: dict | None) -> str:
+    if not rate or rate["n"] == 0:
+        return "–"
+    return f"{rate['rate']:.2f} [{rate['lo']:.2f}, {rate['hi']:.2f}] ({rate['k']}/{rate['n']})"
+
+
+def markdown_table(summary: dict) -> str:
+    """The README table: injected cells next to their controls."""
+    cells = summary["cells"]
+    by = {(r["condition"], r["layer"], r["strength"]): r for r in cells}
+    lines = ["| layer (depth) | strength | dose | success | affirmative | coherent | random vec. affirm. | "
+             "negated affirm. | scaling affirm. | yes-bias 'yes' |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in (c for c in cells if c["condition"] == "injected"):
+        k = (r["layer"], r["strength"])
+        def other(cond, metric="affirmative"):
+            o = by.get((cond,) + k)
+            return _fmt(o[metric]) if o else "–"
+        lines.append(
+            f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | "
+            f"{(r['mean_dose'] or 0):.2f} | {_fmt(r['success'])} | {_fmt(r['affirmative'])} | {_fmt(r['coherent'])} | "
+            f"{other('random_vector')} | {other('negated')} | {other('scaling')} | {other('yes_bias', 'says_yes')} |")
+    c = summary["control"]
+    lines.append("")
+    lines.append(f"No-injection control trials: false-positive (affirmative) rate {_fmt(c['false_positive'])}, "
+                 f"coherent {_fmt(c['coherent'])}.")
+    yb = next((r for r in cells if r["condition"] == "yes_bias_clean"), None)
+    if yb:
+        lines.append(f"Yes-bias questions without injection: 'yes' rate {_fmt(yb['says_yes'])}.")
+    ho = summary.get("held_out") or {}
+    if ho:
+        f = ho["folds"]
+        lines.append(
+            f"Held-out headline: best cell chosen on one half of the concepts "
+            f"(layer {f[0]['best_layer']}/strength {f[0]['best_strength']:g} and layer {f[1]['best_layer']}/"
+            f"strength {f[1]['best_strength']:g}); success on the other half, pooled: "
+            f"{_fmt(ho['pooled_held_out_success'])}"
+            + (f"; net of false positives: {ho['pooled_net_detection']['estimate']:+.2f} "
+               f"[{ho['pooled_net_detection']['lo']:+.2f}, {ho['pooled_net_detection']['hi']:+.2f}]."
+               if ho.get("pooled_net_detection") else "."))
+    return "\n".join(lines)
+
+
+def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, out_dir: Path, png: bool = True) -> dict:
+    from .. import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = summary["cells"]
+    inj = [r for r in cells if r["condition"] == "injected"]
+    fp = summary["control"]["false_positive"]
+    written = {}
+    written["success_vs_layer"] = plots.save_figure(plots.rate_vs_layer(
+        inj, metric="success", title="Exp 1: detected and correctly identified (coherent) vs layer",
+        baseline=fp, baseline_label="false positives (control)"), out_dir / "exp1_success_vs_layer", png=png)
+    written["affirmative_vs_layer"] = plots.save_figure(plots.rate_vs_layer(
+        inj, metric="affirmative", title="Exp 1: claims to detect an injected thought vs layer",
+        baseline=fp, baseline_label="false positives (control)"), out_dir / "exp1_affirmative_vs_layer", png=png)
+    ctl = [r for r in cells if r["condition"] in INJECTED_LIKE]
+    written["controls_vs_layer"] = plots.save_figure(plots.facets_vs_layer(
+        ctl, facet="strength", metric="affirmative", group="condition", facet_label="strength",
+        title="Exp 1 controls: affirmative rate vs layer — concept vs random / negated / scaling (95% CI)",
+        baseline=fp, baseline_label="no injection"), out_dir / "exp1_controls_vs_layer", png=png, width=1200)
+    written["heatmap"] = plots.save_figure(plots.heatmap(
+        inj, metric="success", title="Exp 1: success rate, layer × strength (95% CI)"),
+        out_dir / "exp1_success_heatmap", png=png)
+    cats = [r for r in summary["by_category"]]
+    pooled: dict[str, list[bool]] = defaultdict(list)
+    for rec, g in zip(records, grades):
+        if rec["condition"] == "injected" and g.affirmative is not None:
+            pooled[rec.get("category") or "?"].append(bool(g.affirmative))
+    cat_rows = []
+    for cat in sorted({r["category"] for r in cats}):
+        rs = [(rec, g) for rec, g in zip(records, grades) if rec["condition"] == "injected" and rec.get("category") == cat]
+        cat_rows.append({"category": cat, "success": _rate(g.success for _, g in rs),
+                         "affirmative": _rate(g.affirmative for _, g in rs)})
+    fig = plots.bars_with_ci([dict(r, metric="success", value=r["success"]) for r in cat_rows], label="category",
+                             metric="success", title="Exp 1: success by concept category (all layers and strengths)")
+    fig.add_trace(plots.go.Bar(x=[r["category"] for r in cat_rows], y=[r["affirmative"]["rate"] for r in cat_rows],
+                               name="affirmative", marker_color=plots.PALETTE[1]))
+    written["by_category"] = plots.save_figure(fig, out_dir / "exp1_by_category", png=png)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    order = ["success (detected and identified)", "delayed detection (word first, claim after)",
+             "detected, not identified", "unconscious influence (word, no detection)", "not detected",
+             "incoherent ('brain damage')"]
+    for rec, g in zip(records, grades):
+        if rec["condition"] == "injected":
+            groups[outcome(rec, g)].append(rec)
+    page = plots.transcripts_page({k: groups.get(k, []) for k in order}, title="Exp 1 example transcripts by outcome",
+                                  fields=("concept", "layer", "strength", "dose", "trial_id"))
+    from ..store import atomic_write_text
+
+    atomic_write_text(out_dir / "exp1_transcripts.html", page)
+    written["transcripts"] = {"html": str(out_dir / "exp1_transcripts.html")}
+    return written

@@ -1,0 +1,199 @@
+"""Batched, resumable sweeps: trials in, one JSONL record per trial out.
+
+A trial is data (``Trial``); an experiment turns it into a prompt, injections and a
+generation length (``TrialInput``). The runner fixes the batch partition from the
+*full* trial list (so an interrupted and resumed run generates the same batches, with
+the same per-batch seeds, as an uninterrupted one), skips batches already stored,
+generates the rest with one ``generate`` call per batch, and appends each batch's
+records atomically. Re-running the same command resumes; nothing is lost or
+duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from . import protocol
+from .errors import ArtifactError
+from .execution import generate
+from .inject import Injection
+from .prompts import RenderedPrompt
+from .store import ResultStore, atomic_write_json
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One generation of one condition. ``trial_id`` is a hash of every field, so it is stable across runs."""
+
+    experiment: str
+    condition: str
+    concept: str | None = None
+    layer: int | None = None
+    strength: float | None = None
+    prompt_key: str = "default"
+    sample: int = 0
+    category: str | None = None
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def trial_id(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.extra).get(key, default)
+
+
+@dataclass(frozen=True, eq=False)
+class TrialInput:
+    prompt: RenderedPrompt
+    injections: list[Injection] = field(default_factory=list)
+    max_new_tokens: int = 100
+    info: dict = field(default_factory=dict)  # extra provenance (window, vector label, ...)
+
+
+class Experiment(Protocol):
+    name: str
+
+    def config(self) -> dict: ...
+
+    def trials(self) -> list[Trial]: ...
+
+    def prepare(self, model: Any) -> None: ...
+
+    def build(self, model: Any, trial: Trial) -> TrialInput: ...
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    n_trials: int
+    n_done_before: int
+    n_generated: int
+    seconds: float
+
+    @property
+    def trials_per_second(self) -> float:
+        return self.n_generated / self.seconds if self.seconds > 0 else float("nan")
+
+
+def batch_seed(run_seed: int, batch_index: int) -> int:
+    return int(hashlib.sha256(f"{run_seed}:{batch_index}".encode()).hexdigest()[:8], 16)
+
+
+def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None) -> list[list[Trial]]:
+    """Deterministic partition: group trials with the same prompt (less padding), then chunk."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    order = sorted(trials, key=lambda t: (key(t) if key else t.prompt_key, t.trial_id))
+    return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def run_sweep(
+    experiment: Experiment,
+    model: Any,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 32,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    max_batches: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "experiment": experiment.name,
+        "config": experiment.config(),
+        "model": model.describe(),
+        "batch_size": batch_size,
+        "temperature": temperature,
+        "seed": seed,
+        "protocol_hash": protocol.protocol_hash(),
+    }
+    mpath = out / "manifest.json"
+    if mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{mpath} is corrupt ({exc.msg}); remove it to start this run afresh") from None
+        keys = ("experiment", "config", "batch_size", "temperature", "seed")
+        if any(old.get(k) != json.loads(json.dumps(manifest[k], default=str)) for k in keys) or \
+                old.get("model", {}).get("fingerprint") != model.fingerprint:
+            raise ArtifactError(f"{out} holds a run with a different configuration or model; "
+                                "resume it with the same command, or pass a new --out")
+    else:
+        manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        manifest["environment"] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                                   "platform": platform.platform(), "package_version": _package_version()}
+        atomic_write_json(mpath, manifest)
+
+    store = ResultStore(out / "results.jsonl")
+    trials = experiment.trials()
+    ids = [t.trial_id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise RuntimeError(f"{experiment.name} produced duplicate trials; this is a bug in its trial list")
+    done = store.ids
+    batches = plan_batches(trials, batch_size)
+    todo = [(i, [t for t in b if t.trial_id not in done]) for i, b in enumerate(batches)]
+    todo = [(i, b) for i, b in todo if b]
+    n_todo = sum(len(b) for _, b in todo)
+    n_before = len(trials) - n_todo
+    if n_todo:
+        experiment.prepare(model)
+    bar = None
+    if progress and n_todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(trials), initial=n_before, desc=experiment.name, unit="trial", dynamic_ncols=True,
+                   file=sys.stderr)
+    t0, generated = time.perf_counter(), 0
+    common = {"experiment": experiment.name, "model": model.name, "model_fingerprint": model.fingerprint,
+              "package_version": _package_version(), "protocol_hash": protocol.protocol_hash(),
+              "temperature": temperature}
+    for n_batch, (bi, batch) in enumerate(todo):
+        if max_batches is not None and n_batch >= max_batches:
+            break
+        inputs = [experiment.build(model, t) for t in batch]
+        bseed = batch_seed(seed, bi)
+        max_new = max(x.max_new_tokens for x in inputs)
+        gen = generate(model, [x.prompt for x in inputs], [x.injections or None for x in inputs],
+                       max_new_tokens=max_new, temperature=temperature, seed=bseed)
+        records = []
+        for r, (trial, x) in enumerate(zip(batch, inputs)):
+            toks = gen.new_tokens[r][: x.max_new_tokens]
+            text = model.tokenizer.decode(toks, skip_special_tokens=True)
+            rec = {**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
+                   "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
+                   "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt), "response": text,
+                   "n_new_tokens": len(toks),
+                   "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
+                                  for inj, d in zip(x.injections, gen.doses[r])],
+                   "dose": gen.doses[r][0] if gen.doses[r] else None, **x.info}
+            records.append(rec)
+        store.append(records)
+        generated += len(batch)
+        if bar is not None:
+            bar.update(len(batch))
+        if on_batch is not None:
+            on_batch(bi)
+    if bar is not None:
+        bar.close()
+    return RunResult(out, len(trials), n_before, generated, time.perf_counter() - t0)
