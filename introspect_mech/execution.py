@@ -58,13 +58,14 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
                 x = plan.apply_heads(L, x)
                 op.input = x
             if want_heads and L in rec_set:
-                b, s, _ = x.shape
-                store["heads"].setdefault(L, []).append(x.detach().reshape(b, s, arch.n_heads, arch.head_dim).cpu())
+                xk = x[:, -1:] if spec.last_token_only else x
+                b, s, _ = xk.shape
+                store["heads"].setdefault(L, []).append(xk.detach().reshape(b, s, arch.n_heads, arch.head_dim).cpu())
         if want_attn and L in rec_set:
             w = arch.attn(nn, L).output[1]
             if w is None:
                 raise IntrospectError("attention weights are None: load the model with attention=True (eager attention)")
-            store["attn"].setdefault(L, []).append(w.detach().cpu())
+            store["attn"].setdefault(L, []).append((w[:, :, -1:] if spec.last_token_only else w).detach().cpu())
         if L in plan.slots or L in plan.patches or (want_res and L in rec_set):
             lay = arch.layer(nn, L)
             h, is_tuple = _unwrap(lay.output)

@@ -49,7 +49,11 @@ class Recording:
     ref_norms: dict[int, torch.Tensor] = field(default_factory=dict)  # [B] mean ‖h‖ at injection layers
 
     def row(self, tensor: torch.Tensor, r: int, token_dim: int = 0) -> torch.Tensor:
-        """Strip row ``r``'s left padding from one row's tensor along ``token_dim``."""
+        """Strip row ``r``'s left padding from one row's tensor along ``token_dim``.
+
+        A ``last_token_only`` recording has no padding to strip (one position per row)."""
+        if tensor.shape[token_dim] != self.batch.width:
+            return tensor
         pad = int(self.batch.pad[r])
         return tensor.narrow(token_dim, pad, tensor.shape[token_dim] - pad)
 
@@ -85,8 +89,9 @@ def head_contributions(model: Any, layer: int, head_inputs: torch.Tensor) -> tor
     if type(proj).__name__ == "Conv1D":  # GPT-2 stores [in, out]
         w = w.T
     b, t, h, hd = head_inputs.shape
-    w_heads = w.reshape(w.shape[0], h, hd)  # [d, H, hd]
-    return torch.einsum("bthk,dhk->bthd", head_inputs.to(w.dtype), w_heads)
+    with torch.no_grad():
+        w_heads = w.reshape(w.shape[0], h, hd)  # [d, H, hd]
+        return torch.einsum("bthk,dhk->bthd", head_inputs.to(w.dtype), w_heads)
 
 
 def o_proj_bias(model: Any, layer: int) -> torch.Tensor | None:

@@ -14,6 +14,8 @@ import torch
 from introspect_mech.arch import Architecture, KNOWN_LAYOUTS
 from introspect_mech.errors import ArchitectureError, LayerError
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 # (n_layers, d_model, n_heads, n_kv_heads, head_dim) as conftest.tiny_config sets them
 EXPECTED_SHAPES = {
     "llama": (3, 64, 4, 2, 16),
