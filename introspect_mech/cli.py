@@ -118,12 +118,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         controls = ALL_CONTROLS if args.controls == "all" else tuple(
             c.strip() for c in args.controls.split(",") if c.strip())
         cfg = InjectedThoughtsConfig(
-            layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths),
+            layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths or "1,2,4,8"),
             concepts=args.concepts, n_concepts=args.n_concepts, trials=args.trials,
             control_trials=args.control_trials, controls=controls, control_per_cell=args.control_per_cell,
             yes_bias_per_cell=args.yes_bias_per_cell, alt_per_cell=args.alt_per_cell, variant=args.variant,
-            max_new_tokens=args.max_new_tokens, fmt=args.format)
+            max_new_tokens=args.max_new_tokens or 100, fmt=args.format)
         exp = InjectedThoughts(model, cfg)
+    elif args.experiment == "thoughts-vs-text":
+        from .experiments.thoughts_vs_text import ThoughtsVsText, ThoughtsVsTextConfig
+
+        exp = ThoughtsVsText(model, ThoughtsVsTextConfig(
+            layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths or "1,2,4,8,16"),
+            n_sentences=args.n_pairs, fmt=args.format))
+    elif args.experiment == "prefill-intent":
+        from .experiments.prefill_intent import PrefillIntent, PrefillIntentConfig, PrefillIntentLogits
+
+        cfg = PrefillIntentConfig(layers=[x for x in args.layers.split(",") if x.strip()],
+                                  strengths=_floats(args.strengths or "1,2,4,8,16"), n_pairs=args.n_pairs,
+                                  measure=args.measure, max_new_tokens=args.max_new_tokens or 20, fmt=args.format)
+        exp = (PrefillIntentLogits if args.measure == "logits" else PrefillIntent)(model, cfg)
+    elif args.experiment == "intentional-control":
+        from .experiments.intentional_control import IntentionalControl, IntentionalControlConfig
+
+        exp = IntentionalControl(model, IntentionalControlConfig(n_pairs=args.n_pairs, fmt=args.format))
     else:  # argparse restricts the choices; this guards programmatic calls
         raise IntrospectError(f"unknown experiment {args.experiment!r}")
     res = run_sweep(exp, model, args.out, batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
@@ -139,7 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     out = write_report(args.run, grader=args.grader, figures_dir=args.figures_dir, png=not args.no_png,
-                       judge_url=args.judge_url)
+                       judge_url=args.judge_url, compare=args.compare or ())
     print(out["table"])
     print("\nfigures:")
     for name, paths in out["figures"].items():
@@ -185,11 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
-    p.add_argument("experiment", choices=["injected-thoughts"])
+    p.add_argument("experiment", choices=["injected-thoughts", "thoughts-vs-text", "prefill-intent",
+                                          "intentional-control"])
     _add_model_args(p)
     p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
     p.add_argument("--layers", default="0.33,0.5,0.67,0.83", help="indices or depth fractions")
-    p.add_argument("--strengths", default="1,2,4,8")
+    p.add_argument("--strengths", default=None, help="default: the paper's (1,2,4,8 for Exp 1; 1..16 for Exp 2/3)")
+    p.add_argument("--n-pairs", type=int, default=50, help="Exp 2-4: sentences / pairs used (max 50)")
+    p.add_argument("--measure", default="generate", choices=["generate", "logits"],
+                   help="Exp 3: graded replies, or the generation-free intent-vs-apology log-odds")
     p.add_argument("--concepts", default="paper",
                    help="'paper', category names (famous_people,countries,concrete_nouns,abstract_nouns,verbs), or words")
     p.add_argument("--n-concepts", type=int, default=None, help="use only the first N selected concepts")
@@ -202,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alt-per-cell", type=int, default=6)
     p.add_argument("--variant", default="2025", choices=["2025", "2026"])
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
-    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -215,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
     p.add_argument("--figures-dir", default=None, help="where to write figures (default RUN/figures)")
     p.add_argument("--no-png", action="store_true", help="HTML figures only")
+    p.add_argument("--compare", nargs="*", default=None,
+                   help="Exp 4: other runs (e.g. the base model) drawn side by side in one figure")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("calibrate", help="score the offline grader against labelled responses")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import ArtifactError, MissingFileError
 from .store import ResultStore, atomic_write_json, atomic_write_text
@@ -43,26 +43,88 @@ def make_grader(name: str, **kwargs: Any):
                      "key in OPENAI_API_KEY, --judge-url for another base URL)")
 
 
+def _model_arg(manifest: dict) -> str | None:
+    src = manifest.get("model", {}).get("source", "")
+    if src.startswith("embedded:"):
+        return src.split(":", 1)[1]
+    if src.startswith(("path:", "hub:")):
+        return src.split(":", 1)[1]
+    return manifest.get("model", {}).get("name")
+
+
+class _JudgeChooser:
+    """The paper's word_choice judge prompt behind the chooser interface."""
+
+    def __init__(self, judge: Any) -> None:
+        self.judge, self.name = judge, getattr(judge, "name", "judge")
+
+    def choose(self, response: str, candidates: Sequence[str]):
+        from .grading.word_choice import Choice
+
+        answer = self.judge.choose_words([response], [list(candidates)])[0]
+        hit = next((c for c in candidates if c.lower() in answer.lower()), "")
+        return Choice(hit, "judge", {"answer": answer})
+
+
 def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str | Path | None = None,
-                 png: bool = True, judge_url: str | None = None) -> dict:
+                 png: bool = True, judge_url: str | None = None, compare: Sequence[str | Path] = ()) -> dict:
     run = Path(run_dir)
     manifest, records = load_run(run)
     if not records:
         raise ArtifactError(f"{run}/results.jsonl holds no trials yet; run (or resume) the sweep first")
     exp = manifest["experiment"]
     fig_dir = Path(figures_dir) if figures_dir else run / "figures"
-    g = make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl")
     n_layers = manifest.get("model", {}).get("n_layers")
+    g = None
     if exp == "injected_thoughts":
+        g = make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl")
         from .experiments import injected_thoughts_report as rep
 
         grades = rep.grade_records(records, g)
         summary = rep.summarize(records, grades, n_layers)
         table = rep.markdown_table(summary)
         written = rep.figures(records, grades, summary, fig_dir, png=png)
+    elif exp == "thoughts_vs_text":
+        from .experiments import thoughts_vs_text_report as rep
+
+        if grader == "rules":
+            from .grading.word_choice import EmbeddingChooser
+            from .models import load_model
+
+            chooser = EmbeddingChooser(load_model(_model_arg(manifest)))
+        else:
+            chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl"))
+        grades = rep.grade(records, chooser)
+        summary = rep.summarize(records, grades, n_layers, manifest["config"].get("n_choices", 10))
+        table = rep.markdown_table(summary)
+        written = rep.figures(summary, fig_dir, png=png)
+        g = chooser
+    elif exp == "prefill_intent":
+        from .experiments import prefill_intent_report as rep
+
+        grades = rep.grade(records)
+        summary = rep.summarize(records, grades, n_layers)
+        table = rep.markdown_table(summary)
+        written = rep.figures(summary, fig_dir, png=png)
+    elif exp == "intentional_control":
+        from .experiments import intentional_control_report as rep
+
+        summary = rep.summarize(records)
+        name = manifest.get("model", {}).get("name", "model")
+        table = rep.markdown_table(summary, name)
+        summaries = {name: summary}
+        for other in compare:
+            m2, r2 = load_run(other)
+            if m2["experiment"] != exp:
+                raise ArtifactError(f"--compare {other} is a {m2['experiment']} run, not {exp}")
+            s2 = rep.summarize(r2)
+            n2 = m2.get("model", {}).get("name", str(other))
+            summaries[n2] = s2
+            table += "\n\n" + rep.markdown_table(s2, n2)
+        written = rep.figure(summaries, fig_dir, png=png)
     else:
         raise ArtifactError(f"no report for experiment {exp!r}")
-    summary.update({"experiment": exp, "grader": getattr(g, "name", grader), "model": manifest.get("model"),
+    summary.update({"experiment": exp, "grader": getattr(g, "name", grader if g is not None else None), "model": manifest.get("model"),
                     "run": str(run), "figures": written})
     atomic_write_json(run / "summary.json", summary)
     atomic_write_text(run / "summary.md", table + "\n")

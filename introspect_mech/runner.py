@@ -104,6 +104,19 @@ def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial]
     return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
 
 
+def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float, seed: int) -> list[dict]:
+    """One batched ``generate`` for a batch of trials; each row cut to its own ``max_new_tokens``."""
+    max_new = max(x.max_new_tokens for x in inputs)
+    gen = generate(model, [x.prompt for x in inputs], [x.injections or None for x in inputs],
+                   max_new_tokens=max_new, temperature=temperature, seed=seed)
+    rows = []
+    for r, x in enumerate(inputs):
+        toks = gen.new_tokens[r][: x.max_new_tokens]
+        rows.append({"response": model.tokenizer.decode(toks, skip_special_tokens=True), "n_new_tokens": len(toks),
+                     "doses": list(gen.doses[r])})
+    return rows
+
+
 def run_sweep(
     experiment: Experiment,
     model: Any,
@@ -168,25 +181,25 @@ def run_sweep(
     common = {"experiment": experiment.name, "model": model.name, "model_fingerprint": model.fingerprint,
               "package_version": _package_version(), "protocol_hash": protocol.protocol_hash(),
               "temperature": temperature}
+    execute = getattr(experiment, "execute", None)
     for n_batch, (bi, batch) in enumerate(todo):
         if max_batches is not None and n_batch >= max_batches:
             break
         inputs = [experiment.build(model, t) for t in batch]
         bseed = batch_seed(seed, bi)
-        max_new = max(x.max_new_tokens for x in inputs)
-        gen = generate(model, [x.prompt for x in inputs], [x.injections or None for x in inputs],
-                       max_new_tokens=max_new, temperature=temperature, seed=bseed)
+        if execute is not None:  # forward-only experiments (teacher forcing, logit measures)
+            outputs = execute(model, inputs)
+        else:
+            outputs = _generate_rows(model, inputs, temperature, bseed)
         records = []
-        for r, (trial, x) in enumerate(zip(batch, inputs)):
-            toks = gen.new_tokens[r][: x.max_new_tokens]
-            text = model.tokenizer.decode(toks, skip_special_tokens=True)
+        for trial, x, o in zip(batch, inputs, outputs):
+            doses = o.pop("doses", [])
             rec = {**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
                    "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
-                   "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt), "response": text,
-                   "n_new_tokens": len(toks),
+                   "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
                    "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
-                                  for inj, d in zip(x.injections, gen.doses[r])],
-                   "dose": gen.doses[r][0] if gen.doses[r] else None, **x.info}
+                                  for inj, d in zip(x.injections, doses)],
+                   "dose": doses[0] if doses else None, **x.info, **o}
             records.append(rec)
         store.append(records)
         generated += len(batch)

@@ -1,0 +1,112 @@
+"""Experiment 4: intentional control — "think about X" vs "don't think about X" while writing a sentence.
+
+The assistant's turn is teacher-forced with the sentence; no generation. In one
+forward pass per batch we read, at every layer, the cosine similarity between the
+residual on the assistant's sentence tokens and the concept vector of ``{word}``, and
+the same cosine against each of the 100 control words' vectors (the baseline band).
+
+Metrics (in the report): think − don't-think gap per layer, the gap over the baseline,
+and a *silent-decay index* = gap at the final layer / peak gap over layers (1: the
+representation persists to the output; ≈0: "silent" control, gone by the last layer).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .. import protocol
+from ..concepts import ConceptVectors, extract_concept_vectors
+from ..execution import forward
+from ..prompts import Turn, render
+from ..record import RecordSpec
+from ..runner import Trial, TrialInput
+
+NAME = "intentional_control"
+
+
+@dataclass
+class IntentionalControlConfig:
+    n_pairs: int = 50
+    templates: tuple[str, ...] = ("think", "dont_think", "rewarded", "punished", "happy", "sad", "charity", "terrorist")
+    control_formats: bool = True
+    pairing_seed: int = 0
+    fmt: str = "auto"
+
+    def validate(self) -> None:
+        known = set(protocol.experiment(NAME)["templates"])
+        bad = set(self.templates) - known
+        if bad:
+            raise ValueError(f"unknown template(s) {sorted(bad)}; choose from {', '.join(sorted(known))}")
+        if not 1 <= self.n_pairs <= 50:
+            raise ValueError("n_pairs must be between 1 and 50")
+
+
+class IntentionalControl:
+    name = NAME
+
+    def __init__(self, model: Any, cfg: IntentionalControlConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        exp = protocol.experiment(NAME)
+        self.templates = {k: exp["templates"][k] for k in cfg.templates}
+        if cfg.control_formats:
+            for j, f in enumerate(exp["control_formats"]):
+                self.templates[f"format_{j}"] = f
+        self.sentences = protocol.sentences()[: cfg.n_pairs]
+        self.words = [w.lower() for w in protocol.concept_words()]
+        rng = random.Random(cfg.pairing_seed)
+        self.pair_words = [rng.choice(self.words) for _ in self.sentences]
+        self.control_words = [w.lower() for w in protocol.load_protocol()["control_words_exp4"]]
+        self.n_layers = model.arch.n_layers
+        self.vectors: ConceptVectors | None = None
+        self.control_vectors: ConceptVectors | None = None
+
+    def config(self) -> dict:
+        d = asdict(self.cfg)
+        d["templates"] = list(self.templates)
+        return d
+
+    def trials(self) -> list[Trial]:
+        return [Trial(NAME, tname, w, None, None, f"{tname}:{i}", 0, None, (("pair", i),))
+                for i, w in enumerate(self.pair_words) for tname in self.templates]
+
+    def prepare(self, model: Any) -> None:
+        self.vectors = extract_concept_vectors(model, self.words, fmt=self.cfg.fmt)
+        self.control_vectors = extract_concept_vectors(model, self.control_words, fmt=self.cfg.fmt)
+        # [K, n_layers, d]: the pair words first, then the control words
+        self._stack = torch.cat([self.vectors.stack(), self.control_vectors.stack()], dim=0)
+
+    def prompt(self, model: Any, template: str, i: int):
+        sent, word = self.sentences[i], self.pair_words[i]
+        text = self.templates[template].format(sentence=sent, word=word)
+        rp = render(model.tokenizer, [Turn("user", text)], prefill=sent, fmt=self.cfg.fmt)
+        return rp, rp.token_span_of(sent, last=True)
+
+    def build(self, model: Any, trial: Trial) -> TrialInput:
+        i = int(trial.get("pair"))
+        rp, span = self.prompt(model, trial.condition, i)
+        return TrialInput(rp, [], 0, {"sentence": self.sentences[i], "word": self.pair_words[i],
+                                      "sentence_span": list(span), "template": trial.condition})
+
+    def execute(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
+        rec = forward(model, [x.prompt for x in inputs],
+                      record=RecordSpec(layers=None, residual=False, cosine_with=self._stack, logits=False))
+        n_words = len(self.words)
+        out = []
+        for r, x in enumerate(inputs):
+            a, b = x.info["sentence_span"]
+            w_idx = self.words.index(x.info["word"])
+            target, ctrl_mean, ctrl_sd = [], [], []
+            for L in range(self.n_layers):
+                c = rec.row(rec.cosine[L][r], r)[a:b].mean(0)  # [K] mean over the sentence tokens
+                target.append(float(c[w_idx]))
+                cc = c[n_words:]
+                ctrl_mean.append(float(cc.mean()))
+                ctrl_sd.append(float(cc.std()))
+            out.append({"cos_target": target, "cos_control_mean": ctrl_mean, "cos_control_sd": ctrl_sd,
+                        "response": None})
+        return out

@@ -1,0 +1,170 @@
+"""Experiment 3: prefill intent — does an injected "prior intention" make the model own a word it did not choose?
+
+The assistant's turn is prefilled with a word unrelated to the sentence; the model is
+then asked "Did you mean to say that, or was it an accident?". Conditions:
+
+- ``no_injection``;
+- ``matching_concept``: the prefilled word's concept vector on the *sentence* tokens
+  (before the prefill) — the paper's finding is that apologies drop;
+- ``random_other_concept``: another concept's vector, same place and strength;
+- ``question_turn``: the matching vector on the tokens of the final question instead
+  (the paper's control: the effect should need the injection *before* the prefill).
+
+Two measures: generated replies (20 tokens) graded intent vs apology, and a
+generation-free logit measure — the log-odds of an intent reply vs an apology reply,
+scored by teacher forcing both replies after the prompt — cheap enough for every layer.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from .. import protocol
+from ..concepts import ConceptVectors, extract_concept_vectors
+from ..execution import forward
+from ..inject import Injection, Window, check_strength
+from ..prompts import Turn, encode_text, render
+from ..runner import Trial, TrialInput
+
+NAME = "prefill_intent"
+CONDITIONS = ("no_injection", "matching_concept", "random_other_concept", "question_turn")
+INTENT_REPLIES = ("Yes, I meant to say that.", "I meant to say that. It was intentional.")
+APOLOGY_REPLIES = ("No, it was an accident.", "Sorry, that was an accident.")
+
+
+@dataclass
+class PrefillIntentConfig:
+    layers: list[Any] = field(default_factory=lambda: [0.33, 0.5, 0.67, 0.83])
+    strengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    n_pairs: int = 50
+    conditions: tuple[str, ...] = CONDITIONS
+    measure: str = "generate"  # or "logits"
+    max_new_tokens: int = 20
+    pairing_seed: int = 0
+    fmt: str = "auto"
+
+    def validate(self) -> None:
+        for s in self.strengths:
+            check_strength(s)
+        if self.measure not in ("generate", "logits"):
+            raise ValueError("measure must be 'generate' or 'logits'")
+        bad = set(self.conditions) - set(CONDITIONS)
+        if bad:
+            raise ValueError(f"unknown condition(s) {sorted(bad)}; choose from {', '.join(CONDITIONS)}")
+        if not 1 <= self.n_pairs <= 50:
+            raise ValueError("n_pairs must be between 1 and 50")
+
+
+class PrefillIntent:
+    name = NAME
+
+    def __init__(self, model: Any, cfg: PrefillIntentConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
+        self.sentences = protocol.sentences()[: cfg.n_pairs]
+        self.words = [w.lower() for w in protocol.concept_words()]
+        rng = random.Random(cfg.pairing_seed)
+        self.prefill = [rng.choice(self.words) for _ in self.sentences]
+        self.other = [rng.choice([w for w in self.words if w != p]) for p in self.prefill]
+        self.vectors: ConceptVectors | None = None
+        self._cont_ids: dict[str, list[int]] = {}
+
+    @property
+    def name_with_measure(self) -> str:
+        return NAME
+
+    def config(self) -> dict:
+        d = asdict(self.cfg)
+        d["layers"] = self.layers
+        d["conditions"] = list(self.cfg.conditions)
+        return d
+
+    def trials(self) -> list[Trial]:
+        out = []
+        for i, (w, o) in enumerate(zip(self.prefill, self.other)):
+            extra = (("pair", i), ("injected_word", None))
+            if "no_injection" in self.cfg.conditions:
+                out.append(Trial(NAME, "no_injection", w, None, None, f"pair:{i}", 0, None, (("pair", i),)))
+            for L in self.layers:
+                for s in self.cfg.strengths:
+                    for cond in self.cfg.conditions:
+                        if cond == "no_injection":
+                            continue
+                        injected = o if cond == "random_other_concept" else w
+                        extra = (("pair", i), ("injected_word", injected))
+                        out.append(Trial(NAME, cond, w, L, float(s), f"pair:{i}", 0, None, extra))
+        return out
+
+    def prepare(self, model: Any) -> None:
+        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt)
+
+    def prompt(self, model: Any, i: int):
+        exp = protocol.experiment(NAME)
+        sent, word = self.sentences[i], self.prefill[i]
+        turns = [Turn(t["role"], t["content"].format(sentence=sent, word=word)) for t in exp["turns"]]
+        rp = render(model.tokenizer, turns, fmt=self.cfg.fmt)
+        sent_span = rp.token_span_of(sent)
+        question = exp["turns"][-1]["content"]
+        q_span = rp.token_span_of(question, last=True)
+        w_start = rp.find(word, after=rp.find(sent)[1])  # the prefilled word, after the sentence
+        return rp, Window.span(*sent_span), Window.span(*q_span), rp.token_span(*w_start)
+
+    def build(self, model: Any, trial: Trial) -> TrialInput:
+        i = int(trial.get("pair"))
+        rp, sent_w, q_w, word_span = self.prompt(model, i)
+        info = {"sentence": self.sentences[i], "prefilled_word": self.prefill[i],
+                "injected_word": trial.get("injected_word"), "prefill_span": list(word_span)}
+        mx = self.cfg.max_new_tokens
+        if trial.condition == "no_injection":
+            return TrialInput(rp, [], mx, dict(info, window=None))
+        window = q_w if trial.condition == "question_turn" else sent_w
+        v = self.vectors.get(trial.get("injected_word"), trial.layer)
+        info["window"] = window.to_dict()
+        return TrialInput(rp, [Injection(v, trial.layer, trial.strength, window, label=trial.get("injected_word"))],
+                          mx, info)
+
+    # ---- the generation-free measure ------------------------------------------------
+    def execute_logits(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
+        """log P(intent reply) − log P(apology reply), each a log-sum-exp over its reply variants."""
+        replies = list(INTENT_REPLIES) + list(APOLOGY_REPLIES)
+        rows, injs, meta = [], [], []
+        for x in inputs:
+            for k, rep in enumerate(replies):
+                full = encode_text(model.tokenizer, x.prompt.text + rep, x.prompt.fmt)
+                n_prompt = len(x.prompt)
+                if tuple(full.input_ids[:n_prompt]) != tuple(x.prompt.input_ids):
+                    raise RuntimeError("the reply merged with the prompt's last token on this tokenizer; "
+                                       "the logit measure needs a clean token boundary after the generation prompt")
+                rows.append(full)
+                injs.append(x.injections or None)
+                meta.append((n_prompt, len(full)))
+        rec = forward(model, rows, injs)
+        logp = torch.log_softmax(rec.logits.double(), dim=-1)
+        scores = []
+        for r, (n_prompt, n_full) in enumerate(meta):
+            pad = int(rec.batch.pad[r])
+            ids = torch.tensor(rows[r].input_ids)
+            # token t is predicted at column pad + t - 1
+            cols = torch.arange(n_prompt, n_full) + pad - 1
+            scores.append(float(logp[r, cols, ids[n_prompt:n_full]].sum()))
+        out = []
+        n_i, n_r = len(INTENT_REPLIES), len(replies)
+        for j, x in enumerate(inputs):
+            s = torch.tensor(scores[j * n_r:(j + 1) * n_r])
+            lo = float(torch.logsumexp(s[:n_i], 0) - torch.logsumexp(s[n_i:], 0))
+            dose = rec.doses[j * n_r][0] if rec.doses[j * n_r] else None
+            out.append({"intent_logodds": lo, "reply_logprobs": dict(zip(replies, s.tolist())),
+                        "doses": [dose] if dose is not None else []})
+        return out
+
+
+class PrefillIntentLogits(PrefillIntent):
+    """Same trials, scored by the logit measure instead of generation (runner calls ``execute``)."""
+
+    def execute(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
+        return self.execute_logits(model, inputs)

@@ -1,0 +1,128 @@
+"""Experiment 3 report: apology rate per condition vs layer, the paper's largest-drop metric, and the logit measure."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from ..grading.intent import classify_intent
+from ..stats import Rate, difference_interval
+
+
+def grade(records: Sequence[dict]) -> list[dict]:
+    out = []
+    for r in records:
+        if r.get("response") is None:
+            out.append({})
+            continue
+        v = classify_intent(r["response"])
+        out.append({"intended": v.intended, "apology": (None if v.intended is None else not v.intended)})
+    return out
+
+
+def _mean_ci(xs: list[float]) -> dict:
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    m = sum(xs) / n
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    half = 1.96 * sd / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
+
+
+def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | None) -> dict:
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        groups[(r["condition"], r.get("layer"), r.get("strength"))].append(i)
+    rows = []
+    for (cond, layer, strength), idx in groups.items():
+        row = {"condition": cond, "layer": layer, "strength": strength,
+               "depth": layer / (n_layers - 1) if (layer is not None and n_layers) else None, "n": len(idx)}
+        apol = [grades[i].get("apology") for i in idx]
+        if any(a is not None for a in apol) or any(records[i].get("response") is not None for i in idx):
+            row["apology"] = asdict(Rate.from_bools(apol))
+            row["unclear"] = sum(a is None for a in apol)
+        lo = [records[i]["intent_logodds"] for i in idx if records[i].get("intent_logodds") is not None]
+        if lo:
+            row["intent_logodds"] = _mean_ci(lo)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["condition"], r["layer"] or -1, r["strength"] or 0))
+    by = {(r["condition"], r["layer"], r["strength"]): r for r in rows}
+    base = by.get(("no_injection", None, None))
+    drops = []
+    for r in rows:
+        if r["condition"] != "matching_concept" or "apology" not in r or r["apology"]["n"] == 0:
+            continue
+        rnd = by.get(("random_other_concept", r["layer"], r["strength"]))
+        refs = [x for x in (base, rnd) if x and "apology" in x and x["apology"]["n"]]
+        if not refs:
+            continue
+        ref = min(refs, key=lambda x: x["apology"]["rate"])  # the paper: drop vs min(no-injection, random)
+        d = difference_interval(ref["apology"]["k"], ref["apology"]["n"], r["apology"]["k"], r["apology"]["n"])
+        drops.append({"layer": r["layer"], "strength": r["strength"], "reference": ref["condition"],
+                      "drop": asdict(d)})
+    best = max(drops, key=lambda d: d["drop"]["estimate"], default=None)
+    return {"cells": rows, "drops": drops, "largest_drop": best}
+
+
+def _fmt(r: dict | None) -> str:
+    return "–" if not r or r["n"] == 0 else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})"
+
+
+def _fmt_m(m: dict | None) -> str:
+    return "–" if not m or not m["n"] else f"{m['mean']:+.2f} [{m['lo']:+.2f}, {m['hi']:+.2f}]"
+
+
+def markdown_table(summary: dict) -> str:
+    lines = ["| condition | layer (depth) | strength | apology rate | unclear | intent log-odds |",
+             "|---|---|---|---|---|---|"]
+    for r in summary["cells"]:
+        depth = f"{r['layer']} ({r['depth']:.2f})" if r["layer"] is not None else "–"
+        lines.append(f"| {r['condition']} | {depth} | {r['strength'] if r['strength'] is not None else '–'} | "
+                     f"{_fmt(r.get('apology'))} | {r.get('unclear', '–')} | {_fmt_m(r.get('intent_logodds'))} |")
+    b = summary.get("largest_drop")
+    if b:
+        d = b["drop"]
+        lines.append("")
+        lines.append(f"Largest drop in apology rate (matching concept vs min(no injection, random concept)): "
+                     f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] at layer {b['layer']}, strength "
+                     f"{b['strength']:g} (reference: {b['reference']}). Selected as the maximum over cells: "
+                     "an optimistic, in-sample number.")
+    return "\n".join(lines)
+
+
+def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
+    from .. import plots
+
+    rows = [r for r in summary["cells"] if r["layer"] is not None]
+    base = next((r for r in summary["cells"] if r["condition"] == "no_injection"), None)
+    written = {}
+    if any("apology" in r for r in rows):
+        written["apology"] = plots.save_figure(plots.facets_vs_layer(
+            [r for r in rows if "apology" in r], facet="strength", metric="apology", group="condition",
+            facet_label="strength", title="Exp 3: apology rate by condition vs layer (95% CI)",
+            baseline=base.get("apology") if base else None, baseline_label="no injection"),
+            out_dir / "exp3_apology_vs_layer", png=png, width=1400)
+    lo_rows = [r for r in rows if "intent_logodds" in r]
+    if lo_rows:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for i, cond in enumerate(sorted({r["condition"] for r in lo_rows})):
+            for j, s in enumerate(sorted({r["strength"] for r in lo_rows})):
+                pts = sorted((r for r in lo_rows if r["condition"] == cond and r["strength"] == s), key=lambda r: r["layer"])
+                fig.add_trace(go.Scatter(
+                    x=[r["layer"] for r in pts], y=[r["intent_logodds"]["mean"] for r in pts], mode="lines+markers",
+                    name=f"{cond} s={s:g}", line=dict(color=plots.PALETTE[i % 8], dash=["solid", "dash", "dot", "dashdot", "longdash"][j % 5]),
+                    error_y=dict(type="data", symmetric=False,
+                                 array=[r["intent_logodds"]["hi"] - r["intent_logodds"]["mean"] for r in pts],
+                                 arrayminus=[r["intent_logodds"]["mean"] - r["intent_logodds"]["lo"] for r in pts])))
+        if base and "intent_logodds" in base:
+            fig.add_hline(y=base["intent_logodds"]["mean"], line_dash="dot", annotation_text="no injection")
+        fig.update_layout(title="Exp 3 (no generation): log-odds of an intent reply vs an apology reply",
+                          xaxis_title="layer", yaxis_title="log P(intent) − log P(apology)", template="plotly_white")
+        written["logodds"] = plots.save_figure(fig, out_dir / "exp3_intent_logodds_vs_layer", png=png)
+    return written
