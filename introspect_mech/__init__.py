@@ -14,7 +14,7 @@ from .batch import Batch, make_batch
 from .errors import IntrospectError
 from .execution import Generation, forward, generate
 from .inject import Injection, Window, random_like
-from .interventions import HeadAblation, ResidualPatch
+from .interventions import DirectionAblation, HeadAblation, MLPAblation, ResidualPatch
 from .models import DEFAULT_MODEL, Model, load_model, wrap
 from .prompts import RenderedPrompt, Turn, encode_text, render
 from .record import RecordSpec, Recording, cosine_to, head_contributions
@@ -25,7 +25,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+src"
 
 __all__ = [
-    "Architecture", "Batch", "DEFAULT_MODEL", "Generation", "HeadAblation", "Injection", "IntrospectError", "Model",
+    "Architecture", "Batch", "DirectionAblation", "MLPAblation", "DEFAULT_MODEL", "Generation", "HeadAblation", "Injection", "IntrospectError", "Model",
     "RecordSpec", "Recording", "RenderedPrompt", "ResidualPatch", "Turn", "Window", "cosine_to", "encode_text",
     "forward", "generate", "head_contributions", "load_model", "make_batch", "random_like", "render", "wrap",
 ]

@@ -28,6 +28,7 @@ class ModuleLayout:
     o_proj: str  # attribute of the attention module: the output projection
     final_norm: str  # the norm applied after the last block
     embed: str  # token embedding
+    mlp: str = "mlp"  # attribute of a block: the MLP
 
 
 # Ordered from most to least common; the first layout whose paths all exist wins.
@@ -38,7 +39,7 @@ KNOWN_LAYOUTS: tuple[ModuleLayout, ...] = (
     ModuleLayout("transformer.h", "attn", "c_proj", "transformer.ln_f", "transformer.wte"),
     ModuleLayout("gpt_neox.layers", "attention", "dense", "gpt_neox.final_layer_norm", "gpt_neox.embed_in"),
     ModuleLayout("model.decoder.layers", "self_attn", "out_proj", "model.decoder.final_layer_norm",
-                 "model.decoder.embed_tokens"),
+                 "model.decoder.embed_tokens", "fc2"),
 )
 
 
@@ -178,6 +179,9 @@ class Architecture:
 
     def o_proj(self, root: Any, i: int) -> Any:
         return getattr(self.attn(root, i), self.layout.o_proj)
+
+    def mlp(self, root: Any, i: int) -> Any:
+        return _get_path(self.layer(root, i), self.layout.mlp)
 
     def final_norm(self, root: Any) -> Any:
         return _get_path(root, self.layout.final_norm)

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Exp 3: graded replies, or the generation-free intent-vs-apology log-odds")
     p.add_argument("--concepts", default="paper",
                    help="'paper', category names (famous_people,countries,concrete_nouns,abstract_nouns,verbs), or words")
-    p.add_argument("--n-concepts", type=int, default=None, help="use only the first N selected concepts")
+    p.add_argument("--n-concepts", type=int, default=None, help="use only the first N concepts of each selected set")
     p.add_argument("--trials", type=int, default=1, help="samples per (concept, layer, strength)")
     p.add_argument("--control-trials", type=int, default=100, help="no-injection trials (false positives)")
     p.add_argument("--controls", default="all",

@@ -19,7 +19,7 @@ import torch
 from .batch import Batch, make_batch
 from .errors import IntrospectError
 from .inject import Injection
-from .interventions import HeadAblation, InterventionPlan, ResidualPatch
+from .interventions import InterventionPlan, ResidualPatch
 from .prompts import RenderedPrompt
 from .record import RecordSpec, Recording, cosine_to
 
@@ -48,8 +48,10 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
     want_res = spec is not None and (spec.residual or spec.cosine_with is not None)
     want_attn = spec is not None and spec.attention
     want_heads = spec is not None and spec.head_outputs
+    want_comp = spec is not None and spec.components
     rec_set = set(rec_layers)
-    layers = sorted(set(plan.edit_layers) | set(plan.ablation_layers) | (rec_set if spec else set()))
+    layers = sorted(set(plan.edit_layers) | set(plan.ablation_layers) | set(plan.mlp_layers)
+                    | (rec_set if spec else set()))
     for L in layers:
         if (want_heads and L in rec_set) or L in plan.ablations:
             op = arch.o_proj(nn, L)
@@ -61,12 +63,26 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
                 xk = x[:, -1:] if spec.last_token_only else x
                 b, s, _ = xk.shape
                 store["heads"].setdefault(L, []).append(xk.detach().reshape(b, s, arch.n_heads, arch.head_dim).cpu())
-        if want_attn and L in rec_set:
-            w = arch.attn(nn, L).output[1]
-            if w is None:
-                raise IntrospectError("attention weights are None: load the model with attention=True (eager attention)")
-            store["attn"].setdefault(L, []).append((w[:, :, -1:] if spec.last_token_only else w).detach().cpu())
-        if L in plan.slots or L in plan.patches or (want_res and L in rec_set):
+        if (want_attn or want_comp) and L in rec_set:
+            a_out = arch.attn(nn, L).output
+            if want_attn:
+                w = a_out[1]
+                if w is None:
+                    raise IntrospectError("attention weights are None: load the model with attention=True (eager attention)")
+                store["attn"].setdefault(L, []).append((w[:, :, -1:] if spec.last_token_only else w).detach().cpu())
+            if want_comp:
+                ao = a_out[0] if isinstance(a_out, tuple) else a_out
+                store["attn_out"].setdefault(L, []).append((ao[:, -1:] if spec.last_token_only else ao).detach().cpu())
+        if L in plan.mlp_ablations or (want_comp and L in rec_set):
+            mlp = arch.mlp(nn, L)
+            y = mlp.output
+            if L in plan.mlp_ablations:
+                y = plan.apply_mlp(L, y)
+                mlp.output = y
+            if want_comp and L in rec_set:
+                store["mlp_out"].setdefault(L, []).append((y[:, -1:] if spec.last_token_only else y).detach().cpu())
+        edits = L in plan.slots or L in plan.patches or L in plan.directions
+        if edits or (want_res and L in rec_set):
             lay = arch.layer(nn, L)
             h, is_tuple = _unwrap(lay.output)
             s = h.shape[1]
@@ -75,7 +91,7 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
                 norms = h.detach().float().norm(dim=-1).cpu()
                 m = plan.dose_norm_mask(positions)
                 store["ref_norms"][L] = (norms * m).sum(1) / m.sum(1).clamp_min(1)
-            if L in plan.slots or L in plan.patches:
+            if edits:
                 h = plan.apply_residual(L, h, positions, prefill=(step == 0))
                 lay.output = (h,) + tuple(lay.output[1:]) if is_tuple else h
             if want_res and L in rec_set:
@@ -89,7 +105,7 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
 
 
 def _new_store() -> dict:
-    return {"res": {}, "attn": {}, "heads": {}, "cos": {}, "ref_norms": {}}
+    return {"res": {}, "attn": {}, "heads": {}, "cos": {}, "ref_norms": {}, "attn_out": {}, "mlp_out": {}}
 
 
 def _plan(model: Any, batch: Batch, injections, ablations, patches) -> InterventionPlan:
@@ -103,7 +119,7 @@ def forward(
     injections: Sequence[Injection | Sequence[Injection] | None] | None = None,
     *,
     record: RecordSpec | None = None,
-    ablations: Sequence[HeadAblation] = (),
+    ablations: Sequence[Any] = (),
     patches: Sequence[ResidualPatch] = (),
 ) -> Recording:
     """One batched forward pass with per-row injections, ablations, patches and recording."""
@@ -129,6 +145,7 @@ def _to_recording(batch: Batch, plan: InterventionPlan, rec_layers: list[int], s
     rec = Recording(batch=batch, layers=rec_layers)
     rec.residual, rec.attention = first(store["res"]), first(store["attn"])
     rec.head_outputs, rec.cosine = first(store["heads"]), first(store["cos"])
+    rec.attn_out, rec.mlp_out = first(store["attn_out"]), first(store["mlp_out"])
     rec.logits = store.get("logits")
     rec.ref_norms = dict(store["ref_norms"])
     rec.doses = plan.doses(rec.ref_norms)
@@ -171,7 +188,7 @@ def generate(
     temperature: float = 0.0,
     seed: int | None = None,
     record: RecordSpec | None = None,
-    ablations: Sequence[HeadAblation] = (),
+    ablations: Sequence[Any] = (),
     **generate_kwargs: Any,
 ) -> Generation:
     """Batched generation; injections apply at the prefill *and* at every decoded token in their window.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -30,8 +30,31 @@ class HeadAblation:
 
     layer: int
     heads: tuple[int, ...]
-    mode: Literal["zero", "mean"] = "zero"
-    mean: torch.Tensor | None = None
+    mode: Literal["zero", "mean", "patch"] = "zero"
+    mean: torch.Tensor | None = None  # mode "mean": [n_heads, head_dim]; mode "patch": [B, T, n_heads, head_dim]
+    rows: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class MLPAblation:
+    """Replace the MLP output at ``layer`` by zero, a mean ``[d]``, or a per-position source ``[B, T, d]`` (patch)."""
+
+    layer: int
+    mode: Literal["zero", "mean", "patch"] = "zero"
+    value: torch.Tensor | None = None
+    rows: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DirectionAblation:
+    """Edit the residual (layer output) along a unit direction ``u``: project it out, or set its
+    projection to ``value`` (patching a clean-run mean), at unpadded positions in ``window``."""
+
+    layer: int
+    direction: torch.Tensor
+    value: float | None = None
+    start: int = 0
+    end: int | None = None
     rows: tuple[int, ...] | None = None
 
 
@@ -81,11 +104,14 @@ class InterventionPlan:
         arch: Architecture,
         batch_size: int,
         injections: Sequence[Injection | Sequence[Injection] | None] | None = None,
-        ablations: Sequence[HeadAblation] = (),
+        ablations: Sequence[Any] = (),
         patches: Sequence[ResidualPatch] = (),
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
+        head_abl = [a for a in ablations if isinstance(a, HeadAblation)]
+        other = [a for a in ablations if not isinstance(a, HeadAblation)]
+        ablations = head_abl
         self.arch, self.batch_size, self.dtype, self.device = arch, batch_size, dtype, torch.device(device)
         self.rows = _normalize_rows(injections, batch_size) if injections is not None else [[] for _ in range(batch_size)]
         self.slots: dict[int, list[_Slot]] = defaultdict(list)
@@ -107,7 +133,20 @@ class InterventionPlan:
                     raise LayerError(f"head {h} out of range at layer {layer}: the model has {arch.n_heads} heads")
             if ab.mode == "mean" and (ab.mean is None or tuple(ab.mean.shape) != (arch.n_heads, arch.head_dim)):
                 raise ValueError(f"mean ablation needs mean of shape ({arch.n_heads}, {arch.head_dim})")
+            if ab.mode == "patch" and (ab.mean is None or ab.mean.ndim != 4):
+                raise ValueError("head patching needs source values [B, T, n_heads, head_dim] in `mean`")
             self.ablations[layer].append(ab)
+        self.mlp_ablations: dict[int, list[MLPAblation]] = defaultdict(list)
+        self.directions: dict[int, list[DirectionAblation]] = defaultdict(list)
+        for ab in other:
+            layer = arch.resolve_layer(ab.layer)
+            if isinstance(ab, MLPAblation):
+                self.mlp_ablations[layer].append(ab)
+            elif isinstance(ab, DirectionAblation):
+                check_vector(ab.direction, arch.d_model, what="ablation direction")
+                self.directions[layer].append(ab)
+            else:
+                raise TypeError(f"unknown ablation spec {type(ab).__name__}")
         self.patches: dict[int, list[ResidualPatch]] = defaultdict(list)
         for p in patches:
             layer = arch.resolve_layer(p.layer)
@@ -143,7 +182,11 @@ class InterventionPlan:
 
     @property
     def edit_layers(self) -> list[int]:
-        return sorted(set(self.slots) | set(self.patches))
+        return sorted(set(self.slots) | set(self.patches) | set(self.directions))
+
+    @property
+    def mlp_layers(self) -> list[int]:
+        return sorted(self.mlp_ablations)
 
     @property
     def ablation_layers(self) -> list[int]:
@@ -151,7 +194,7 @@ class InterventionPlan:
 
     @property
     def empty(self) -> bool:
-        return not (self.slots or self.ablations or self.patches)
+        return not (self.slots or self.ablations or self.patches or self.mlp_ablations or self.directions)
 
     # ---- application ---------------------------------------------------------------
     def apply_residual(self, layer: int, h: torch.Tensor, positions: torch.Tensor, prefill: bool) -> torch.Tensor:
@@ -164,6 +207,17 @@ class InterventionPlan:
             else:
                 factor = torch.where(m, slot.values.to(h.dtype)[:, None], torch.ones((), dtype=h.dtype, device=h.device))
                 h = h * factor.unsqueeze(-1)
+        for d in self.directions.get(layer, ()):
+            u = d.direction.to(device=h.device, dtype=h.dtype)
+            u = u / u.norm()
+            m = (positions >= d.start) & (positions < (NO_END if d.end is None else d.end))
+            if d.rows is not None:
+                keep = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
+                keep[list(d.rows)] = True
+                m = m & keep[:, None]
+            proj = h @ u  # [B, S]
+            target = torch.zeros_like(proj) if d.value is None else torch.full_like(proj, float(d.value))
+            h = h + (m.to(h.dtype) * (target - proj)).unsqueeze(-1) * u
         if prefill and layer in self.patches:
             h = h.clone()
             for p in self.patches[layer]:
@@ -183,9 +237,24 @@ class InterventionPlan:
                 sl = slice(h * hd, (h + 1) * hd)
                 if ab.mode == "zero":
                     x[rows, :, sl] = 0
-                else:
+                elif ab.mode == "mean":
                     x[rows, :, sl] = ab.mean[h].to(x.dtype)
+                elif ab.mean.shape[1] == x.shape[1]:  # patch: only where the source covers this step (prefill)
+                    x[rows, :, sl] = ab.mean[rows, :, h].to(x.dtype)
         return x
+
+    def apply_mlp(self, layer: int, y: torch.Tensor) -> torch.Tensor:
+        """Edit the MLP output ``y`` ``[B, S, d]`` for MLP ablations at ``layer``."""
+        y = y.clone()
+        for ab in self.mlp_ablations[layer]:
+            rows = slice(None) if ab.rows is None else list(ab.rows)
+            if ab.mode == "zero":
+                y[rows] = 0
+            elif ab.mode == "mean":
+                y[rows] = ab.value.to(y.dtype)
+            elif ab.value.shape[1] == y.shape[1]:
+                y[rows] = ab.value[rows].to(y.dtype)
+        return y
 
     def dose_norm_mask(self, positions: torch.Tensor) -> torch.Tensor:
         """Tokens over which the reference ‖h‖ is averaged: real prompt tokens except the first

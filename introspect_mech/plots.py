@@ -36,12 +36,21 @@ def browser_path() -> str | None:
 
 
 def save_figure(fig: go.Figure, out_base: str | Path, *, png: bool = True, width: int = 900, height: int = 520) -> dict:
-    """Write ``out_base.html`` (self-contained, plotly.js inlined) and, if possible, ``out_base.png``."""
+    """Write ``out_base.html`` and, if possible, ``out_base.png``.
+
+    The HTML loads ``plotly.min.js`` from its own folder (written once per folder), so a
+    folder of figures works offline without repeating the 4.6 MB library in every file.
+    """
     base = Path(out_base)
     base.parent.mkdir(parents=True, exist_ok=True)
     written = {}
     html_path = base.with_suffix(".html")
-    atomic_write_text(html_path, fig.to_html(include_plotlyjs=True, full_html=True))
+    atomic_write_text(html_path, fig.to_html(include_plotlyjs="directory", full_html=True))
+    js = base.parent / "plotly.min.js"
+    if not js.exists():
+        from plotly.offline import get_plotlyjs
+
+        atomic_write_text(js, get_plotlyjs())
     written["html"] = str(html_path)
     if png:
         bp = browser_path()

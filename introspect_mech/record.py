@@ -32,6 +32,7 @@ class RecordSpec:
     cosine_with: torch.Tensor | None = None
     logits: bool = True
     last_token_only: bool = False  # keep only the final position (concept-vector extraction): [B, 1, ...]
+    components: bool = False  # also record the attention block's and the MLP's outputs (their residual writes)
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Recording:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, H, T, T]
     head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, H, head_dim]
     cosine: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, K]
+    attn_out: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, d] attention block output
+    mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, d] MLP output
     logits: torch.Tensor | None = None  # [B, T, vocab]
     doses: list[list[float | None]] = field(default_factory=list)
     ref_norms: dict[int, torch.Tensor] = field(default_factory=dict)  # [B] mean ‖h‖ at injection layers

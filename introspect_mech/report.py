@@ -39,8 +39,16 @@ def make_grader(name: str, **kwargs: Any):
         _, model = name.split(":", 1)
         base = kwargs.get("base_url") or "https://api.openai.com/v1"
         return LLMJudge(OpenAIBackend(base, model), cache_path=kwargs.get("cache_path"))
-    raise ValueError(f"unknown grader {name!r}; use 'rules' or 'openai:MODEL' (OpenAI-compatible endpoint, "
-                     "key in OPENAI_API_KEY, --judge-url for another base URL)")
+    if name.startswith("hf:"):
+        from .grading.llm_judge import HFBackend, LLMJudge
+        from .models import load_model
+
+        judge_model = load_model(name.split(":", 1)[1])
+        return LLMJudge(HFBackend(judge_model.hf, judge_model.tokenizer, id=f"hf:{judge_model.name}:{judge_model.fingerprint}"),
+                        cache_path=kwargs.get("cache_path"))
+    raise ValueError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
+                     "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
+                     "base URL)")
 
 
 def _model_arg(manifest: dict) -> str | None:

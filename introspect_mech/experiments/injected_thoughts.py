@@ -61,7 +61,7 @@ class InjectedThoughtsConfig:
     layers: list[Any] = field(default_factory=lambda: [0.33, 0.5, 0.67, 0.83])
     strengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
     concepts: str | list[str] = "paper"
-    n_concepts: int | None = None  # first N of the selected concepts (None: all)
+    n_concepts: int | None = None  # first N concepts of each selected set (None: all)
     trials: int = 1  # samples per (concept, layer, strength)
     control_trials: int = 100
     controls: tuple[str, ...] = ALL_CONTROLS
@@ -99,7 +99,15 @@ class InjectedThoughts:
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.n_layers = model.arch.n_layers
         concepts = resolve_concepts(cfg.concepts)
-        self.concepts = concepts[: cfg.n_concepts] if cfg.n_concepts else concepts
+        if cfg.n_concepts:
+            per: dict[str, int] = {}
+            kept = []
+            for w, c in concepts:
+                if per.get(c, 0) < cfg.n_concepts:
+                    per[c] = per.get(c, 0) + 1
+                    kept.append((w, c))
+            concepts = kept
+        self.concepts = concepts
         self.category = {w.lower(): c for w, c in self.concepts}
         self.vectors: ConceptVectors | None = None
         self._prompts: dict[str, Any] = {}
