@@ -172,6 +172,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return calibrate_main(argv)
 
 
+ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance_heads", "thought-control": "thought_control",
+            "attention": "attention_plots"}
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Dispatch to ``analyses.<module>.main(argv)``; each analysis owns its options (``analyze NAME --help``)."""
+    import importlib
+
+    mod = importlib.import_module(f"analyses.{ANALYSES[args.analysis]}")
+    return int(mod.main(list(args.rest)) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="*", default=None,
                    help="Exp 4: other runs (e.g. the base model) drawn side by side in one figure")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("analyze", help="mechanism analyses (anomaly, concordance, thought-control, attention)",
+                       add_help=False)
+    p.add_argument("analysis", choices=sorted(ANALYSES))
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the analysis (see analyze NAME --help)")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("calibrate", help="score the offline grader against labelled responses")
     p.add_argument("--data", default=None, help="labelled JSONL (default: shared/eval/grading/...)")
