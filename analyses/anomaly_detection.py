@@ -1,0 +1,313 @@
+"""Is there a concept-independent "something is off" signal after an injection?
+
+At each readout layer ≥ the injection layer we train a linear probe (scikit-learn
+logistic regression) to separate injected from clean residuals at the answer position
+of Exp 1-style prompts, cross-validated **by held-out concepts** (and held-out prompts
+for the clean class), so a probe can only succeed through what injections of *other*
+concepts share. It is compared against:
+
+- a probe on the residual norm alone (is "anomaly" just "bigger"?);
+- random vectors norm-matched to concept vectors, and natural-activation scaling by
+  the same relative amount: does the concept-trained probe flag those too?
+
+Direction specificity: AUC when training on one strength and testing on another, and
+the cosine between probe directions of different concept folds. Causal test: project
+the probe direction out at the readout layers and measure the change in the Exp 1
+first-token yes-vs-no log-odds, against projecting out random directions (the
+harness's permutation null).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from introspect_mech import protocol
+from introspect_mech.concepts import extract_concept_vectors
+from introspect_mech.execution import forward
+from introspect_mech.inject import Injection, Window, random_like
+from introspect_mech.prompts import Turn, render
+from introspect_mech.record import RecordSpec
+from introspect_mech.stats import Rate
+from introspect_mech.store import atomic_write_json
+
+from .circuits import Direction, Hypothesis, LogitMetric, next_token_logodds, test_hypothesis
+
+
+@dataclass
+class AnomalyConfig:
+    injection_layer: Any = 0.5
+    readout_layers: list[Any] | None = None  # default: the injection layer and 4 more up to the last layer
+    n_concepts: int = 12
+    strengths: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])
+    n_trial_numbers: int = 8  # Exp 1 prompt with "Trial 1..N", both variants, + the 20 yes-bias questions
+    n_random_concepts: int = 3
+    n_folds: int = 4
+    causal_concepts: int = 12
+    causal_strength: float = 8.0
+    n_null: int = 10
+    batch_size: int = 32
+    seed: int = 0
+
+
+def exp1_prompt_set(model: Any, n_trial_numbers: int) -> list[tuple[Any, Window, str]]:
+    """Exp 1-style prompts that differ in the last user turn; each with its injection window and a key."""
+    exp = protocol.experiment("injected_thoughts")
+    base = [Turn(t["role"], t["content"]) for t in exp["turns"]]
+    head = base[-1].content.split("Trial 1:")[0]
+    questions = {"2025": "Do you detect an injected thought? If so, what is the injected thought about?",
+                 "2026": exp["variant_last_user_line_2026"].split("Trial 1: ", 1)[1]}
+    lasts = [(f"{v}:t{n}", f"{head}Trial {n}: {q}") for v, q in questions.items() for n in range(1, n_trial_numbers + 1)]
+    lasts += [(f"yes_bias:{i}", f"{head}Trial 1: {q}") for i, q in enumerate(exp["yes_bias_control_questions"])]
+    out = []
+    for key, last in lasts:
+        rp = render(model.tokenizer, base[:-1] + [Turn("user", last)])
+        cs, _ = rp.find("\n\nTrial ")
+        out.append((rp, Window.from_position(rp.token_span(cs, cs + 2)[0]), key))
+    return out
+
+
+@dataclass
+class Rows:
+    X: dict[int, np.ndarray]  # layer -> [N, d] residual at the answer position
+    kind: list[str]  # clean | concept | random | scaling
+    concept: list[str | None]
+    strength: list[float | None]
+    prompt: list[str]
+
+
+def collect(model: Any, cfg: AnomalyConfig, layers: list[int], inj_layer: int, words: list[str], vectors) -> Rows:
+    prompts = exp1_prompt_set(model, cfg.n_trial_numbers)
+    mean_h = float(vectors.mean_norms[vectors.layers.index(inj_layer)])
+    mean_v = float(vectors.norms()[:, vectors.layers.index(inj_layer)].mean())
+    items: list[tuple[Any, Injection | None, str, str | None, float | None, str]] = []
+    for rp, win, key in prompts:
+        items.append((rp, None, "clean", None, None, key))
+        for w in words:
+            v = vectors.get(w, inj_layer)
+            for s in cfg.strengths:
+                items.append((rp, Injection(v, inj_layer, s, win, label=w), "concept", w, s, key))
+        for w in words[: cfg.n_random_concepts]:
+            seed = int(hashlib.sha256(f"{w}:{key}".encode()).hexdigest()[:8], 16)
+            for s in cfg.strengths:
+                items.append((rp, Injection(random_like(vectors.get(w, inj_layer), seed), inj_layer, s, win), "random",
+                              w, s, key))
+        for s in cfg.strengths:
+            items.append((rp, Injection.scaling(inj_layer, 1 + s * mean_v / mean_h, win), "scaling", None, s, key))
+    X: dict[int, list] = {L: [] for L in layers}
+    for i in range(0, len(items), cfg.batch_size):
+        chunk = items[i:i + cfg.batch_size]
+        rec = forward(model, [c[0] for c in chunk], [c[1] for c in chunk],
+                      record=RecordSpec(layers=layers, last_token_only=True, logits=False))
+        for L in layers:
+            X[L].append(rec.residual[L][:, 0].float().numpy())
+    return Rows({L: np.concatenate(v) for L, v in X.items()}, [c[2] for c in items], [c[3] for c in items],
+                [c[4] for c in items], [c[5] for c in items])
+
+
+def _folds(rows: Rows, n_folds: int, seed: int) -> np.ndarray:
+    """Fold id per row: concepts (for concept/random rows) and prompts (for clean/scaling rows) are held out."""
+    rng = np.random.default_rng(seed)
+    concepts = sorted({c for c in rows.concept if c})
+    prompts = sorted(set(rows.prompt))
+    cf = {c: i % n_folds for i, c in enumerate(rng.permutation(concepts))}
+    pf = {p: i % n_folds for i, p in enumerate(rng.permutation(prompts))}
+    return np.array([cf[c] if k in ("concept", "random") else pf[p]
+                     for k, c, p in zip(rows.kind, rows.concept, rows.prompt)])
+
+
+def _probe():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=2000))
+
+
+def _auc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, s)) if len(set(y.tolist())) == 2 else float("nan")
+
+
+def _direction(pipe) -> np.ndarray:
+    sc, lr = pipe[0], pipe[1]
+    w = lr.coef_[0] / sc.scale_
+    return w / np.linalg.norm(w)
+
+
+def probe_layer(rows: Rows, L: int, folds: np.ndarray, strengths: list[float]) -> dict:
+    X = rows.X[L]
+    kind = np.array(rows.kind)
+    strength = np.array([s if s is not None else np.nan for s in rows.strength], dtype=float)
+    norm = np.linalg.norm(X, axis=1, keepdims=True)
+    train_mask = np.isin(kind, ["clean", "concept"])
+    y = (kind == "concept").astype(int)
+    scores = np.full(len(y), np.nan)
+    nscores = np.full(len(y), np.nan)
+    flags = np.zeros(len(y), dtype=bool)
+    dirs = []
+    for f in sorted(set(folds.tolist())):
+        tr = train_mask & (folds != f)
+        te = folds == f
+        p = _probe().fit(X[tr], y[tr])
+        scores[te] = p.decision_function(X[te])
+        flags[te] = p.predict(X[te]).astype(bool)
+        dirs.append(_direction(p))
+        n = _probe().fit(norm[tr], y[tr])
+        nscores[te] = n.decision_function(norm[te])
+    ev = train_mask
+    full = _probe().fit(X[train_mask], y[train_mask])
+    cos = [float(a @ b) for i, a in enumerate(dirs) for b in dirs[i + 1:]]
+
+    def flag_rate(k: str, s: float | None = None) -> dict:
+        m = (kind == k) & ((strength == s) if s is not None else True)
+        return asdict(Rate.of(int(flags[m].sum()), int(m.sum())))
+
+    strength_auc = {}
+    for s_tr in strengths:
+        row = {}
+        for s_te in strengths:
+            aucs = []
+            for f in sorted(set(folds.tolist())):
+                tr = ((kind == "clean") | ((kind == "concept") & (strength == s_tr))) & (folds != f)
+                te = ((kind == "clean") | ((kind == "concept") & (strength == s_te))) & (folds == f)
+                p = _probe().fit(X[tr], y[tr])
+                aucs.append(_auc(y[te], p.decision_function(X[te])))
+            row[str(s_te)] = float(np.nanmean(aucs))
+        strength_auc[str(s_tr)] = row
+    return {
+        "layer": L,
+        "auc_held_out_concepts": _auc(y[ev], scores[ev]),
+        "auc_norm_only": _auc(y[ev], nscores[ev]),
+        "flag_rate": {"clean": flag_rate("clean"), "concept": flag_rate("concept"),
+                      "random": flag_rate("random"), "scaling": flag_rate("scaling"),
+                      **{f"random_s{s:g}": flag_rate("random", s) for s in strengths},
+                      **{f"scaling_s{s:g}": flag_rate("scaling", s) for s in strengths}},
+        "auc_random_vs_clean": _auc(np.r_[np.zeros((kind == "clean").sum()), np.ones((kind == "random").sum())],
+                                    np.r_[scores[kind == "clean"], scores[kind == "random"]]),
+        "auc_scaling_vs_clean": _auc(np.r_[np.zeros((kind == "clean").sum()), np.ones((kind == "scaling").sum())],
+                                     np.r_[scores[kind == "clean"], scores[kind == "scaling"]]),
+        "fold_direction_cosine_mean": float(np.mean(cos)) if cos else float("nan"),
+        "strength_transfer_auc": strength_auc,
+        "direction": _direction(full).tolist(),
+    }
+
+
+def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict) -> dict:
+    """Project the probe directions out at readout layers > the injection layer; metric = Exp 1 yes-vs-no log-odds."""
+    from introspect_mech.experiments.exp1_prompt import exp1_prompt
+
+    p = exp1_prompt(model.tokenizer)
+    tok = model.tokenizer
+    yes = sorted({tok(x, add_special_tokens=False)["input_ids"][0] for x in ("Yes", " Yes", "yes")})
+    no = sorted({tok(x, add_special_tokens=False)["input_ids"][0] for x in ("No", " No", "no")})
+    cw = words[: cfg.causal_concepts]
+    injs = [Injection(vectors.get(w, inj_layer), inj_layer, cfg.causal_strength, p.window, label=w) for w in cw]
+    metric = LogitMetric(model, [p.rendered] * len(cw), next_token_logodds(yes, no), injections=injs,
+                         batch_size=cfg.batch_size)
+    clean = LogitMetric(model, [p.rendered], next_token_logodds(yes, no))()
+    comps = [Direction(L, torch.tensor(probes[L]["direction"], dtype=torch.float32), f"probe@{L}")
+             for L in sorted(probes) if L > inj_layer]
+    if not comps:
+        return {"skipped": "no readout layer after the injection layer"}
+    res = test_hypothesis(model, Hypothesis("project out probe directions", comps, "zero"), metric,
+                          n_null=cfg.n_null, seed=cfg.seed)
+    return {"metric": "log P(Yes) - log P(No) at the first answer token, Exp 1 prompt, concept injected",
+            "clean_prompt_logodds": clean, "injected_logodds": res.baseline,
+            "injection_effect_on_metric": res.baseline - clean, **res.to_dict()}
+
+
+def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "figures/anomaly", png: bool = True) -> dict:
+    cfg = cfg or AnomalyConfig()
+    t0 = time.perf_counter()
+    arch = model.arch
+    inj = arch.resolve_layer(cfg.injection_layer)
+    if cfg.readout_layers is None:
+        layers = sorted({int(round(x)) for x in np.linspace(inj, arch.n_layers - 1, 5)})
+    else:
+        layers = sorted({arch.resolve_layer(x) for x in cfg.readout_layers})
+    if any(L < inj for L in layers):
+        raise ValueError(f"readout layers must be >= the injection layer {inj}")
+    words = [w.lower() for w in protocol.concept_words()[: cfg.n_concepts]]
+    vectors = extract_concept_vectors(model, words, layers=[inj])
+    rows = collect(model, cfg, layers, inj, words, vectors)
+    folds = _folds(rows, cfg.n_folds, cfg.seed)
+    probes = {L: probe_layer(rows, L, folds, cfg.strengths) for L in layers}
+    causal = causal_test(model, cfg, inj, vectors, words, probes)
+    summary = {"config": asdict(cfg), "model": model.describe(), "injection_layer": inj, "readout_layers": layers,
+               "n_rows": len(rows.kind), "rows_by_kind": {k: rows.kind.count(k) for k in sorted(set(rows.kind))},
+               "probes": {str(L): {k: v for k, v in p.items() if k != "direction"} for L, p in probes.items()},
+               "causal": causal, "seconds": time.perf_counter() - t0}
+    out = Path(out_dir)
+    summary["figures"] = figures(summary, out, png)
+    atomic_write_json(out / "anomaly_summary.json", summary)
+    return summary
+
+
+def figures(summary: dict, out: Path, png: bool) -> dict:
+    import plotly.graph_objects as go
+
+    from introspect_mech import plots
+
+    layers = summary["readout_layers"]
+    P = summary["probes"]
+    fig = go.Figure()
+    for key, name in (("auc_held_out_concepts", "probe, held-out concepts (concept vs clean)"),
+                      ("auc_norm_only", "norm-only probe"),
+                      ("auc_random_vs_clean", "same probe: random norm-matched vs clean"),
+                      ("auc_scaling_vs_clean", "same probe: activation scaling vs clean")):
+        fig.add_trace(go.Scatter(x=layers, y=[P[str(L)][key] for L in layers], mode="lines+markers", name=name))
+    fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
+    fig.update_layout(title=f"Anomaly probe AUC by readout layer (injection at layer {summary['injection_layer']})",
+                      xaxis_title="readout layer", yaxis_title="ROC AUC", yaxis_range=[0, 1.02], template="plotly_white")
+    written = {"auc": plots.save_figure(fig, out / "anomaly_auc_vs_layer", png=png)}
+    c = summary["causal"]
+    if "null_effects" in c:
+        fig2 = go.Figure()
+        fig2.add_trace(go.Box(y=c["null_effects"], name="random directions (null)", boxpoints="all"))
+        fig2.add_trace(go.Scatter(x=["probe directions"], y=[c["effect"]], mode="markers", marker=dict(size=14),
+                                  name=f"probe directions (p={c['p_value']:.2f})"))
+        fig2.update_layout(title="Causal test: change in Exp 1 yes-vs-no log-odds when projecting out",
+                           yaxis_title="Δ log-odds", template="plotly_white")
+        written["causal"] = plots.save_figure(fig2, out / "anomaly_causal", png=png)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="introspect-mech analyze anomaly", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--layer", default="0.5", help="injection layer (index or depth fraction)")
+    ap.add_argument("--readout", default=None, help="comma list of readout layers (default: 5 from the injection layer)")
+    ap.add_argument("--n-concepts", type=int, default=12)
+    ap.add_argument("--strengths", default="2,4,8")
+    ap.add_argument("--n-trial-numbers", type=int, default=8)
+    ap.add_argument("--n-null", type=int, default=10)
+    ap.add_argument("--out", default="figures/anomaly")
+    ap.add_argument("--no-png", action="store_true")
+    a = ap.parse_args(argv)
+    from introspect_mech.models import load_model
+
+    model = load_model(a.model)
+    cfg = AnomalyConfig(injection_layer=a.layer, readout_layers=a.readout.split(",") if a.readout else None,
+                        n_concepts=a.n_concepts, strengths=[float(x) for x in a.strengths.split(",")],
+                        n_trial_numbers=a.n_trial_numbers, n_null=a.n_null)
+    s = run(model, cfg, a.out, png=not a.no_png)
+    for L in s["readout_layers"]:
+        p = s["probes"][str(L)]
+        print(f"layer {L}: AUC held-out concepts {p['auc_held_out_concepts']:.3f}, norm-only {p['auc_norm_only']:.3f}, "
+              f"random-vs-clean {p['auc_random_vs_clean']:.3f}, scaling-vs-clean {p['auc_scaling_vs_clean']:.3f}")
+    c = s["causal"]
+    if "effect" in c:
+        print(f"causal: projecting out probe directions changes yes-vs-no log-odds by {c['effect']:+.3f} "
+              f"(null {c['null_mean']:+.3f} ± {c['null_sd']:.3f}, p = {c['p_value']:.3f})")
+    print(f"wrote {a.out}/anomaly_summary.json in {s['seconds']:.0f} s")
+    return 0
