@@ -86,11 +86,17 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
             lay = arch.layer(nn, L)
             h, is_tuple = _unwrap(lay.output)
             s = h.shape[1]
-            positions = batch.positions(s, batch.width + step if step else s)
+            # the layer sees the last `s` of `width + step` columns (all of them at a plain prefill; fewer when a
+            # shared prefix is served from the KV cache; one per cached decode step)
+            positions = batch.positions(s, batch.width + step)
             if step == 0 and L in plan.slots:
                 norms = h.detach().float().norm(dim=-1).cpu()
                 m = plan.dose_norm_mask(positions)
-                store["ref_norms"][L] = (norms * m).sum(1) / m.sum(1).clamp_min(1)
+                total, count = (norms * m).sum(1), m.sum(1).float()
+                if L in plan.prefix_norms:  # the cached prefix's tokens count towards the mean ‖h‖ too
+                    ps, pc = plan.prefix_norms[L]
+                    total, count = total + ps, count + pc
+                store["ref_norms"][L] = total / count.clamp_min(1)
             if edits:
                 h = plan.apply_residual(L, h, positions, prefill=(step == 0))
                 lay.output = (h,) + tuple(lay.output[1:]) if is_tuple else h
@@ -179,6 +185,37 @@ def _eos_ids(model: Any) -> set[int]:
     return ids
 
 
+@dataclass
+class PrefixCache:
+    """The KV cache of a prompt prefix shared by every row of a batch (no intervention inside it).
+
+    Why: the Exp 1 prompt is identical across trials up to the injection start (145 of 175
+    tokens on SmolLM2), so its prefill is computed once and reused by every batch. The
+    residual norms of the prefix tokens are kept so that doses are the same as without it.
+    """
+
+    ids: tuple[int, ...]
+    cache: Any
+    norm_sums: dict  # layer -> (sum of ‖h‖ over prefix positions >= 1, count)
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
+    if model.remote:
+        raise IntrospectError("prefix caching is local-only; run remote models without it")
+    t = torch.tensor([list(ids)], device=model.device)
+    with torch.no_grad():
+        out = model.hf(t, use_cache=True, output_hidden_states=True)
+    sums = {}
+    for L in range(model.arch.n_layers):
+        hs = out.hidden_states[L + 1][0, 1:].float().norm(dim=-1)
+        sums[L] = (float(hs.sum()), float(hs.numel()))
+    return PrefixCache(tuple(ids), out.past_key_values, sums)
+
+
 def generate(
     model: Any,
     prompts: Batch | Sequence[RenderedPrompt | str],
@@ -189,16 +226,32 @@ def generate(
     seed: int | None = None,
     record: RecordSpec | None = None,
     ablations: Sequence[Any] = (),
+    prefix: PrefixCache | None = None,
     **generate_kwargs: Any,
 ) -> Generation:
     """Batched generation; injections apply at the prefill *and* at every decoded token in their window.
 
-    ``temperature=0`` is greedy decoding; otherwise sampling, seeded with ``seed``.
+    ``temperature=0`` is greedy decoding; otherwise sampling, seeded with ``seed``. ``prefix``
+    reuses the KV cache of a prefix that every row shares and that no intervention touches.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     batch = _as_batch(model, prompts)
     plan = _plan(model, batch, injections, ablations, ())
+    if prefix is not None:
+        import copy
+
+        P = prefix.length
+        if int(batch.pad.max()) != 0 or any(tuple(p.input_ids[:P]) != prefix.ids for p in batch.prompts) \
+                or batch.width <= P:
+            raise ValueError("prefix cache does not match: every row must start with the cached prefix and be longer")
+        starts = [int(s.starts[r]) for slots in plan.slots.values() for s in slots for r in s.rows]
+        if any(st < P for st in starts) or plan.ablations or plan.mlp_ablations or plan.directions:
+            raise ValueError("an intervention reaches into the cached prefix; run without the prefix cache")
+        cache = copy.deepcopy(prefix.cache)
+        cache.batch_repeat_interleave(batch.size)
+        generate_kwargs["past_key_values"] = cache
+        plan.prefix_norms = {L: prefix.norm_sums[L] for L in plan.slots}
     rec_layers = model.arch.resolve_layers(record.layers) if record is not None else []
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=model.tokenizer.pad_token_id)
     if temperature and temperature > 0:

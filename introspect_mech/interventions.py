@@ -114,6 +114,7 @@ class InterventionPlan:
         ablations = head_abl
         self.arch, self.batch_size, self.dtype, self.device = arch, batch_size, dtype, torch.device(device)
         self.rows = _normalize_rows(injections, batch_size) if injections is not None else [[] for _ in range(batch_size)]
+        self.prefix_norms: dict[int, tuple[float, float]] = {}  # set when a shared prefix comes from the KV cache
         self.slots: dict[int, list[_Slot]] = defaultdict(list)
         self.resolved_layers: list[list[int]] = []
         for r, injs in enumerate(self.rows):

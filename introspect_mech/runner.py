@@ -97,18 +97,53 @@ def batch_seed(run_seed: int, batch_index: int) -> int:
 
 
 def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None) -> list[list[Trial]]:
-    """Deterministic partition: group trials with the same prompt (less padding), then chunk."""
+    """Deterministic partition: trials with the same prompt go together (no padding, a shared prefix),
+    each group chunked on its own."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    order = sorted(trials, key=lambda t: (key(t) if key else t.prompt_key, t.trial_id))
-    return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+    groups: dict[Any, list[Trial]] = {}
+    for t in sorted(trials, key=lambda t: (str(key(t) if key else t.prompt_key), t.trial_id)):
+        groups.setdefault(key(t) if key else t.prompt_key, []).append(t)
+    out = []
+    for g in groups.values():
+        out += [list(g[i:i + batch_size]) for i in range(0, len(g), batch_size)]
+    return out
 
 
-def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float, seed: int) -> list[dict]:
-    """One batched ``generate`` for a batch of trials; each row cut to its own ``max_new_tokens``."""
+MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
+
+
+def shared_prefix_length(inputs: Sequence[TrialInput]) -> int:
+    """Length of the prefix every row shares and no injection touches (0 if the rows' prompts differ)."""
+    first = inputs[0].prompt.input_ids
+    if any(x.prompt.input_ids != first for x in inputs):
+        return 0
+    P = len(first) - 1  # the last prompt token must be run to get the first logits
+    for x in inputs:
+        for inj in x.injections:
+            P = min(P, inj.window.start)
+    return P if P >= MIN_PREFIX else 0
+
+
+def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float, seed: int,
+                   prefixes: dict | None = None, **generate_kwargs: Any) -> list[dict]:
+    """One batched ``generate`` for a batch of trials; each row cut to its own ``max_new_tokens``.
+
+    With ``prefixes`` (a dict used as a cache), a prompt prefix shared by all rows and
+    untouched by injections is prefilled once and its KV cache reused by every batch."""
+    from .execution import build_prefix_cache
+
     max_new = max(x.max_new_tokens for x in inputs)
+    prefix = None
+    if prefixes is not None and not model.remote:
+        P = shared_prefix_length(inputs)
+        if P:
+            key = tuple(inputs[0].prompt.input_ids[:P])
+            if key not in prefixes:
+                prefixes[key] = build_prefix_cache(model, key)
+            prefix = prefixes[key]
     gen = generate(model, [x.prompt for x in inputs], [x.injections or None for x in inputs],
-                   max_new_tokens=max_new, temperature=temperature, seed=seed)
+                   max_new_tokens=max_new, temperature=temperature, seed=seed, prefix=prefix, **generate_kwargs)
     rows = []
     for r, x in enumerate(inputs):
         toks = gen.new_tokens[r][: x.max_new_tokens]
@@ -128,6 +163,8 @@ def run_sweep(
     progress: bool = True,
     max_batches: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    prefix_cache: bool = True,
+    generate_kwargs: dict | None = None,
 ) -> RunResult:
     """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``."""
     out = Path(out_dir)
@@ -182,6 +219,7 @@ def run_sweep(
               "package_version": _package_version(), "protocol_hash": protocol.protocol_hash(),
               "temperature": temperature}
     execute = getattr(experiment, "execute", None)
+    prefixes: dict | None = {} if prefix_cache else None
     for n_batch, (bi, batch) in enumerate(todo):
         if max_batches is not None and n_batch >= max_batches:
             break
@@ -190,7 +228,7 @@ def run_sweep(
         if execute is not None:  # forward-only experiments (teacher forcing, logit measures)
             outputs = execute(model, inputs)
         else:
-            outputs = _generate_rows(model, inputs, temperature, bseed)
+            outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, **(generate_kwargs or {}))
         records = []
         for trial, x, o in zip(batch, inputs, outputs):
             doses = o.pop("doses", [])

@@ -177,3 +177,22 @@ def test_controls_random_negated_scaling(smol, smol_vectors, exp1):
         handle.remove()
     assert (rec.logits[0] - ref).abs().max().item() <= 1e-4
     assert rec.doses[0][0] == pytest.approx(2.0)
+
+
+def test_prefix_kv_cache_gives_the_same_generation_and_dose(smol, smol_vectors, exp1):
+    """Reusing the KV cache of the shared prefix (up to the injection start) changes nothing observable."""
+    from introspect_mech.execution import build_prefix_cache
+
+    vecs = [smol_vectors.get(w, LAYER) for w in ("dust", "origami", "lightning")]
+    injs = [im.Injection(v, LAYER, 8.0, exp1.window) for v in vecs] + [None]
+    prompts = [exp1.rendered] * 4
+    prefix = build_prefix_cache(smol, exp1.rendered.input_ids[:exp1.start])
+    a = im.generate(smol, prompts, injs, max_new_tokens=12)
+    b = im.generate(smol, prompts, injs, max_new_tokens=12, prefix=prefix)
+    assert a.new_tokens == b.new_tokens
+    for r in range(3):
+        assert b.doses[r][0] == pytest.approx(a.doses[r][0], rel=1e-5)
+    # an injection that starts inside the cached prefix is refused, not silently skipped
+    early = [im.Injection(vecs[0], LAYER, 8.0, im.Window.from_position(exp1.start - 5))]
+    with pytest.raises(ValueError, match="prefix"):
+        im.generate(smol, [exp1.rendered], early, max_new_tokens=2, prefix=prefix)
