@@ -156,14 +156,9 @@ class ConceptVectors:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .store import atomic_write_with
+
+    atomic_write_with(path, write)
 
 
 def _last_token_residuals(model: Any, prompts: list[RenderedPrompt], layers: list[int], batch_size: int):

@@ -19,6 +19,13 @@ from typing import Any, Callable, Iterable, Iterator
 from .errors import ArtifactError, MissingFileError
 
 
+def _umask_mode() -> int:
+    """mkstemp creates files 0600; artefacts should get the usual 0666 & ~umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace`` (never half-written)."""
     path = Path(path)
@@ -29,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -51,6 +59,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) ->
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
