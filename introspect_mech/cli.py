@@ -160,8 +160,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(out["table"])
     print("\nfigures:")
     for name, paths in out["figures"].items():
-        print(f"  {name}: {', '.join(paths.values())}")
-    print(f"summary: {args.run}/summary.json")
+        print(f"  {name}: {', '.join(v for k, v in paths.items() if k != 'json')}")
+    print(f"summary: {args.run}/summary.json; report: {out['html']}")
     return 0
 
 

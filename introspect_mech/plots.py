@@ -52,6 +52,9 @@ def save_figure(fig: go.Figure, out_base: str | Path, *, png: bool = True, width
 
         atomic_write_text(js, get_plotlyjs())
     written["html"] = str(html_path)
+    json_path = base.with_suffix(".json")  # the figure spec, embedded by the per-run HTML report
+    atomic_write_text(json_path, fig.to_json())
+    written["json"] = str(json_path)
     if png:
         bp = browser_path()
         if bp is None:

@@ -136,4 +136,11 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
                     "run": str(run), "figures": written})
     atomic_write_json(run / "summary.json", summary)
     atomic_write_text(run / "summary.md", table + "\n")
-    return {"summary": summary, "table": table, "figures": written}
+    from .html_report import write_html_report
+
+    extra = {}
+    tpage = written.get("transcripts", {}).get("html") if isinstance(written.get("transcripts"), dict) else None
+    if tpage and Path(tpage).exists():
+        extra["Example transcripts by outcome"] = Path(tpage).read_text()
+    html_path = write_html_report(run, manifest, table, written, extra)
+    return {"summary": summary, "table": table, "figures": written, "html": str(html_path)}
