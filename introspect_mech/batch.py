@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .errors import ConfigError
 from .prompts import RenderedPrompt, encode_text
 
 
@@ -53,7 +54,7 @@ class Batch:
 def make_batch(tokenizer: Any, prompts: Sequence[RenderedPrompt | str]) -> Batch:
     """Left-pad rendered prompts (plain strings are tokenized as raw text) into one batch."""
     if len(prompts) == 0:
-        raise ValueError("cannot build a batch from zero prompts")
+        raise ConfigError("cannot build a batch from zero prompts")
     rendered = [p if isinstance(p, RenderedPrompt) else encode_text(tokenizer, str(p)) for p in prompts]
     width = max(len(p) for p in rendered)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -65,7 +66,7 @@ def make_batch(tokenizer: Any, prompts: Sequence[RenderedPrompt | str]) -> Batch
     for r, p in enumerate(rendered):
         n = len(p)
         if n == 0:
-            raise ValueError(f"prompt {r} tokenized to zero tokens")
+            raise ConfigError(f"prompt {r} tokenized to zero tokens")
         ids[r, width - n:] = torch.tensor(p.input_ids, dtype=torch.long)
         mask[r, width - n:] = 1
         pads.append(width - n)

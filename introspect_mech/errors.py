@@ -50,3 +50,7 @@ class MissingFileError(IntrospectError, FileNotFoundError):
 
 class ChatTemplateError(IntrospectError, ValueError):
     """A chat format was requested for a tokenizer that has no chat template."""
+
+
+class ConfigError(IntrospectError, ValueError):
+    """An experiment or run option is out of range or unknown."""

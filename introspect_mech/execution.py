@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
+from .errors import ConfigError, IntrospectError
 from .batch import Batch, make_batch
-from .errors import IntrospectError
 from .inject import Injection
 from .interventions import InterventionPlan, ResidualPatch
 from .prompts import RenderedPrompt
@@ -235,7 +235,7 @@ def generate(
     reuses the KV cache of a prefix that every row shares and that no intervention touches.
     """
     if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be >= 1")
+        raise ConfigError("max_new_tokens must be >= 1")
     batch = _as_batch(model, prompts)
     plan = _plan(model, batch, injections, ablations, ())
     if prefix is not None:
@@ -244,10 +244,10 @@ def generate(
         P = prefix.length
         if int(batch.pad.max()) != 0 or any(tuple(p.input_ids[:P]) != prefix.ids for p in batch.prompts) \
                 or batch.width <= P:
-            raise ValueError("prefix cache does not match: every row must start with the cached prefix and be longer")
+            raise ConfigError("prefix cache does not match: every row must start with the cached prefix and be longer")
         starts = [int(s.starts[r]) for slots in plan.slots.values() for s in slots for r in s.rows]
         if any(st < P for st in starts) or plan.ablations or plan.mlp_ablations or plan.directions:
-            raise ValueError("an intervention reaches into the cached prefix; run without the prefix cache")
+            raise ConfigError("an intervention reaches into the cached prefix; run without the prefix cache")
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(batch.size)
         generate_kwargs["past_key_values"] = cache

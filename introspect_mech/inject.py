@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from .errors import StrengthError, VectorError, WindowError
+from .errors import ConfigError, StrengthError, VectorError, WindowError
 
 NO_END = 1 << 40  # "through every generated token"
 
@@ -81,6 +81,9 @@ def check_strength(strength: float) -> float:
         raise StrengthError(f"strength must be a number, got {strength!r}") from None
     if not math.isfinite(s):
         raise StrengthError(f"strength {strength!r} is not finite; pass a real number such as 2 or 4")
+    if s < 0:
+        raise StrengthError(f"strength {s:g} is negative; strengths multiply the concept vector — for the "
+                            "negated-vector control use Injection.negated() (CLI: --controls negated)")
     return s
 
 
@@ -117,7 +120,7 @@ class Injection:
     def __post_init__(self) -> None:
         object.__setattr__(self, "strength", check_strength(self.strength))
         if self.mode not in ("add", "scale"):
-            raise ValueError(f"unknown injection mode {self.mode!r}; use 'add' or 'scale'")
+            raise ConfigError(f"unknown injection mode {self.mode!r}; use 'add' or 'scale'")
         if self.mode == "add":
             if self.vector is None:
                 raise VectorError("an 'add' injection needs a vector")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
-from .errors import ChatTemplateError, WindowError
+from .errors import ChatTemplateError, ConfigError, WindowError
 
 PromptFormat = Literal["auto", "chat", "raw"]
 RAW_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
@@ -119,7 +119,7 @@ def resolve_format(tokenizer: Any, fmt: PromptFormat) -> str:
             "or fmt='auto', or set tokenizer.chat_template"
         )
     if fmt not in ("chat", "raw"):
-        raise ValueError(f"unknown prompt format {fmt!r}; use 'auto', 'chat' or 'raw'")
+        raise ConfigError(f"unknown prompt format {fmt!r}; use 'auto', 'chat' or 'raw'")
     return fmt
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ArtifactError, MissingFileError
+from .errors import ArtifactError, ConfigError, MissingFileError
 from .store import ResultStore, atomic_write_json, atomic_write_text
 
 
@@ -46,7 +46,7 @@ def make_grader(name: str, **kwargs: Any):
         judge_model = load_model(name.split(":", 1)[1])
         return LLMJudge(HFBackend(judge_model.hf, judge_model.tokenizer, id=f"hf:{judge_model.name}:{judge_model.fingerprint}"),
                         cache_path=kwargs.get("cache_path"))
-    raise ValueError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
+    raise ConfigError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
                      "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
                      "base URL)")
 

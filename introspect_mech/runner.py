@@ -22,8 +22,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
+from .errors import ArtifactError, ConfigError
 from . import protocol
-from .errors import ArtifactError
 from .execution import generate
 from .inject import Injection
 from .prompts import RenderedPrompt
@@ -100,7 +100,7 @@ def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial]
     """Deterministic partition: trials with the same prompt go together (no padding, a shared prefix),
     each group chunked on its own."""
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise ConfigError("batch_size must be >= 1")
     groups: dict[Any, list[Trial]] = {}
     for t in sorted(trials, key=lambda t: (str(key(t) if key else t.prompt_key), t.trial_id)):
         groups.setdefault(key(t) if key else t.prompt_key, []).append(t)

@@ -115,13 +115,13 @@ def planted(tiny_model_of):
         at = hf.model.layers[2].self_attn
         at.q_proj.weight[0:hd] = 0
         at.q_proj.bias[0:hd] = 0
-        at.q_proj.bias[e] = 4.0
+        at.q_proj.bias[e] = 2.0
         for d in (hd + e, hd + e + hd // 2):  # head 1 shares the KV head: make it blind to the planted key dims
             at.q_proj.weight[d] = 0
             at.q_proj.bias[d] = 0
         at.k_proj.weight[0:hd] = 0
         at.k_proj.bias[0:hd] = 0
-        at.k_proj.weight[e] = 4.0 * u
+        at.k_proj.weight[e] = 2.0 * u
     m = wrap(hf, base.tokenizer, name="planted-concordance", attention=True)
     exp = PrefillIntent(m, PrefillIntentConfig(layers=[INJ_LAYER], strengths=[STRENGTH], n_pairs=4, measure="logits"))
     exp.prepare(m)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ConfigError
 from .. import protocol
 from ..inject import Window
 from ..prompts import RenderedPrompt, Turn, render
@@ -36,7 +37,7 @@ def exp1_turns(variant: str = "2025") -> list[Turn]:
         head = turns[-1].content.split("Trial 1:")[0]
         turns[-1] = Turn("user", head + exp["variant_last_user_line_2026"])
     elif variant != "2025":
-        raise ValueError(f"unknown Exp 1 prompt variant {variant!r}; use '2025' or '2026'")
+        raise ConfigError(f"unknown Exp 1 prompt variant {variant!r}; use '2025' or '2026'")
     return turns
 
 

@@ -21,9 +21,9 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import ConceptError, ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, check_word, extract_concept_vectors
-from ..errors import ConceptError
 from ..inject import Injection, Window, check_strength, random_like
 from ..prompts import Turn, render
 from ..runner import Trial, TrialInput
@@ -77,11 +77,11 @@ class InjectedThoughtsConfig:
             check_strength(s)
         unknown = set(self.controls) - set(ALL_CONTROLS)
         if unknown:
-            raise ValueError(f"unknown control(s) {sorted(unknown)}; choose from {', '.join(ALL_CONTROLS)}")
+            raise ConfigError(f"unknown control(s) {sorted(unknown)}; choose from {', '.join(ALL_CONTROLS)}")
         if self.variant not in ("2025", "2026"):
-            raise ValueError("variant must be '2025' or '2026'")
+            raise ConfigError("variant must be '2025' or '2026'")
         if self.trials < 1 or self.control_trials < 0 or self.max_new_tokens < 1:
-            raise ValueError("trials and max_new_tokens must be >= 1, control_trials >= 0")
+            raise ConfigError("trials and max_new_tokens must be >= 1, control_trials >= 0")
 
 
 def _seed_of(*parts: Any) -> int:
@@ -218,5 +218,5 @@ class InjectedThoughts:
             inj = Injection.scaling(trial.layer, factor, window)
             info["scale_factor"] = factor
         else:
-            raise ValueError(f"unknown condition {trial.condition!r}")
+            raise ConfigError(f"unknown condition {trial.condition!r}")
         return TrialInput(prompt, [inj], mx, info)

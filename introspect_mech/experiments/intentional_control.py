@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..execution import forward
@@ -40,9 +41,9 @@ class IntentionalControlConfig:
         known = set(protocol.experiment(NAME)["templates"])
         bad = set(self.templates) - known
         if bad:
-            raise ValueError(f"unknown template(s) {sorted(bad)}; choose from {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown template(s) {sorted(bad)}; choose from {', '.join(sorted(known))}")
         if not 1 <= self.n_pairs <= 50:
-            raise ValueError("n_pairs must be between 1 and 50")
+            raise ConfigError("n_pairs must be between 1 and 50")
 
 
 class IntentionalControl:

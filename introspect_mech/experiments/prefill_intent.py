@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..execution import forward
@@ -51,12 +52,12 @@ class PrefillIntentConfig:
         for s in self.strengths:
             check_strength(s)
         if self.measure not in ("generate", "logits"):
-            raise ValueError("measure must be 'generate' or 'logits'")
+            raise ConfigError("measure must be 'generate' or 'logits'")
         bad = set(self.conditions) - set(CONDITIONS)
         if bad:
-            raise ValueError(f"unknown condition(s) {sorted(bad)}; choose from {', '.join(CONDITIONS)}")
+            raise ConfigError(f"unknown condition(s) {sorted(bad)}; choose from {', '.join(CONDITIONS)}")
         if not 1 <= self.n_pairs <= 50:
-            raise ValueError("n_pairs must be between 1 and 50")
+            raise ConfigError("n_pairs must be between 1 and 50")
 
 
 class PrefillIntent:

@@ -14,6 +14,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..inject import Injection, Window, check_strength
@@ -56,9 +57,9 @@ class ThoughtsVsTextConfig:
         for s in self.strengths:
             check_strength(s)
         if not 1 <= self.n_sentences <= 50:
-            raise ValueError("n_sentences must be between 1 and 50")
+            raise ConfigError("n_sentences must be between 1 and 50")
         if not 2 <= self.n_choices <= 50:
-            raise ValueError("n_choices must be between 2 and 50")
+            raise ConfigError("n_choices must be between 2 and 50")
 
 
 def task_turns(task: str, sentence: str) -> list[Turn]:

@@ -1,0 +1,22 @@
+"""Every bad input in the catalogue gets a one-line error that names the problem (and exit status 2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bad_inputs import CASES, run_case
+
+pytestmark = pytest.mark.integration
+
+
+def test_catalogue_is_large():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
+def test_bad_input(case, tmp_path):
+    code, msg = run_case(case, tmp_path)
+    assert code == 2, msg
+    assert msg.startswith("error: "), msg
+    assert case.needle in msg, msg
+    assert "Traceback" not in msg
