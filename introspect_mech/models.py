@@ -207,10 +207,19 @@ class Model:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    simulate_remote: bool = False  # run every trace through nnsight's remote="local" serialization path
+
     @property
     def trace_kwargs(self) -> dict:
-        """Extra keyword arguments every trace/generate call gets (``remote=True`` on NDIF)."""
-        return {"remote": True} if self.remote else {}
+        """Extra keyword arguments every trace/generate call gets (``remote=True`` on NDIF).
+
+        ``simulate_remote`` serializes each trace exactly as for NDIF and runs the
+        deserialized trace locally with this package hidden, so code that passes here
+        will serialize for NDIF. introspect_mech is registered to ship by value."""
+        if self.remote or self.simulate_remote:
+            _register_for_remote()
+            return {"remote": True if self.remote else "local"}
+        return {}
 
     def describe(self) -> dict:
         a = self.arch
@@ -226,6 +235,15 @@ class Model:
             "remote": self.remote,
             "source": self.source,
         }
+
+
+def _register_for_remote() -> None:
+    """NDIF has no introspect_mech installed: ship its functions by value with each request."""
+    import nnsight
+
+    import introspect_mech
+
+    nnsight.register(introspect_mech)
 
 
 def fingerprint_module(module: torch.nn.Module | None, config: Any, name: str) -> str:
