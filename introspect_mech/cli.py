@@ -143,7 +143,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         exp = IntentionalControl(model, IntentionalControlConfig(n_pairs=args.n_pairs, fmt=args.format))
     else:  # argparse restricts the choices; this guards programmatic calls
         raise IntrospectError(f"unknown experiment {args.experiment!r}")
-    res = run_sweep(exp, model, args.out, batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
+    if args.batch_size != "auto" and not str(args.batch_size).lstrip("-").isdigit():
+        raise IntrospectError(f"--batch-size must be an integer or 'auto', got {args.batch_size!r}")
+    bs = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress)
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
           f"{res.n_generated} generated in {res.seconds:.1f} s"
@@ -238,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 

@@ -92,6 +92,39 @@ class RunResult:
         return self.n_generated / self.seconds if self.seconds > 0 else float("nan")
 
 
+CPU_BATCH_CAP = 32  # on a 2-core CPU, batches past ~32 rows add latency without adding throughput
+GPU_BATCH_CAP = 256
+
+
+def _available_bytes(model: Any) -> int:
+    dev = model.device
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {ln.split(":")[0]: int(ln.split()[1]) * 1024 for ln in f}
+        return info.get("MemAvailable", info.get("MemFree", 4 << 30))
+    except OSError:
+        return 4 << 30
+
+
+def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: float = 0.4) -> int:
+    """Rows per ``generate`` that fit in ``fraction`` of the free memory: KV cache + activations per row.
+
+    A deliberately conservative estimate (activations counted at ~24 × d_model floats per token, the
+    prefill logits at one position per row), capped where larger batches stop paying on the device."""
+    a = model.arch
+    elt = torch.finfo(model.dtype).bits // 8
+    tokens = prompt_tokens + new_tokens
+    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * tokens * elt
+    act = 24 * a.d_model * prompt_tokens * 4
+    vocab = getattr(model.config, "vocab_size", 50000) * 4 * 2
+    per_row = kv + act + vocab
+    cap = GPU_BATCH_CAP if model.device.type == "cuda" else CPU_BATCH_CAP
+    return int(max(1, min(cap, (_available_bytes(model) * fraction) // per_row)))
+
+
 def batch_seed(run_seed: int, batch_index: int) -> int:
     return int(hashlib.sha256(f"{run_seed}:{batch_index}".encode()).hexdigest()[:8], 16)
 
@@ -157,7 +190,7 @@ def run_sweep(
     model: Any,
     out_dir: str | Path,
     *,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
@@ -169,6 +202,15 @@ def run_sweep(
     """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if batch_size == "auto":
+        probe = experiment.trials()[:1]
+        if probe:
+            experiment.prepare(model)
+            x = experiment.build(model, probe[0])
+            batch_size = auto_batch_size(model, len(x.prompt), x.max_new_tokens)
+        else:
+            batch_size = 1
+    batch_size = int(batch_size)
     manifest = {
         "experiment": experiment.name,
         "config": experiment.config(),
