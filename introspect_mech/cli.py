@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -272,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads = os.environ.get("INTROSPECT_MECH_THREADS")
+    if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
+        import torch
+
+        torch.set_num_threads(int(threads))
     try:
         return int(args.func(args) or 0)
     except IntrospectError as exc:

@@ -250,7 +250,7 @@ def generate(
             raise ConfigError("an intervention reaches into the cached prefix; run without the prefix cache")
         cache = copy.deepcopy(prefix.cache)
         cache.batch_repeat_interleave(batch.size)
-        generate_kwargs["past_key_values"] = cache
+        generate_kwargs["cache"] = cache  # transformers 5 name (past_key_values is deprecated)
         plan.prefix_norms = {L: prefix.norm_sums[L] for L in plan.slots}
     rec_layers = model.arch.resolve_layers(record.layers) if record is not None else []
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=model.tokenizer.pad_token_id)
