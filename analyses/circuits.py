@@ -192,6 +192,10 @@ class LogitMetric:
     batch_size: int = 32
 
     def per_row(self, ablations: Sequence[Any] = ()) -> torch.Tensor:
+        patching = any(getattr(a, "mode", None) == "patch" for a in ablations)
+        if patching and len(self.prompts) > self.batch_size:
+            raise ValueError("patch values are recorded on one batch: use batch_size >= the number of prompts "
+                             "(chunks would be re-padded to their own widths)")
         vals = []
         for i in range(0, len(self.prompts), self.batch_size):
             chunk = list(self.prompts[i:i + self.batch_size])

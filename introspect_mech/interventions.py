@@ -228,7 +228,7 @@ class InterventionPlan:
                 h[p.row, cols[0]] = p.vector.to(h.dtype)
         return h
 
-    def apply_heads(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def apply_heads(self, layer: int, x: torch.Tensor, prefill: bool = True) -> torch.Tensor:
         """Edit the o_proj input ``x`` ``[B, S, n_heads*head_dim]`` for head ablations at ``layer``."""
         hd = self.arch.head_dim
         x = x.clone()
@@ -240,11 +240,14 @@ class InterventionPlan:
                     x[rows, :, sl] = 0
                 elif ab.mode == "mean":
                     x[rows, :, sl] = ab.mean[h].to(x.dtype)
-                elif ab.mean.shape[1] == x.shape[1]:  # patch: only where the source covers this step (prefill)
+                elif prefill:  # patch: source values cover the prompt positions (the prefill step)
+                    if tuple(ab.mean.shape[:2]) != tuple(x.shape[:2]):
+                        raise ValueError(f"head patch source has shape {tuple(ab.mean.shape[:2])} but the batch is "
+                                         f"{tuple(x.shape[:2])}: patch values must come from a batch with the same padding")
                     x[rows, :, sl] = ab.mean[rows, :, h].to(x.dtype)
         return x
 
-    def apply_mlp(self, layer: int, y: torch.Tensor) -> torch.Tensor:
+    def apply_mlp(self, layer: int, y: torch.Tensor, prefill: bool = True) -> torch.Tensor:
         """Edit the MLP output ``y`` ``[B, S, d]`` for MLP ablations at ``layer``."""
         y = y.clone()
         for ab in self.mlp_ablations[layer]:
@@ -253,7 +256,10 @@ class InterventionPlan:
                 y[rows] = 0
             elif ab.mode == "mean":
                 y[rows] = ab.value.to(y.dtype)
-            elif ab.value.shape[1] == y.shape[1]:
+            elif prefill:
+                if tuple(ab.value.shape[:2]) != tuple(y.shape[:2]):
+                    raise ValueError(f"MLP patch source has shape {tuple(ab.value.shape[:2])} but the batch is "
+                                     f"{tuple(y.shape[:2])}: patch values must come from a batch with the same padding")
                 y[rows] = ab.value[rows].to(y.dtype)
         return y
 

@@ -87,17 +87,22 @@ def test_features_match_a_direct_hf_computation(llama_exp):
     assert len({len(it.prompt) for it in items}) > 1  # some rows are left-padded in the batch
     f = ch.head_attention_features(m, exp, [0, 1, 2], INJ_LAYER, STRENGTH)
     assert f.none.shape == (3, 3, m.arch.n_layers, m.arch.n_heads) and f.floored_fraction == 0.0
+    assert f.other is not None and f.other.shape == f.none.shape
     for r, it in enumerate(items):
-        for cond, got in (("none", f.none), ("matched", f.matched)):
-            ref = _reference_features(m, it, inject=(cond == "matched"))
+        for cond, got in (("none", f.none), ("matched", f.matched), ("other", f.other)):
+            ref = _reference_features(m, it if cond != "other" else it.as_other(), inject=(cond != "none"))
             assert torch.allclose(got[:2, r], ref[:2], atol=2e-5), (cond, r)
             assert torch.allclose(got[2, r], ref[2], atol=2e-3), (cond, r)
     # the vector enters after layer INJ_LAYER: heads there and before cannot change
     assert f.diff()[:, :, :INJ_LAYER + 1].abs().max() < 1e-5
     assert f.diff()[:, :, INJ_LAYER + 1:].abs().max() > 1e-3
-    # explicit PairInputs give the same arrays
-    f2 = ch.head_attention_features(m, None, items, INJ_LAYER, STRENGTH, batch_size=2)
+    # explicit PairInputs (chunked, no control) give the same arrays
+    f2 = ch.head_attention_features(m, None, items, INJ_LAYER, STRENGTH, batch_size=2, control=False)
     assert torch.allclose(f2.matched, f.matched, atol=1e-5) and torch.allclose(f2.none, f.none, atol=1e-5)
+    assert f2.other is None and "other_change" not in f2.top("attn_word", 1)[0]
+    top = f.top("qk_sentence", 2)[0]
+    c = f.change("qk_sentence", a="other", b="none")
+    assert top["other_change"]["mean"] == pytest.approx(float(c["mean"][top["layer"], top["head"]]))
 
 
 @pytest.fixture(scope="module")
@@ -195,11 +200,19 @@ def test_run_writes_summary_and_figures_on_a_tiny_model(tiny_model_of, tmp_path)
     d = json.loads((tmp_path / "concordance_summary.json").read_text())
     assert d["config"]["k"] == 2 and len(d["hypothesis_heads"]) == 2
     for f in ch.FEATURES:
-        assert len(d["features"][f]["top"]) == 2
+        assert len(d["features"][f]["top"]) == 2 and "matched_minus_other" in d["features"][f]["top"][0]
     assert set(d["causal"]) == {"zero", "patch"}
+    assert "injection_effect_other_concept" in d["behaviour"]
     for name in ("concordance_heatmap", "concordance_top_heads", "concordance_causal"):
         assert (tmp_path / f"{name}.html").exists()
     assert (tmp_path / "concordance_features.npz").exists() and s["seconds"] > 0
+    assert d["config"]["causal_pair_indices"] == [0, 1]
+    (tmp_path / "concordance_heatmap.html").unlink()
+    assert set(ch.redraw(tmp_path, png=False)) == {"heatmap", "top_heads", "causal"}
+    assert (tmp_path / "concordance_heatmap.html").exists()
+    s2 = ch.run(m, n_pairs=2, injection_layer=INJ_LAYER, strength=STRENGTH, k=1, n_null=1, out_dir=tmp_path / "ho",
+                png=False, interventions=("patch",), held_out=True, causal_pairs=1)
+    assert s2["config"]["causal_pair_indices"] == [2] and len(s2["behaviour"]["per_pair"]["none"]) == 1
 
 
 @pytest.mark.integration

@@ -69,9 +69,10 @@ class PrefillIntent:
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.sentences = protocol.sentences()[: cfg.n_pairs]
         self.words = [w.lower() for w in protocol.concept_words()]
-        rng = random.Random(cfg.pairing_seed)
-        self.prefill = [rng.choice(self.words) for _ in self.sentences]
-        self.other = [rng.choice([w for w in self.words if w != p]) for p in self.prefill]
+        # one RNG per pair, so a pair's words do not depend on how many pairs are used
+        rngs = [random.Random(f"{cfg.pairing_seed}:{i}") for i in range(len(self.sentences))]
+        self.prefill = [r.choice(self.words) for r in rngs]
+        self.other = [r.choice([w for w in self.words if w != p]) for r, p in zip(rngs, self.prefill)]
         self.vectors: ConceptVectors | None = None
         self._cont_ids: dict[str, list[int]] = {}
 
