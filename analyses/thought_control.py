@@ -164,7 +164,7 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
             xs = [L / (n - 1) for L in range(n)]
             c = plots.PALETTE[i % len(plots.PALETTE)]
             fig2.add_trace(go.Scatter(x=xs + xs[::-1], y=gap["hi"] + gap["lo"][::-1], fill="toself",
-                                      fillcolor=plots._rgba(c, 0.2), line=dict(width=0), showlegend=False))
+                                      fillcolor=plots._rgba(c, 0.2), mode="lines", line=dict(width=0), showlegend=False))
             sdi = gap.get("silent_decay_index")
             fig2.add_trace(go.Scatter(x=xs, y=gap["mean"], line=dict(color=c),
                                       name=f"{name} (decay index {sdi:.2f})" if sdi is not None else name))

@@ -109,7 +109,8 @@ def rate_vs_layer(
         lo = [r[metric]["lo"] for r in pts]
         hi = [r[metric]["hi"] for r in pts]
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(c, 0.15),
-                                 line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=str(gval)), **sub)
+                                 mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False,
+                                 legendgroup=str(gval)), **sub)
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines+markers", name=f"{label} {gval}".strip(), line=dict(color=c),
             legendgroup=str(gval), showlegend=show_legend,

@@ -92,7 +92,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
         c = s["curves"]
         ref = c.get("think") or next(iter(c.values()))
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=ref["baseline_hi"] + ref["baseline_lo"][::-1], fill="toself",
-                                 fillcolor="rgba(120,120,120,0.25)", line=dict(width=0), name="baseline (control words)",
+                                 fillcolor="rgba(120,120,120,0.25)", mode="lines", line=dict(width=0), name="baseline (control words)",
                                  showlegend=(j == 0), legendgroup="base"), row=1, col=j + 1)
         fig.add_trace(go.Scatter(x=xs, y=ref["baseline"], line=dict(color="gray", dash="dot"), showlegend=False,
                                  legendgroup="base"), row=1, col=j + 1)
@@ -101,7 +101,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
             color = colors.get(t, plots.PALETTE[(i + 2) % len(plots.PALETTE)])
             if is_main:
                 fig.add_trace(go.Scatter(x=xs + xs[::-1], y=cur["hi"] + cur["lo"][::-1], fill="toself",
-                                         fillcolor=plots._rgba(color, 0.2), line=dict(width=0), showlegend=False,
+                                         fillcolor=plots._rgba(color, 0.2), mode="lines", line=dict(width=0), showlegend=False,
                                          legendgroup=t, hoverinfo="skip"), row=1, col=j + 1)
             fig.add_trace(go.Scatter(x=xs, y=cur["mean"], name=t, line=dict(color=color, width=3 if is_main else 1),
                                      opacity=1 if is_main else 0.45, legendgroup=t, showlegend=(j == 0)),
