@@ -94,7 +94,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
         fig.add_trace(go.Scatter(x=xs + xs[::-1], y=ref["baseline_hi"] + ref["baseline_lo"][::-1], fill="toself",
                                  fillcolor="rgba(120,120,120,0.25)", mode="lines", line=dict(width=0), name="baseline (control words)",
                                  showlegend=(j == 0), legendgroup="base"), row=1, col=j + 1)
-        fig.add_trace(go.Scatter(x=xs, y=ref["baseline"], line=dict(color="gray", dash="dot"), showlegend=False,
+        fig.add_trace(go.Scatter(x=xs, y=ref["baseline"], mode="lines", line=dict(color="gray", dash="dot"), showlegend=False,
                                  legendgroup="base"), row=1, col=j + 1)
         for i, (t, cur) in enumerate(sorted(c.items(), key=lambda kv: (kv[0] not in colors, kv[0]))):
             is_main = t in colors
@@ -103,7 +103,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
                 fig.add_trace(go.Scatter(x=xs + xs[::-1], y=cur["hi"] + cur["lo"][::-1], fill="toself",
                                          fillcolor=plots._rgba(color, 0.2), mode="lines", line=dict(width=0), showlegend=False,
                                          legendgroup=t, hoverinfo="skip"), row=1, col=j + 1)
-            fig.add_trace(go.Scatter(x=xs, y=cur["mean"], name=t, line=dict(color=color, width=3 if is_main else 1),
+            fig.add_trace(go.Scatter(x=xs, y=cur["mean"], name=t, mode="lines", line=dict(color=color, width=3 if is_main else 1),
                                      opacity=1 if is_main else 0.45, legendgroup=t, showlegend=(j == 0)),
                           row=1, col=j + 1)
     fig.update_xaxes(title_text="layer")
