@@ -110,7 +110,9 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     elif exp == "prefill_intent":
         from .experiments import prefill_intent_report as rep
 
-        grades = rep.grade(records)
+        g = None if grader == "rules" else make_grader(grader, base_url=judge_url,
+                                                       cache_path=run / "judge_cache.jsonl")
+        grades = rep.grade(records, g)
         summary = rep.summarize(records, grades, n_layers)
         table = rep.markdown_table(summary)
         written = rep.figures(summary, fig_dir, png=png)

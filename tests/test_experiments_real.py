@@ -103,3 +103,27 @@ def test_embedding_chooser(smol):
     # a response naming no candidate is decided in embedding space, deterministically
     c = ch.choose("zzzz", ["dust", "origami"])
     assert c.method == "embedding" and c.word in ("dust", "origami")
+
+
+def test_exp3_report_can_use_the_judge(tmp_path):
+    """The paper's intended_prefill judge prompt grades Exp 3 replies (fake backend: no network)."""
+    from introspect_mech.experiments.prefill_intent_report import grade
+    from introspect_mech.grading.llm_judge import LLMJudge
+
+    class Fake:
+        id = "fake"
+
+        def __init__(self):
+            self.prompts = []
+
+        def complete(self, prompts, max_new_tokens):
+            self.prompts += prompts
+            return ["YES" if "meant" in p.split("<BEGIN RESPONSE>")[1] else "NO" for p in prompts]
+
+    backend = Fake()
+    recs = [{"prefilled_word": "bread", "response": "Yes, I meant it."},
+            {"prefilled_word": "bread", "response": "Sorry, an accident."},
+            {"prefilled_word": "bread", "response": None}]
+    g = grade(recs, LLMJudge(backend, cache_path=tmp_path / "c.jsonl"))
+    assert [x.get("apology") for x in g] == [False, True, None]
+    assert "They said the word bread" in backend.prompts[0]  # the paper's prompt, filled

@@ -6,20 +6,24 @@ import math
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..grading.intent import classify_intent
 from ..stats import Rate, difference_interval
 
 
-def grade(records: Sequence[dict]) -> list[dict]:
-    out = []
-    for r in records:
-        if r.get("response") is None:
-            out.append({})
-            continue
-        v = classify_intent(r["response"])
-        out.append({"intended": v.intended, "apology": (None if v.intended is None else not v.intended)})
+def grade(records: Sequence[dict], judge: Any = None) -> list[dict]:
+    """Offline classifier by default; with ``judge`` (an ``LLMJudge``) the paper's intended_prefill prompt.
+
+    The judge answers YES (claimed intent) or NO (apologised / accident); it has no "unclear"."""
+    idx = [i for i, r in enumerate(records) if r.get("response") is not None]
+    out: list[dict] = [{} for _ in records]
+    if judge is not None:
+        verdicts = judge.intended([records[i]["prefilled_word"] for i in idx], [records[i]["response"] for i in idx])
+    else:
+        verdicts = [classify_intent(records[i]["response"]).intended for i in idx]
+    for i, v in zip(idx, verdicts):
+        out[i] = {"intended": v, "apology": (None if v is None else not v)}
     return out
 
 
