@@ -80,13 +80,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- concept vectors: 50 words x all layers ----------------------------------------
     t0 = time.perf_counter()
-    vecs = extract_concept_vectors(model, cache=False)
+    extract_concept_vectors(model, cache=False)
     res["vectors_50_words_all_layers_s"] = time.perf_counter() - t0
     layer = model.arch.resolve_layer(a.layer)
 
-    words = [w.lower() for w in protocol.concept_words()][: a.trials]
-    while len(words) < a.trials:
-        words += words[: a.trials - len(words)]
+    # distinct concepts, one per trial: the paper's 50 words, then the category lists
+    pool = list(dict.fromkeys(w.lower() for w in protocol.concept_words() +
+                              [w for ws in protocol.category_words().values() for w in ws]))
+    if a.trials > len(pool):
+        raise SystemExit(f"at most {len(pool)} distinct trials")
+    words = pool[: a.trials]
+    vecs = extract_concept_vectors(model, words, layers=[layer])
     p = exp1_prompt(model.tokenizer)
     ids = torch.tensor([p.rendered.input_ids])
     n = a.new_tokens
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- toolkit: the Exp 1 sweep runner ------------------------------------------------
     def toolkit(prefix: bool) -> float:
         out = tempfile.mkdtemp(prefix="im-bench-run-")
-        cfg = InjectedThoughtsConfig(layers=[layer], strengths=[a.strength], concepts=list(dict.fromkeys(words)),
+        cfg = InjectedThoughtsConfig(layers=[layer], strengths=[a.strength], concepts=list(words),
                                      trials=1, controls=(), max_new_tokens=n)
         exp = InjectedThoughts(model, cfg)
         exp.prepare(model)  # vectors are cached; not part of the timed sweep
@@ -138,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t0
         n_done = sum(1 for _ in open(Path(out) / "results.jsonl"))
         shutil.rmtree(out, ignore_errors=True)
-        assert n_done == len(set(words)), n_done
+        assert n_done == len(words), n_done
         return dt
 
-    n_trials = len(set(words))
+    n_trials = len(words)
     t_tool = toolkit(True)
     t_tool_noprefix = toolkit(False)
     t_floor = floor()
