@@ -38,9 +38,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# Benchmarks (not part of the tests): writes benchmarks/results.json
+# Benchmarks (not part of the tests): writes benchmarks/results.json and results_batch64.json (~10 min)
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_exp1.py
+	$(PY) benchmarks/bench_exp1.py --trials 64 --batch-size 64 --skip-cold-load --out benchmarks/results_batch64.json
 
 clean-venv:
 	rm -rf $(VENV)
