@@ -17,7 +17,6 @@ for Gemma 3's post-norm blocks).
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +27,8 @@ import torch
 from introspect_mech.execution import forward
 from introspect_mech.experiments.intentional_control import IntentionalControl, IntentionalControlConfig
 from introspect_mech.record import RecordSpec
+from introspect_mech.stats import mean_interval
 from introspect_mech.store import atomic_write_json
-
-
-def _mean_ci(xs: Sequence[float]) -> dict:
-    n = len(xs)
-    m = sum(xs) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
-    h = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
-    return {"mean": m, "lo": m - h, "hi": m + h, "n": n}
 
 
 @dataclass
@@ -80,7 +72,7 @@ def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16) -> tuple[
         th = dict(per[key]["think"])
         dt = dict(per[key]["dont_think"])
         pairs = sorted(set(th) & set(dt))
-        out[key] = [_mean_ci([th[p][L] - dt[p][L] for p in pairs]) for L in L_all]
+        out[key] = [mean_interval([th[p][L] - dt[p][L] for p in pairs]) for L in L_all]
     return Contributions(out["res"], out["attn"], out["mlp"], out["delta"]), {"n_pairs": n_pairs, "words": exp.pair_words}
 
 

@@ -154,3 +154,17 @@ def cohens_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
     """Cohen's kappa for two binary raters over the same items (NaN when undefined)."""
     c = Confusion.of(list(a), list(b))
     return c.kappa
+
+
+def mean_interval(xs: Sequence[float], z: float = Z95) -> dict:
+    """Mean with a normal-approximation interval (z · sd / √n) over independent values, e.g. paired
+    differences across sentence/word pairs; the interval is NaN with fewer than two values."""
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    m = sum(xs) / n
+    if n < 2:
+        return {"mean": m, "lo": math.nan, "hi": math.nan, "n": 1}
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return {"mean": m, "lo": m - half, "hi": m + half, "n": n}

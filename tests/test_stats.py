@@ -136,3 +136,15 @@ def test_confusion():
     assert c.precision == pytest.approx(2 / 3) and c.recall == pytest.approx(2 / 3)
     assert c.agreement == pytest.approx(3 / 5)
     assert math.isnan(Confusion.of([False], [False]).precision)
+
+
+def test_mean_interval_hand_computed():
+    from introspect_mech.stats import mean_interval
+
+    # xs = 1..4: mean 2.5, sample sd sqrt(5/3) = 1.290994, half-width 1.96 * 1.290994 / 2 = 1.265174
+    d = mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert d["mean"] == 2.5 and d["n"] == 4
+    assert d["lo"] == pytest.approx(2.5 - 1.265174, abs=1e-6) and d["hi"] == pytest.approx(2.5 + 1.265174, abs=1e-6)
+    one = mean_interval([3.0])
+    assert one["mean"] == 3.0 and one["lo"] != one["lo"]  # NaN: no interval from one value
+    assert mean_interval([])["n"] == 0

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from ..stats import mean_interval
+
 
 def _mean_ci(xs: list[float]) -> tuple[float, float, float]:
-    n = len(xs)
-    m = sum(xs) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
-    h = 1.96 * sd / math.sqrt(n) if n > 1 else 0.0
-    return m, m - h, m + h
+    d = mean_interval(xs)
+    return d["mean"], d["lo"], d["hi"]
 
 
 def summarize(records: Sequence[dict]) -> dict:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..grading.intent import classify_intent
-from ..stats import Rate, difference_interval
+from ..stats import Rate, difference_interval, mean_interval
 
 
 def grade(records: Sequence[dict], judge: Any = None) -> list[dict]:
@@ -27,14 +26,6 @@ def grade(records: Sequence[dict], judge: Any = None) -> list[dict]:
     return out
 
 
-def _mean_ci(xs: list[float]) -> dict:
-    n = len(xs)
-    if n == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    m = sum(xs) / n
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
-    half = 1.96 * sd / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
 
 
 def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | None) -> dict:
@@ -51,7 +42,7 @@ def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | N
             row["unclear"] = sum(a is None for a in apol)
         lo = [records[i]["intent_logodds"] for i in idx if records[i].get("intent_logodds") is not None]
         if lo:
-            row["intent_logodds"] = _mean_ci(lo)
+            row["intent_logodds"] = mean_interval(lo)
         rows.append(row)
     rows.sort(key=lambda r: (r["condition"], r["layer"] or -1, r["strength"] or 0))
     by = {(r["condition"], r["layer"], r["strength"]): r for r in rows}
