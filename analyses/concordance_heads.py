@@ -67,11 +67,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from analyses.circuits import ComponentStats, Head, Hypothesis, HypothesisResult, test_hypothesis, to_ablations
+from analyses.circuits import (ComponentStats, Head, Hypothesis, HypothesisResult, _slice_ablation, test_hypothesis,
+                               to_ablations)
 from introspect_mech.batch import Batch
 from introspect_mech.execution import forward
 from introspect_mech.inject import Injection, Window, check_strength
-from introspect_mech.interventions import HeadAblation, MLPAblation
+from introspect_mech.interventions import HeadAblation
 from introspect_mech.prompts import RenderedPrompt, encode_text
 from introspect_mech.record import RecordSpec
 
@@ -342,14 +343,6 @@ def _slice_batch(b: Batch, i: int, j: int) -> Batch:
     if isinstance(b, PackedBatch):
         return PackedBatch(**common, mask4d=b.mask4d[i:j], position_ids=b.position_ids[i:j])
     return Batch(**common)
-
-
-def _slice_ablation(a: Any, i: int, n: int) -> Any:
-    if isinstance(a, HeadAblation) and a.mode == "patch":
-        return replace(a, mean=a.mean[i:i + n])
-    if isinstance(a, MLPAblation) and a.mode == "patch":
-        return replace(a, value=a.value[i:i + n])
-    return a
 
 
 def packing_supported(model: Any) -> bool:
