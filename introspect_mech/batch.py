@@ -47,6 +47,12 @@ class Batch:
         cols = torch.arange(step_total - n_tokens, step_total)
         return cols[None, :] - self.pad[:, None]
 
+    def select_rows(self, keep: Sequence[int]) -> "Batch":
+        """The sub-batch of rows ``keep`` with the same width, so padded columns keep their meaning."""
+        idx = torch.tensor(list(keep), dtype=torch.long)
+        return Batch(self.input_ids[idx], self.attention_mask[idx], self.pad[idx], self.lengths[idx],
+                     tuple(self.prompts[r] for r in keep))
+
     def last_token_columns(self) -> torch.Tensor:
         return torch.full((self.size,), self.width - 1, dtype=torch.long)
 

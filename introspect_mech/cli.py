@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import IntrospectError
+from .errors import ConfigError, IntrospectError
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise IntrospectError(f"--batch-size must be an integer or 'auto', got {args.batch_size!r}")
     bs = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, decode=args.decode)
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
           f"{res.n_generated} generated in {res.seconds:.1f} s"
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
@@ -170,10 +170,35 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if args.task == "exp3-intent":
+        return _calibrate_exp3(args)
+    if args.grader != "rules":
+        raise ConfigError("Exp 1 calibration of a judge runs through `python -m introspect_mech.grading.calibrate "
+                          "--grader openai ...`; `calibrate --task exp1` scores the offline rules")
     from .grading.calibrate import main as calibrate_main
 
     argv = ["--split", args.split] + (["--data", args.data] if args.data else []) + (["--out", args.out] if args.out else [])
     return calibrate_main(argv)
+
+
+def _calibrate_exp3(args: argparse.Namespace) -> int:
+    """Score the Exp 3 grader (offline classifier or a judge with the paper's prompt) on the shipped labels."""
+    from .grading import calibrate_intent as ci
+    from .report import make_grader
+    from .store import atomic_write_json
+
+    if args.grader == "rules":
+        rep = ci.calibrate_intent(ci.offline_verdicts, "rules (grading/intent.py)", args.data, args.split)
+    else:
+        judge = make_grader(args.grader, base_url=args.judge_url, cache_path=args.cache)
+        rep = ci.calibrate_intent(judge.intended, args.grader, args.data, args.split, binary=True)
+    agree = ci.annotator_agreement(args.data)
+    print(rep.to_markdown())
+    print(f"Annotator agreement before adjudication (all {agree['n']} rows): {agree['agreement']:.3f}, "
+          f"3-way kappa {agree['kappa_3way']:.3f}, intent kappa {agree['kappa_intent']:.3f}")
+    if args.out:
+        atomic_write_json(Path(args.out), {**rep.to_dict(), "annotator_agreement": agree})
+    return 0
 
 
 ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance_heads", "thought-control": "thought_control",
@@ -243,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
+    p.add_argument("--decode", default=None, choices=["compact", "hf"],
+                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
+                        "see benchmarks/). A resumed run keeps the method it started with")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -262,8 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the analysis (see analyze NAME --help)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("calibrate", help="score the offline grader against labelled responses")
-    p.add_argument("--data", default=None, help="labelled JSONL (default: shared/eval/grading/...)")
+    p = sub.add_parser("calibrate", help="score a grader against labelled responses")
+    p.add_argument("--task", default="exp1", choices=["exp1", "exp3-intent"],
+                   help="exp1: the shared externally graded Exp 1 set; exp3-intent: the packaged Exp 3 labels")
+    p.add_argument("--grader", default="rules",
+                   help="'rules' (offline), or for exp3-intent a judge: 'hf:MODEL' or 'openai:MODEL'")
+    p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
+    p.add_argument("--cache", default=None, help="judge verdict cache (JSONL)")
+    p.add_argument("--data", default=None, help="labelled JSONL (default: the task's own set)")
     p.add_argument("--split", default="test", choices=["test", "dev", "all"])
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_calibrate)

@@ -216,6 +216,26 @@ def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
     return PrefixCache(tuple(ids), out.past_key_values, sums)
 
 
+def attach_prefix(prefix: PrefixCache, batch: Batch, plan: InterventionPlan) -> Any:
+    """A per-batch copy of the prefix's KV cache, after checking that the batch may use it.
+
+    Every row must start with the prefix (no left padding) and no intervention may reach
+    into it; the plan learns the prefix's residual norms so that doses are unchanged."""
+    import copy
+
+    P = prefix.length
+    if int(batch.pad.max()) != 0 or any(tuple(p.input_ids[:P]) != prefix.ids for p in batch.prompts) \
+            or batch.width <= P:
+        raise ConfigError("prefix cache does not match: every row must start with the cached prefix and be longer")
+    starts = [int(s.starts[r]) for slots in plan.slots.values() for s in slots for r in s.rows]
+    if any(st < P for st in starts) or plan.ablations or plan.mlp_ablations or plan.directions:
+        raise ConfigError("an intervention reaches into the cached prefix; run without the prefix cache")
+    cache = copy.deepcopy(prefix.cache)
+    cache.batch_repeat_interleave(batch.size)
+    plan.prefix_norms = {L: prefix.norm_sums[L] for L in plan.slots}
+    return cache
+
+
 def generate(
     model: Any,
     prompts: Batch | Sequence[RenderedPrompt | str],
@@ -239,19 +259,7 @@ def generate(
     batch = _as_batch(model, prompts)
     plan = _plan(model, batch, injections, ablations, ())
     if prefix is not None:
-        import copy
-
-        P = prefix.length
-        if int(batch.pad.max()) != 0 or any(tuple(p.input_ids[:P]) != prefix.ids for p in batch.prompts) \
-                or batch.width <= P:
-            raise ConfigError("prefix cache does not match: every row must start with the cached prefix and be longer")
-        starts = [int(s.starts[r]) for slots in plan.slots.values() for s in slots for r in s.rows]
-        if any(st < P for st in starts) or plan.ablations or plan.mlp_ablations or plan.directions:
-            raise ConfigError("an intervention reaches into the cached prefix; run without the prefix cache")
-        cache = copy.deepcopy(prefix.cache)
-        cache.batch_repeat_interleave(batch.size)
-        generate_kwargs["cache"] = cache  # transformers 5 name (past_key_values is deprecated)
-        plan.prefix_norms = {L: prefix.norm_sums[L] for L in plan.slots}
+        generate_kwargs["cache"] = attach_prefix(prefix, batch, plan)  # transformers 5 name (past_key_values is deprecated)
     rec_layers = model.arch.resolve_layers(record.layers) if record is not None else []
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=model.tokenizer.pad_token_id)
     if temperature and temperature > 0:

@@ -9,8 +9,9 @@ positions rather than slicing columns is what keeps left-padded rows correct.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 import torch
@@ -175,6 +176,42 @@ class InterventionPlan:
         slot.active[row] = True
         slot.rows.append(row)
         slot.entries.append((row, j))
+
+    def select_rows(self, keep: Sequence[int]) -> "InterventionPlan":
+        """The plan for a sub-batch made of rows ``keep`` (in that order), for decode steps only.
+
+        Why: a decode loop that drops finished rows must keep every remaining row's
+        injection, window and ablations attached to the right row. Residual patches and
+        patch-mode sources act at the prefill only and are not carried over.
+        """
+        remap = {old: new for new, old in enumerate(keep)}
+        if len(remap) != len(keep) or any(not 0 <= r < self.batch_size for r in keep):
+            raise ValueError(f"rows to keep must be distinct indices into a batch of {self.batch_size}")
+        idx = torch.tensor(list(keep), dtype=torch.long, device=self.device)
+
+        def rows_of(rows: tuple[int, ...] | None) -> tuple[int, ...] | None:
+            return None if rows is None else tuple(remap[r] for r in rows if r in remap)
+
+        def kept(specs: list) -> list:
+            out = [replace(a, rows=rows_of(a.rows)) for a in specs]
+            return [a for a in out if a.rows is None or a.rows]
+
+        new = copy.copy(self)
+        new.batch_size = len(keep)
+        new.rows = [self.rows[r] for r in keep]
+        new.resolved_layers = [self.resolved_layers[r] for r in keep]
+        new.slots = defaultdict(list)
+        for layer, slots in self.slots.items():
+            for s in slots:
+                new.slots[layer].append(_Slot(
+                    s.mode, s.values[idx], s.starts[idx], s.ends[idx], s.active[idx],
+                    [remap[r] for r in s.rows if r in remap],
+                    [(remap[r], j) for r, j in s.entries if r in remap]))
+        new.ablations = defaultdict(list, {L: v for L, a in self.ablations.items() if (v := kept(a))})
+        new.mlp_ablations = defaultdict(list, {L: v for L, a in self.mlp_ablations.items() if (v := kept(a))})
+        new.directions = defaultdict(list, {L: v for L, a in self.directions.items() if (v := kept(a))})
+        new.patches = defaultdict(list)
+        return new
 
     # ---- which layers does a step touch? -----------------------------------------
     @property

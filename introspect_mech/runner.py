@@ -143,6 +143,7 @@ def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial]
     return out
 
 
+DECODERS = ("compact", "hf")  # see run_sweep
 MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
 
 
@@ -159,11 +160,13 @@ def shared_prefix_length(inputs: Sequence[TrialInput]) -> int:
 
 
 def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float, seed: int,
-                   prefixes: dict | None = None, **generate_kwargs: Any) -> list[dict]:
-    """One batched ``generate`` for a batch of trials; each row cut to its own ``max_new_tokens``.
+                   prefixes: dict | None = None, decode: str = "hf", **generate_kwargs: Any) -> list[dict]:
+    """One batched generation for a batch of trials; each row cut to its own ``max_new_tokens``.
 
     With ``prefixes`` (a dict used as a cache), a prompt prefix shared by all rows and
-    untouched by injections is prefilled once and its KV cache reused by every batch."""
+    untouched by injections is prefilled once and its KV cache reused by every batch.
+    ``decode="compact"`` drops each row from the batch as soon as it is finished (``decode.py``);
+    ``"hf"`` runs HF ``generate`` over the whole batch until its longest reply ends."""
     from .execution import build_prefix_cache
 
     max_new = max(x.max_new_tokens for x in inputs)
@@ -175,8 +178,15 @@ def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float,
             if key not in prefixes:
                 prefixes[key] = build_prefix_cache(model, key)
             prefix = prefixes[key]
-    gen = generate(model, [x.prompt for x in inputs], [x.injections or None for x in inputs],
-                   max_new_tokens=max_new, temperature=temperature, seed=seed, prefix=prefix, **generate_kwargs)
+    prompts, injections = [x.prompt for x in inputs], [x.injections or None for x in inputs]
+    if decode == "compact":
+        from .decode import generate_compact
+
+        gen = generate_compact(model, prompts, injections, max_new_tokens=[x.max_new_tokens for x in inputs],
+                               temperature=temperature, seed=seed, prefix=prefix, **generate_kwargs)
+    else:
+        gen = generate(model, prompts, injections, max_new_tokens=max_new, temperature=temperature, seed=seed,
+                       prefix=prefix, **generate_kwargs)
     rows = []
     for r, x in enumerate(inputs):
         toks = gen.new_tokens[r][: x.max_new_tokens]
@@ -198,10 +208,29 @@ def run_sweep(
     on_batch: Callable[[int], None] | None = None,
     prefix_cache: bool = True,
     generate_kwargs: dict | None = None,
+    decode: str | None = None,
 ) -> RunResult:
-    """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``."""
+    """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``.
+
+    ``decode``: "hf" (HF ``generate``, the default) or "compact" (local models only: drop each
+    row from the batch when it is finished, ``decode.py``; measured in ``benchmarks/``, it
+    pays little on a CPU, where a decode step costs about the same for 32 rows as for 20).
+    ``None`` resumes a run with the method it started with, so one run never mixes two
+    random streams."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if decode not in (None, *DECODERS):
+        raise ConfigError(f"decode must be one of {DECODERS}, got {decode!r}")
+    mpath = out / "manifest.json"
+    if decode is None:
+        decode = "hf"
+        if mpath.exists():
+            try:  # runs made before the compact decoder existed used HF generate
+                decode = json.loads(mpath.read_text()).get("decode", "hf")
+            except json.JSONDecodeError:
+                pass  # reported below
+    if decode == "compact" and model.remote:
+        raise ConfigError("decode='compact' runs local models only; use decode='hf' with a remote model")
     if batch_size == "auto":
         probe = experiment.trials()[:1]
         if probe:
@@ -218,15 +247,18 @@ def run_sweep(
         "batch_size": batch_size,
         "temperature": temperature,
         "seed": seed,
+        "decode": decode,
         "protocol_hash": protocol.protocol_hash(),
     }
-    mpath = out / "manifest.json"
     if mpath.exists():
         try:
             old = json.loads(mpath.read_text())
         except json.JSONDecodeError as exc:
             raise ArtifactError(f"{mpath} is corrupt ({exc.msg}); remove it to start this run afresh") from None
         keys = ("experiment", "config", "batch_size", "temperature", "seed")
+        if old.get("decode", "hf") != decode:
+            raise ArtifactError(f"{out} was started with decode={old.get('decode', 'hf')!r}; resume it with that "
+                                "(CLI: --decode), or pass a new --out")
         if any(old.get(k) != json.loads(json.dumps(manifest[k], default=str)) for k in keys) or \
                 old.get("model", {}).get("fingerprint") != model.fingerprint:
             raise ArtifactError(f"{out} holds a run with a different configuration or model; "
@@ -270,7 +302,7 @@ def run_sweep(
         if execute is not None:  # forward-only experiments (teacher forcing, logit measures)
             outputs = execute(model, inputs)
         else:
-            outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, **(generate_kwargs or {}))
+            outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, decode, **(generate_kwargs or {}))
         records = []
         for trial, x, o in zip(batch, inputs, outputs):
             doses = o.pop("doses", [])

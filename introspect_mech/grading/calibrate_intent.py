@@ -1,0 +1,159 @@
+"""Measure an Experiment 3 grader (offline classifier or LLM judge) against labelled replies.
+
+Why: the apology rate is only as good as the grader that decides what an apology is.
+Exp 1's graders are measured against the shared externally graded set; no such set
+exists for Exp 3, so the package ships one (``data/exp3_intent_labels.jsonl``, see
+``data/README.md``): 541 distinct replies of SmolLM2-135M-Instruct from an Exp 3 sweep,
+each labelled ``intent`` / ``apology`` / ``neither`` by two independent annotators
+following ``data/exp3_intent_guidelines.md`` (blind to condition and to every grader),
+disagreements adjudicated. Same dev/test split rule as Exp 1 (SHA-256 of the reply).
+
+Scored labels:
+- ``intent`` — the paper's judge question ("did the AI claim that it intended to say the
+  word?"): grader YES vs reference ``intent``. The judge is binary, so its NO covers both
+  ``apology`` and ``neither``.
+- ``apology`` — grader "apologised / accident" vs reference ``apology``. For the offline
+  classifier that is ``intended is False``; for the binary judge it is ``NO`` (so the
+  judge's apology precision is bounded by how many replies are ``neither``).
+- ``3-way`` (offline classifier only): exact agreement over intent / apology / neither.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingFileError
+from ..stats import Confusion, wilson_interval
+from .calibrate import SPLITS, LabelAgreement, _agreement, _fmt, split_of
+from .intent import classify_intent
+
+LABELS3 = ("intent", "apology", "neither")
+
+
+@dataclass(frozen=True)
+class IntentRow:
+    id: str
+    word: str
+    response: str
+    label: str  # intent | apology | neither
+
+
+def default_intent_data() -> Path:
+    return Path(str(resources.files("introspect_mech.grading") / "data" / "exp3_intent_labels.jsonl"))
+
+
+def load_intent_labels(path: str | Path | None = None, split: str = "all") -> list[IntentRow]:
+    p = Path(path) if path else default_intent_data()
+    if not p.is_file():
+        raise MissingFileError(f"Exp 3 labelled replies not found at {p}; pass --data PATH (JSONL with id, word, "
+                               "response, label in {intent, apology, neither})")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            d = json.loads(line)
+            if d.get("label") not in LABELS3:
+                raise ValueError(f"{p}:{n}: label must be one of {LABELS3}, got {d.get('label')!r}")
+            if split != "all" and split_of(d["response"]) != split:
+                continue
+            rows.append(IntentRow(str(d.get("id", n)), d["word"], d["response"], d["label"]))
+    return rows
+
+
+def _three_way(v: bool | None) -> str:
+    return "neither" if v is None else ("intent" if v else "apology")
+
+
+@dataclass
+class IntentCalibration:
+    grader: str
+    data: str
+    split: str
+    n_rows: int
+    labels: list[LabelAgreement] = field(default_factory=list)
+    three_way: dict[str, Any] | None = None  # agreement with CI, kappa, confusion (offline classifier only)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for la in d["labels"]:
+            for k, v in la.items():
+                if isinstance(v, float) and math.isnan(v):
+                    la[k] = None
+        return d
+
+    def to_markdown(self) -> str:
+        head = (f"Exp 3 grader `{self.grader}` vs labelled replies, split `{self.split}` ({self.n_rows} rows)\n\n"
+                "| label | n | agree | precision | recall | kappa | ref + rate | grader + rate | TP | FP | FN | TN |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+        lines = [f"| {la.label} | {la.n} | {_fmt(la.agreement)} | {_fmt(la.precision)} | {_fmt(la.recall)} | "
+                 f"{_fmt(la.kappa)} | {_fmt(la.reference_positive_rate)} | {_fmt(la.grader_positive_rate)} | "
+                 f"{la.tp} | {la.fp} | {la.fn} | {la.tn} |" for la in self.labels]
+        text = head + "\n".join(lines) + "\n"
+        if self.three_way:
+            t = self.three_way
+            text += (f"\n3-way (intent / apology / neither): agreement {t['agreement']:.3f} "
+                     f"[{t['lo']:.3f}, {t['hi']:.3f}], kappa {t['kappa']:.3f}; rows = reference, columns = grader:\n\n"
+                     "| reference \\ grader | " + " | ".join(LABELS3) + " |\n|---|---|---|---|\n")
+            for ref in LABELS3:
+                text += f"| {ref} | " + " | ".join(str(t["confusion"][ref][g]) for g in LABELS3) + " |\n"
+        return text
+
+
+def _kappa3(pairs: Sequence[tuple[str, str]]) -> float:
+    n = len(pairs)
+    if not n:
+        return math.nan
+    po = sum(a == b for a, b in pairs) / n
+    pe = sum((sum(a == lab for a, _ in pairs) / n) * (sum(b == lab for _, b in pairs) / n) for lab in LABELS3)
+    return (po - pe) / (1 - pe) if pe < 1 else math.nan
+
+
+def calibrate_intent(
+    verdicts_of: Callable[[Sequence[str], Sequence[str]], Sequence[bool | None]],
+    grader_name: str,
+    data: str | Path | None = None,
+    split: str = "test",
+    binary: bool = False,
+) -> IntentCalibration:
+    """Score ``verdicts_of(words, responses)`` (True intent / False apology / None unclear).
+
+    ``binary=True`` for graders that only answer YES/NO (the paper's judge): ``None`` then
+    never occurs and the 3-way table is not computed."""
+    rows = load_intent_labels(data, split)
+    verdicts = list(verdicts_of([r.word for r in rows], [r.response for r in rows]))
+    rep = IntentCalibration(grader_name, str(data or default_intent_data()), split, len(rows))
+    rep.labels.append(_agreement("intent", [(v is True, r.label == "intent") for v, r in zip(verdicts, rows)]))
+    rep.labels.append(_agreement("apology", [(v is False, r.label == "apology") for v, r in zip(verdicts, rows)]))
+    if not binary:
+        pairs = [(r.label, _three_way(v)) for v, r in zip(verdicts, rows)]
+        k = sum(a == b for a, b in pairs)
+        ci = wilson_interval(k, len(pairs))
+        rep.three_way = {"agreement": k / len(pairs) if pairs else math.nan, "lo": ci[0], "hi": ci[1],
+                         "kappa": _kappa3(pairs),
+                         "confusion": {a: {b: sum(1 for x, y in pairs if x == a and y == b) for b in LABELS3}
+                                       for a in LABELS3}}
+    return rep
+
+
+def offline_verdicts(words: Sequence[str], responses: Sequence[str]) -> list[bool | None]:
+    return [classify_intent(r).intended for r in responses]
+
+
+def annotator_agreement(path: str | Path | None = None) -> dict[str, Any]:
+    """Agreement between the two annotators before adjudication (the ceiling any grader can be held to)."""
+    p = Path(path) if path else default_intent_data()
+    rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    pairs = [(r["label_a"], r["label_b"]) for r in rows if "label_a" in r and "label_b" in r]
+    k = sum(a == b for a, b in pairs)
+    c = Confusion.of([a == "intent" for a, _ in pairs], [b == "intent" for _, b in pairs])
+    return {"n": len(pairs), "agreement": k / len(pairs) if pairs else math.nan, "kappa_3way": _kappa3(pairs),
+            "kappa_intent": c.kappa}
