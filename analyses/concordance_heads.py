@@ -75,6 +75,8 @@ from introspect_mech.inject import Injection, Window, check_strength
 from introspect_mech.interventions import HeadAblation
 from introspect_mech.prompts import RenderedPrompt, encode_text
 from introspect_mech.record import RecordSpec
+from introspect_mech.reply_scoring import (PackedBatch, ReplyLayout, build_reply_layout, packing_supported,
+                                           score_replies, slice_batch)
 
 FEATURES = ("attn_word", "attn_sentence", "qk_sentence")
 FEATURE_TITLES = {
@@ -324,100 +326,6 @@ def head_attention_features(
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PackedBatch(Batch):
-    """A left-padded batch whose inputs carry a 4D additive attention mask and explicit position ids,
-    so several continuations of one prompt share a row. ``forward`` accepts it like any ``Batch``."""
-
-    mask4d: torch.Tensor | None = None  # [B, 1, T, T] additive (0 / dtype min)
-    position_ids: torch.Tensor | None = None  # [B, T]
-
-    def inputs(self, device: Any = None) -> dict:
-        d = {"input_ids": self.input_ids, "attention_mask": self.mask4d, "position_ids": self.position_ids}
-        return {k: v.to(device) for k, v in d.items()} if device is not None else d
-
-
-def _slice_batch(b: Batch, i: int, j: int) -> Batch:
-    common = dict(input_ids=b.input_ids[i:j], attention_mask=b.attention_mask[i:j], pad=b.pad[i:j],
-                  lengths=b.lengths[i:j], prompts=b.prompts[i:j])
-    if isinstance(b, PackedBatch):
-        return PackedBatch(**common, mask4d=b.mask4d[i:j], position_ids=b.position_ids[i:j])
-    return Batch(**common)
-
-
-def packing_supported(model: Any) -> bool:
-    """A custom 4D mask bypasses sliding windows, so packing is only used without them."""
-    cfg = model.config
-    layer_types = getattr(cfg, "layer_types", None) or ()
-    return not (getattr(cfg, "use_sliding_window", False) or "sliding_attention" in layer_types)
-
-
-@dataclass
-class _Layout:
-    batch: Batch
-    ids: list[list[int]]  # unpadded ids per row
-    segments: list[list[tuple[int, int, int]]]  # per row: (start, end, reply index), unpadded
-    prompt_len: list[int]
-    item: list[int]  # row -> item index
-
-
-def build_reply_layout(model: Any, prompts: Sequence[RenderedPrompt], replies: Sequence[str],
-                       packed: bool = True) -> _Layout:
-    """Rows scoring every reply after every prompt: one packed row per prompt, or one row per (prompt, reply)."""
-    tok = model.tokenizer
-    rows: list[tuple[list[int], int, list[tuple[int, int, int]], int]] = []
-    for i, rp in enumerate(prompts):
-        n = len(rp)
-        conts = []
-        for k, rep in enumerate(replies):
-            full = encode_text(tok, rp.text + rep, rp.fmt)
-            if tuple(full.input_ids[:n]) != tuple(rp.input_ids) or len(full) <= n:
-                raise RuntimeError("the reply merged with the prompt's last token on this tokenizer; the logit "
-                                   "measure needs a clean token boundary after the generation prompt")
-            conts.append(list(full.input_ids[n:]))
-        if packed:
-            ids, segs = list(rp.input_ids), []
-            for k, c in enumerate(conts):
-                segs.append((len(ids), len(ids) + len(c), k))
-                ids += c
-            rows.append((ids, n, segs, i))
-        else:
-            for k, c in enumerate(conts):
-                rows.append((list(rp.input_ids) + c, n, [(n, n + len(c), k)], i))
-    B, W = len(rows), max(len(r[0]) for r in rows)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    input_ids = torch.full((B, W), int(pad_id), dtype=torch.long)
-    am = torch.zeros((B, W), dtype=torch.long)
-    pads = torch.tensor([W - len(r[0]) for r in rows], dtype=torch.long)
-    for b, (ids, *_rest) in enumerate(rows):
-        input_ids[b, W - len(ids):] = torch.tensor(ids)
-        am[b, W - len(ids):] = 1
-    common = dict(input_ids=input_ids, attention_mask=am, pad=pads, lengths=W - pads,
-                  prompts=tuple(prompts[r[3]] for r in rows))
-    if packed:
-        neg = torch.finfo(model.dtype).min
-        mask = torch.full((B, 1, W, W), neg, dtype=model.dtype)
-        pos = torch.zeros((B, W), dtype=torch.long)
-        for b, (ids, n, segs, _i) in enumerate(rows):
-            p = W - len(ids)
-            allowed = torch.zeros(len(ids), len(ids), dtype=torch.bool)
-            allowed[:n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
-            pp = list(range(n))
-            for s0, s1, _k in segs:
-                allowed[s0:s1, :n] = True
-                allowed[s0:s1, s0:s1] = torch.ones(s1 - s0, s1 - s0, dtype=torch.bool).tril()
-                pp += range(n, n + s1 - s0)
-            sub = mask[b, 0, p:, p:]
-            sub[allowed] = 0
-            idx = torch.arange(p)
-            mask[b, 0, idx, idx] = 0  # pad query rows see themselves (keeps their softmax finite)
-            pos[b, p:] = torch.tensor(pp)
-        batch: Batch = PackedBatch(**common, mask4d=mask, position_ids=pos)
-    else:
-        batch = Batch(**common)
-    return _Layout(batch, [r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows], [r[3] for r in rows])
-
-
 class HeadValues:
     """Per-row head outputs of a reference run in a given row layout (``to_ablations``'s patch source)."""
 
@@ -463,14 +371,14 @@ class IntentLogOdds:
         self.history: list[dict] = []
 
     @staticmethod
-    def _tile(lay: _Layout, n: int) -> _Layout:
+    def _tile(lay: ReplyLayout, n: int) -> ReplyLayout:
         b = lay.batch
         cat = lambda t: torch.cat([t] * n, 0)  # noqa: E731
         common = dict(input_ids=cat(b.input_ids), attention_mask=cat(b.attention_mask), pad=cat(b.pad),
                       lengths=cat(b.lengths), prompts=tuple(b.prompts) * n)
         batch = PackedBatch(**common, mask4d=cat(b.mask4d), position_ids=cat(b.position_ids)) \
             if isinstance(b, PackedBatch) else Batch(**common)
-        return _Layout(batch, lay.ids * n, lay.segments * n, lay.prompt_len * n, lay.item * n)
+        return ReplyLayout(batch, lay.ids * n, lay.segments * n, lay.prompt_len * n, lay.item * n)
 
     def _injections(self) -> list:
         out = []
@@ -482,18 +390,8 @@ class IntentLogOdds:
     def per_pair(self, ablations: Sequence[Any] = ()) -> dict[str, torch.Tensor]:
         """Log-odds per pair ``[N]`` for each condition under ``ablations``."""
         lay, injs = self.layout, self._injections()
-        scores = torch.full((lay.batch.size, len(self.replies)), float("nan"), dtype=torch.float64)
-        for i in range(0, lay.batch.size, self.batch_size):
-            j = min(i + self.batch_size, lay.batch.size)
-            chunk = _slice_batch(lay.batch, i, j)
-            rec = forward(self.model, chunk, injs[i:j], ablations=[_slice_ablation(a, i, j - i) for a in ablations])
-            for r in range(j - i):
-                row = i + r
-                pad, ids, n = int(chunk.pad[r]), lay.ids[row], lay.prompt_len[row]
-                for s0, s1, k in lay.segments[row]:
-                    prev = torch.tensor([n - 1] + list(range(s0, s1 - 1))) + pad
-                    lp = torch.log_softmax(rec.logits[r, prev].double(), -1)
-                    scores[row, k] = lp[torch.arange(s1 - s0), torch.tensor(ids[s0:s1])].sum()
+        scores = score_replies(self.model, lay, injs, len(self.replies), self.batch_size,
+                               ablations_for=lambda i, j: [_slice_ablation(a, i, j - i) for a in ablations])
         N = len(self.items)
         out = {}
         per_cond = self.rows_per_condition
@@ -531,7 +429,7 @@ class IntentLogOdds:
         vals: dict[int, list[torch.Tensor]] = {}
         for i in range(0, b.size, self.batch_size):
             j = min(i + self.batch_size, b.size)
-            rec = forward(self.model, _slice_batch(b, i, j), None,
+            rec = forward(self.model, slice_batch(b, i, j), None,
                           record=RecordSpec(layers=None, residual=False, head_outputs=True, logits=False))
             for L, v in rec.head_outputs.items():
                 vals.setdefault(L, []).append(v)

@@ -26,9 +26,8 @@ import torch
 from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
-from ..execution import forward
 from ..inject import Injection, Window, check_strength
-from ..prompts import Turn, encode_text, render
+from ..prompts import Turn, render
 from ..runner import Trial, TrialInput
 
 NAME = "prefill_intent"
@@ -132,36 +131,32 @@ class PrefillIntent:
 
     # ---- the generation-free measure ------------------------------------------------
     def execute_logits(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
-        """log P(intent reply) − log P(apology reply), each a log-sum-exp over its reply variants."""
+        """log P(intent reply) − log P(apology reply), each a log-sum-exp over its reply variants.
+
+        The replies are scored by teacher forcing, packed after one copy of the prompt per
+        trial where the model allows it (``reply_scoring``); the injection windows end inside
+        the prompt, so the replies see the injected prompt but are not injected themselves.
+        The dose is the injection's norm over the mean residual norm of the row, replies
+        included when packed."""
+        from ..reply_scoring import build_reply_layout, packing_supported, score_replies
+
         replies = list(INTENT_REPLIES) + list(APOLOGY_REPLIES)
-        rows, injs, meta = [], [], []
-        for x in inputs:
-            for k, rep in enumerate(replies):
-                full = encode_text(model.tokenizer, x.prompt.text + rep, x.prompt.fmt)
-                n_prompt = len(x.prompt)
-                if tuple(full.input_ids[:n_prompt]) != tuple(x.prompt.input_ids):
-                    raise RuntimeError("the reply merged with the prompt's last token on this tokenizer; "
-                                       "the logit measure needs a clean token boundary after the generation prompt")
-                rows.append(full)
-                injs.append(x.injections or None)
-                meta.append((n_prompt, len(full)))
-        rec = forward(model, rows, injs)
-        logp = torch.log_softmax(rec.logits.double(), dim=-1)
-        scores = []
-        for r, (n_prompt, n_full) in enumerate(meta):
-            pad = int(rec.batch.pad[r])
-            ids = torch.tensor(rows[r].input_ids)
-            # token t is predicted at column pad + t - 1
-            cols = torch.arange(n_prompt, n_full) + pad - 1
-            scores.append(float(logp[r, cols, ids[n_prompt:n_full]].sum()))
+        packed = packing_supported(model)
+        lay = build_reply_layout(model, [x.prompt for x in inputs], replies, packed)
+        injs = [inputs[i].injections or None for i in lay.item]
+        scores, doses = score_replies(model, lay, injs, len(replies), with_doses=True)
         out = []
-        n_i, n_r = len(INTENT_REPLIES), len(replies)
-        for j, x in enumerate(inputs):
-            s = torch.tensor(scores[j * n_r:(j + 1) * n_r])
+        n_i = len(INTENT_REPLIES)
+        for j in range(len(inputs)):
+            rows = [r for r, it in enumerate(lay.item) if it == j]
+            s = torch.full((len(replies),), float("nan"), dtype=torch.float64)
+            for r in rows:
+                ok = ~torch.isnan(scores[r])
+                s[ok] = scores[r][ok]
             lo = float(torch.logsumexp(s[:n_i], 0) - torch.logsumexp(s[n_i:], 0))
-            dose = rec.doses[j * n_r][0] if rec.doses[j * n_r] else None
+            dose = doses[rows[0]][0] if doses[rows[0]] else None
             out.append({"intent_logodds": lo, "reply_logprobs": dict(zip(replies, s.tolist())),
-                        "doses": [dose] if dose is not None else []})
+                        "doses": [dose] if dose is not None else [], "packed_replies": packed})
         return out
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 NOT_ACCIDENT = re.compile(
     r"\b(?:(?:was|is|were|have been|has been|be)\s*(?:n['’]t|not)(?:\s+been)?\s+(?:an?\s+)?(?:accident|mistake|error)"
     r"|(?:was|is)n['’]t\s+(?:an?\s+)?(?:accident|mistake|error)"
-    r"|no\s+(?:accident|mistake|error)s?\b|not\s+(?:an?\s+)?(?:accident|mistake|error)"
+    r"|no\s+(?:accident|mistake|error)s?\b|not\s+(?:(?:have\s+)?been\s+)?(?:an?\s+)?(?:accident|mistake|error)"
     r"|(?:do\s+not|don['’]t)\s+think\s+(?:it|that)\s+(?:was|is|['’]s)\s+(?:an?\s+)?(?:\w+\s+)?(?:accident|mistake|error))",
     re.I,
 )
