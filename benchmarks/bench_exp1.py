@@ -9,7 +9,13 @@ EOS cannot favour one method), in one process, one after the other:
 - ``floor``: plain HF batched ``generate`` of the same prompts with *no* intervention
   (the hardware floor for batched generation);
 - ``toolkit``: ``run_sweep`` of an ``InjectedThoughts`` experiment (nnsight, per-row
-  vectors, shared-prefix KV cache, results written to a JSONL store).
+  vectors, shared-prefix KV cache, results written to a JSONL store); also with
+  ``decode="compact"`` (own decode loop; at fixed length this measures its per-step cost).
+
+Then, with replies that end at EOS (``--natural-tokens``, the paper's 100): the sweep with
+HF ``generate`` (finished rows keep being computed) vs the compact loop (finished rows
+dropped), asserting identical greedy tokens, and the fraction of HF's row-steps that were
+useful.
 
 Also: concept-vector extraction (50 words × all layers), model load (cold GGUF parse
 vs cached safetensors), peak RSS. Writes ``benchmarks/results.json``.
@@ -47,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     ap.add_argument("--skip-cold-load", action="store_true")
+    ap.add_argument("--natural-tokens", type=int, default=100,
+                    help="also time replies that end at EOS (up to this many tokens): HF generate vs the compact "
+                         "decode loop; 0 skips it")
     a = ap.parse_args(argv)
 
     import introspect_mech as im
@@ -130,32 +139,55 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     # ---- toolkit: the Exp 1 sweep runner ------------------------------------------------
-    def toolkit(prefix: bool) -> float:
+    def sweep(prefix: bool, decode: str, max_new: int, fixed: bool) -> tuple[float, list[dict]]:
         out = tempfile.mkdtemp(prefix="im-bench-run-")
         cfg = InjectedThoughtsConfig(layers=[layer], strengths=[a.strength], concepts=list(words),
-                                     trials=1, controls=(), max_new_tokens=n)
+                                     trials=1, controls=(), max_new_tokens=max_new)
         exp = InjectedThoughts(model, cfg)
         exp.prepare(model)  # vectors are cached; not part of the timed sweep
         t0 = time.perf_counter()
         run_sweep(exp, model, out, batch_size=a.batch_size, temperature=0.0, progress=False, prefix_cache=prefix,
-                  generate_kwargs={"min_new_tokens": n})
+                  decode=decode, generate_kwargs={"min_new_tokens": max_new} if fixed else None)
         dt = time.perf_counter() - t0
-        n_done = sum(1 for _ in open(Path(out) / "results.jsonl"))
+        rows = [json.loads(x) for x in open(Path(out) / "results.jsonl")]
         shutil.rmtree(out, ignore_errors=True)
-        assert n_done == len(words), n_done
-        return dt
+        assert len(rows) == len(words), len(rows)
+        return dt, rows
+
+    def toolkit(prefix: bool, decode: str = "hf") -> float:
+        return sweep(prefix, decode, n, fixed=True)[0]
+
+    def natural() -> dict:
+        """Replies end at EOS (up to --natural-tokens): HF generate vs the compact loop, same greedy tokens."""
+        m = a.natural_tokens
+        t_hf, rows_hf = sweep(True, "hf", m, fixed=False)
+        t_c, rows_c = sweep(True, "compact", m, fixed=False)
+        same = {r["trial_id"]: r["response"] for r in rows_hf} == {r["trial_id"]: r["response"] for r in rows_c}
+        lengths = [r["n_new_tokens"] for r in rows_hf]
+        by_batch: dict = {}
+        for r in rows_hf:
+            by_batch.setdefault(r["batch"], []).append(r["n_new_tokens"])
+        computed = sum(len(v) * max(v) for v in by_batch.values())
+        return {"max_new_tokens": m, "seconds_hf_generate": t_hf, "seconds_compact": t_c,
+                "compact_vs_hf": t_hf / t_c, "same_tokens": same, "mean_reply_tokens": sum(lengths) / len(lengths),
+                "useful_fraction_of_hf_row_steps": sum(lengths) / computed}
 
     n_trials = len(words)
     t_tool = toolkit(True)
     t_tool_noprefix = toolkit(False)
+    t_tool_compact = toolkit(True, "compact")
     t_floor = floor()
     t_naive = naive()
     res["trials"] = n_trials
     res["seconds"] = {"naive_one_generate_per_trial": t_naive, "plain_hf_batched_no_intervention": t_floor,
-                      "toolkit_sweep": t_tool, "toolkit_sweep_without_prefix_cache": t_tool_noprefix}
+                      "toolkit_sweep": t_tool, "toolkit_sweep_without_prefix_cache": t_tool_noprefix,
+                      "toolkit_sweep_compact_decode": t_tool_compact}
     res["trials_per_s"] = {k: n_trials / v for k, v in res["seconds"].items()}
     res["ratios"] = {"toolkit_vs_naive": t_naive / t_tool, "toolkit_vs_floor": t_floor / t_tool,
-                     "toolkit_without_prefix_vs_floor": t_floor / t_tool_noprefix}
+                     "toolkit_without_prefix_vs_floor": t_floor / t_tool_noprefix,
+                     "compact_decode_vs_hf_generate_fixed_length": t_tool / t_tool_compact}
+    if a.natural_tokens:
+        res["natural_length"] = natural()
     res["peak_rss_mb"] = _rss_mb()
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
