@@ -87,7 +87,10 @@ def generate_compact(
     gen = None
     if temperature and temperature > 0:
         gen = torch.Generator(device=dev)
-        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        if seed is not None:
+            gen.manual_seed(int(seed))
+        else:  # a fresh seed for this generator only; the global torch stream is left alone
+            gen.seed()
     eos = _eos_ids(model)
     eos_t = torch.tensor(sorted(eos) or [-1], device=dev)
 
