@@ -179,9 +179,11 @@ class CalibrationReport:
                     la[k] = None
         return d
 
+    def title(self) -> str:
+        return f"Grader `{self.grader}` vs reference labels, split `{self.split}` ({self.n_rows} rows)"
+
     def to_markdown(self) -> str:
-        head = (f"Grader `{self.grader}` vs reference labels, split `{self.split}` "
-                f"({self.n_rows} rows)\n\n"
+        head = (f"{self.title()}\n\n"
                 "| label | n | agree | precision | recall | kappa | ref + rate | grader + rate | TP | FP | FN | TN |\n"
                 "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         lines = [

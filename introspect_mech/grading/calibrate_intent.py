@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import MissingFileError
 from ..stats import Confusion, wilson_interval
-from .calibrate import SPLITS, LabelAgreement, _agreement, _fmt, split_of
+from .calibrate import SPLITS, CalibrationReport, _agreement, split_of
 from .intent import classify_intent
 
 LABELS3 = ("intent", "apology", "neither")
@@ -74,30 +74,14 @@ def _three_way(v: bool | None) -> str:
 
 
 @dataclass
-class IntentCalibration:
-    grader: str
-    data: str
-    split: str
-    n_rows: int
-    labels: list[LabelAgreement] = field(default_factory=list)
+class IntentCalibration(CalibrationReport):
     three_way: dict[str, Any] | None = None  # agreement with CI, kappa, confusion (offline classifier only)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for la in d["labels"]:
-            for k, v in la.items():
-                if isinstance(v, float) and math.isnan(v):
-                    la[k] = None
-        return d
+    def title(self) -> str:
+        return f"Exp 3 grader `{self.grader}` vs labelled replies, split `{self.split}` ({self.n_rows} rows)"
 
     def to_markdown(self) -> str:
-        head = (f"Exp 3 grader `{self.grader}` vs labelled replies, split `{self.split}` ({self.n_rows} rows)\n\n"
-                "| label | n | agree | precision | recall | kappa | ref + rate | grader + rate | TP | FP | FN | TN |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-        lines = [f"| {la.label} | {la.n} | {_fmt(la.agreement)} | {_fmt(la.precision)} | {_fmt(la.recall)} | "
-                 f"{_fmt(la.kappa)} | {_fmt(la.reference_positive_rate)} | {_fmt(la.grader_positive_rate)} | "
-                 f"{la.tp} | {la.fp} | {la.fn} | {la.tn} |" for la in self.labels]
-        text = head + "\n".join(lines) + "\n"
+        text = super().to_markdown()
         if self.three_way:
             t = self.three_way
             text += (f"\n3-way (intent / apology / neither): agreement {t['agreement']:.3f} "
