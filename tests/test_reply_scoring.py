@@ -72,3 +72,21 @@ def test_logit_measure_matches_hook_reference(tiny_model_of, arch, packed):
             moved += abs(clean["intent_logodds"] - g["intent_logodds"]) > 1e-3
     # the injections matter, so agreeing with the reference is informative
     assert moved > 0
+
+
+def test_logit_effects_are_paired_by_pair():
+    from introspect_mech.experiments.prefill_intent_report import logit_effects
+
+    recs = []
+    for pair, base in enumerate([0.0, 5.0, -3.0]):  # large pair-to-pair spread, constant +1 matching effect
+        recs.append({"condition": "no_injection", "layer": None, "strength": None, "extra": {"pair": pair},
+                     "intent_logodds": base})
+        recs.append({"condition": "random_other_concept", "layer": 4, "strength": 8.0, "extra": {"pair": pair},
+                     "intent_logodds": base + 0.5})
+        recs.append({"condition": "matching_concept", "layer": 4, "strength": 8.0, "extra": {"pair": pair},
+                     "intent_logodds": base + 1.0 + 0.01 * pair})
+    eff = {e["vs"]: e["effect"] for e in logit_effects(recs)}
+    assert eff["no_injection"]["mean"] == pytest.approx(1.01) and eff["no_injection"]["n"] == 3
+    assert eff["random_other_concept"]["mean"] == pytest.approx(0.51)
+    # paired: the interval is tight despite the spread of the pairs' baselines
+    assert eff["random_other_concept"]["hi"] - eff["random_other_concept"]["lo"] < 0.1

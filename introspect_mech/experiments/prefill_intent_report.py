@@ -60,7 +60,31 @@ def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | N
         drops.append({"layer": r["layer"], "strength": r["strength"], "reference": ref["condition"],
                       "drop": asdict(d)})
     best = max(drops, key=lambda d: d["drop"]["estimate"], default=None)
-    return {"cells": rows, "drops": drops, "largest_drop": best}
+    return {"cells": rows, "drops": drops, "largest_drop": best, "logit_effects": logit_effects(records)}
+
+
+def logit_effects(records: Sequence[dict]) -> list[dict]:
+    """Paired effect of the matching concept on the intent log-odds, per layer and strength.
+
+    For each sentence/word pair: matching − random other concept (same layer, strength, window)
+    and matching − no injection; mean over pairs with a normal interval. Pairing removes the
+    pair-to-pair spread that dominates the per-condition intervals."""
+    val: dict[tuple, float] = {}
+    for r in records:
+        if r.get("intent_logodds") is None:
+            continue
+        pair = (r.get("extra") or {}).get("pair")
+        val[(r["condition"], r.get("layer"), r.get("strength"), pair)] = r["intent_logodds"]
+    cells = sorted({(k[1], k[2]) for k in val if k[0] == "matching_concept"}, key=lambda c: (c[0], c[1]))
+    out = []
+    for layer, strength in cells:
+        pairs = [k[3] for k in val if k[:3] == ("matching_concept", layer, strength)]
+        for vs, key in (("random_other_concept", lambda p: ("random_other_concept", layer, strength, p)),
+                        ("no_injection", lambda p: ("no_injection", None, None, p))):
+            diffs = [val[("matching_concept", layer, strength, p)] - val[key(p)] for p in pairs if key(p) in val]
+            if diffs:
+                out.append({"layer": layer, "strength": strength, "vs": vs, "effect": mean_interval(diffs)})
+    return out
 
 
 def _fmt(r: dict | None) -> str:
@@ -78,6 +102,15 @@ def markdown_table(summary: dict) -> str:
         depth = f"{r['layer']} ({r['depth']:.2f})" if r["layer"] is not None else "–"
         lines.append(f"| {r['condition']} | {depth} | {r['strength'] if r['strength'] is not None else '–'} | "
                      f"{_fmt(r.get('apology'))} | {r.get('unclear', '–')} | {_fmt_m(r.get('intent_logodds'))} |")
+    eff = [e for e in summary.get("logit_effects", []) if e["vs"] == "random_other_concept" and e["effect"]["n"]]
+    if eff:
+        top = max(eff, key=lambda e: e["effect"]["mean"])
+        above = [e for e in eff if e["effect"]["lo"] is not None and e["effect"]["lo"] > 0]
+        lines.append("")
+        lines.append(f"Paired logit effect (matching − random concept, per pair): {len(above)} of {len(eff)} "
+                     f"layer × strength cells have a 95% interval above 0; the largest is "
+                     f"{_fmt_m(top['effect'])} at layer {top['layer']}, strength {top['strength']:g} "
+                     "(intervals not corrected for the number of cells).")
     b = summary.get("largest_drop")
     if b:
         d = b["drop"]
@@ -120,4 +153,23 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
         fig.update_layout(title="Exp 3 (no generation): log-odds of an intent reply vs an apology reply",
                           xaxis_title="layer", yaxis_title="log P(intent) − log P(apology)", template="plotly_white")
         written["logodds"] = plots.save_figure(fig, out_dir / "exp3_intent_logodds_vs_layer", png=png)
+    eff = [e for e in summary.get("logit_effects", []) if e["effect"]["n"] and e["layer"] is not None]
+    if eff:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for i, vs in enumerate(sorted({e["vs"] for e in eff})):
+            for j, s in enumerate(sorted({e["strength"] for e in eff})):
+                pts = sorted((e for e in eff if e["vs"] == vs and e["strength"] == s), key=lambda e: e["layer"])
+                m = [e["effect"] for e in pts]
+                fig.add_trace(go.Scatter(
+                    x=[e["layer"] for e in pts], y=[x["mean"] for x in m], mode="lines+markers",
+                    name=f"matching − {vs.replace('_', ' ')}, s={s:g}",
+                    line=dict(color=plots.PALETTE[i % 8], dash=["solid", "dash", "dot", "dashdot"][j % 4]),
+                    error_y=dict(type="data", symmetric=False, array=[x["hi"] - x["mean"] for x in m],
+                                 arrayminus=[x["mean"] - x["lo"] for x in m])))
+        fig.add_hline(y=0, line_color="grey")
+        fig.update_layout(title="Exp 3: paired effect of the matching concept on intent log-odds (mean over pairs, 95% CI)",
+                          xaxis_title="layer", yaxis_title="Δ log-odds (intent − apology)", template="plotly_white")
+        written["logit_effect"] = plots.save_figure(fig, out_dir / "exp3_logit_effect_vs_layer", png=png)
     return written
