@@ -65,7 +65,8 @@ def generate_compact(
 ) -> Generation:
     """Batched generation that drops finished rows; same contract as ``execution.generate``.
 
-    ``max_new_tokens`` may be one limit per row. ``temperature=0`` is greedy; otherwise
+    Differences from ``execution.generate``: no per-step recording, and ``sequences`` holds pad
+    (not the EOS token) after a row's last token. ``max_new_tokens`` may be one limit per row. ``temperature=0`` is greedy; otherwise
     plain sampling (no top-k/top-p) from a generator seeded with ``seed``. ``min_new_tokens``
     forbids EOS before that many tokens, as HF's ``min_new_tokens`` does (benchmarks use it).
     """
