@@ -222,13 +222,14 @@ def run_sweep(
     if decode not in (None, *DECODERS):
         raise ConfigError(f"decode must be one of {DECODERS}, got {decode!r}")
     mpath = out / "manifest.json"
-    if decode is None:
-        decode = "hf"
-        if mpath.exists():
-            try:  # runs made before the compact decoder existed used HF generate
-                decode = json.loads(mpath.read_text()).get("decode", "hf")
-            except json.JSONDecodeError:
-                pass  # reported below
+    old = None
+    if mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise ArtifactError(f"{mpath} is corrupt ({exc.msg}); remove it to start this run afresh") from None
+    if decode is None:  # runs made before the compact decoder existed used HF generate
+        decode = old.get("decode", "hf") if old is not None else "hf"
     if decode == "compact" and model.remote:
         raise ConfigError("decode='compact' runs local models only; use decode='hf' with a remote model")
     if batch_size == "auto":
@@ -250,11 +251,7 @@ def run_sweep(
         "decode": decode,
         "protocol_hash": protocol.protocol_hash(),
     }
-    if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{mpath} is corrupt ({exc.msg}); remove it to start this run afresh") from None
+    if old is not None:
         keys = ("experiment", "config", "batch_size", "temperature", "seed")
         if old.get("decode", "hf") != decode:
             raise ArtifactError(f"{out} was started with decode={old.get('decode', 'hf')!r}; resume it with that "
