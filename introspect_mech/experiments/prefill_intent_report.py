@@ -136,18 +136,7 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
             out_dir / "exp3_apology_vs_layer", png=png, width=1400)
     lo_rows = [r for r in rows if "intent_logodds" in r]
     if lo_rows:
-        import plotly.graph_objects as go
-
-        fig = go.Figure()
-        for i, cond in enumerate(sorted({r["condition"] for r in lo_rows})):
-            for j, s in enumerate(sorted({r["strength"] for r in lo_rows})):
-                pts = sorted((r for r in lo_rows if r["condition"] == cond and r["strength"] == s), key=lambda r: r["layer"])
-                fig.add_trace(go.Scatter(
-                    x=[r["layer"] for r in pts], y=[r["intent_logodds"]["mean"] for r in pts], mode="lines+markers",
-                    name=f"{cond} s={s:g}", line=dict(color=plots.PALETTE[i % 8], dash=["solid", "dash", "dot", "dashdot", "longdash"][j % 5]),
-                    error_y=dict(type="data", symmetric=False,
-                                 array=[r["intent_logodds"]["hi"] - r["intent_logodds"]["mean"] for r in pts],
-                                 arrayminus=[r["intent_logodds"]["mean"] - r["intent_logodds"]["lo"] for r in pts])))
+        fig = _mean_lines(lo_rows, group="condition", metric="intent_logodds", name=lambda g, s: f"{g} s={s:g}")
         if base and "intent_logodds" in base:
             fig.add_hline(y=base["intent_logodds"]["mean"], line_dash="dot", annotation_text="no injection")
         fig.update_layout(title="Exp 3 (no generation): log-odds of an intent reply vs an apology reply",
@@ -155,21 +144,30 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
         written["logodds"] = plots.save_figure(fig, out_dir / "exp3_intent_logodds_vs_layer", png=png)
     eff = [e for e in summary.get("logit_effects", []) if e["effect"]["n"] and e["layer"] is not None]
     if eff:
-        import plotly.graph_objects as go
-
-        fig = go.Figure()
-        for i, vs in enumerate(sorted({e["vs"] for e in eff})):
-            for j, s in enumerate(sorted({e["strength"] for e in eff})):
-                pts = sorted((e for e in eff if e["vs"] == vs and e["strength"] == s), key=lambda e: e["layer"])
-                m = [e["effect"] for e in pts]
-                fig.add_trace(go.Scatter(
-                    x=[e["layer"] for e in pts], y=[x["mean"] for x in m], mode="lines+markers",
-                    name=f"matching − {vs.replace('_', ' ')}, s={s:g}",
-                    line=dict(color=plots.PALETTE[i % 8], dash=["solid", "dash", "dot", "dashdot"][j % 4]),
-                    error_y=dict(type="data", symmetric=False, array=[x["hi"] - x["mean"] for x in m],
-                                 arrayminus=[x["mean"] - x["lo"] for x in m])))
+        fig = _mean_lines(eff, group="vs", metric="effect",
+                          name=lambda g, s: f"matching − {g.replace('_', ' ')}, s={s:g}")
         fig.add_hline(y=0, line_color="grey")
         fig.update_layout(title="Exp 3: paired effect of the matching concept on intent log-odds (mean over pairs, 95% CI)",
                           xaxis_title="layer", yaxis_title="Δ log-odds (intent − apology)", template="plotly_white")
         written["logit_effect"] = plots.save_figure(fig, out_dir / "exp3_logit_effect_vs_layer", png=png)
     return written
+
+
+def _mean_lines(rows: Sequence[dict], *, group: str, metric: str, name: Any) -> Any:
+    """One line per (group, strength) of ``row[metric]['mean']`` vs layer, with asymmetric CI error bars."""
+    import plotly.graph_objects as go
+
+    from .. import plots
+
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
+    for i, g in enumerate(sorted({r[group] for r in rows})):
+        for j, s in enumerate(sorted({r["strength"] for r in rows})):
+            pts = sorted((r for r in rows if r[group] == g and r["strength"] == s), key=lambda r: r["layer"])
+            m = [r[metric] for r in pts]
+            fig.add_trace(go.Scatter(
+                x=[r["layer"] for r in pts], y=[x["mean"] for x in m], mode="lines+markers", name=name(g, s),
+                line=dict(color=plots.PALETTE[i % len(plots.PALETTE)], dash=dashes[j % len(dashes)]),
+                error_y=dict(type="data", symmetric=False, array=[x["hi"] - x["mean"] for x in m],
+                             arrayminus=[x["mean"] - x["lo"] for x in m])))
+    return fig
