@@ -272,10 +272,12 @@ def generate(
     with torch.no_grad(), _quiet_nnsight():
         with model.nn.generate(**kwargs, **model.trace_kwargs) as tracer:
             with tracer.invoke(batch.inputs(model.device)):
-                store = _new_store()
+                # Saved *before* the loop: when every row stops early (EOS), nnsight never runs the code after
+                # `tracer.iter[...]`, so a save placed there would leave `store` unbound. The loop fills this
+                # same dict in place, so the saved object holds every step that ran.
+                store = nnsight.save(_new_store())
                 for step in tracer.iter[:max_new_tokens]:
                     _touch_layers(model, plan, record, batch, step, rec_layers, store)
-                store = nnsight.save(store)
             with tracer.invoke():
                 sequences = tracer.result.save()
     sequences = sequences.detach().cpu()

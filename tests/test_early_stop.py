@@ -1,0 +1,181 @@
+"""Generations that stop early: every generation path, with a batch whose rows all stop at once.
+
+Why this file exists: with nnsight 0.8, code placed after ``for step in tracer.iter[:n]`` never
+runs when HF ``generate`` stops before ``n`` steps (every row emitted EOS). ``execution.generate``
+once saved its per-step store there, so any batch whose replies all ended early crashed with
+``UnboundLocalError`` — the first ``steer`` with an ordinary question, and every resume of a sweep
+batch that ended early. The suite never generated such a batch; these tests do, on every path:
+HF generate and the compact loop, greedy and sampled, with and without recording, on the four
+tiny architectures and on the real model (CLI ``steer`` and ``run_sweep``).
+
+Tiny random models rarely emit their EOS token, so EOS is forced by declaring as EOS the tokens
+each row is known to produce at a given step (the reference run with the same seed).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from introspect_mech import decode as decode_mod
+from introspect_mech import execution
+from introspect_mech.decode import generate_compact
+from introspect_mech.execution import generate
+from introspect_mech.inject import Injection, Window
+from introspect_mech.prompts import render
+from introspect_mech.record import RecordSpec
+
+from test_decode_compact import N, _injections, _prompts  # prompts known not to emit EOS in N steps
+
+ARCHS = ("llama", "gemma3", "qwen2", "gpt2")
+
+
+def _setup(m):
+    prompts = _prompts(m)
+    return prompts, _injections(m, prompts)
+
+
+def _force_eos(monkeypatch, ids):
+    ids = {int(i) for i in ids}
+    monkeypatch.setattr(decode_mod, "_eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(execution, "_eos_ids", lambda model: set(ids))
+    return sorted(ids)
+
+
+def _run(path, m, prompts, injs, temperature, record, eos=None):
+    kw = dict(max_new_tokens=N, temperature=temperature, seed=5)
+    if path == "hf":
+        if eos is not None:
+            kw["eos_token_id"] = eos
+        return generate(m, prompts, injs, record=record, **kw)
+    return generate_compact(m, prompts, injs, **kw)
+
+
+CASES = [(p, t, r) for p in ("hf", "compact") for t in (0.0, 1.0) for r in (False, True) if not (p == "compact" and r)]
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("path,temperature,with_record", CASES,
+                         ids=[f"{p}-T{t:g}-{'rec' if r else 'norec'}" for p, t, r in CASES])
+@pytest.mark.parametrize("stop_at", [0, 1])
+def test_all_rows_stop_at_the_same_early_step(tiny_model_of, arch, path, temperature, with_record, stop_at,
+                                              monkeypatch):
+    """Every row emits EOS at step ``stop_at`` (or before): no crash, replies cut there, doses and recording kept."""
+    m = tiny_model_of(arch)
+    prompts, injs = _setup(m)
+    record = RecordSpec(layers=[1], residual=True) if with_record else None
+    ref = _run(path, m, prompts, injs, temperature, record)
+    assert all(len(t) == N for t in ref.new_tokens), "a tiny model emitted EOS in the reference run"
+    eos_set = {t[stop_at] for t in ref.new_tokens}  # every row stops at step `stop_at` or earlier
+    expect = [next((t[:i] for i, x in enumerate(t) if x in eos_set), t) for t in ref.new_tokens]
+    eos = _force_eos(monkeypatch, eos_set)
+    got = _run(path, m, prompts, injs, temperature, record, eos=eos)
+    assert got.new_tokens == expect and max(len(t) for t in expect) == stop_at
+    assert got.texts == [m.tokenizer.decode(t, skip_special_tokens=True) for t in expect]
+    assert got.doses == ref.doses and got.doses[0][0] is not None and got.doses[2] == []
+    if with_record:  # one recorded entry per forward pass that ran: the prefill, plus one per decode step
+        steps = got.recording["res"][1]
+        assert len(steps) == stop_at + 1
+        assert steps[0].shape[:2] == (len(prompts), got.batch.width)
+        for a, b in zip(steps, ref.recording["res"][1]):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("path", ["hf", "compact"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_stop_at_different_steps(tiny_model_of, arch, path, temperature, monkeypatch):
+    """Row 0 stops at step 0, row 1 at step 2, the others later or at the limit."""
+    m = tiny_model_of(arch)
+    prompts, injs = _setup(m)
+    ref = _run(path, m, prompts, injs, temperature, None).new_tokens
+    eos_set = {ref[0][0], ref[1][2]}
+    expect = [next((t[:i] for i, x in enumerate(t) if x in eos_set), t) for t in ref]
+    if len(expect[0]) != 0 or len(expect[1]) > 2:
+        pytest.skip("token collision between rows; the reference run gives no clean staggered stop")
+    eos = _force_eos(monkeypatch, eos_set)
+    got = _run(path, m, prompts, injs, temperature, None, eos=eos)
+    if path == "compact" and temperature > 0:
+        # the compact loop draws one sample per *remaining* row, so once a row leaves, the others' random
+        # stream differs from the full-batch run: only the first step and the stopping rule can be compared
+        assert got.new_tokens[0] == [] and got.new_tokens[1][:1] == expect[1][:1]
+        assert all(not (set(t) & eos_set) and len(t) <= N for t in got.new_tokens)
+        return
+    assert got.new_tokens == expect
+    assert got.doses == _run(path, m, prompts, injs, temperature, None, eos=eos).doses
+
+
+# ---------------------------------------------------------------------------------------
+# Real model: the reproductions of the reliability review (cases 44-46)
+# ---------------------------------------------------------------------------------------
+
+from _real import smol  # noqa: E402,F401
+
+
+@pytest.mark.integration
+def test_steer_short_answer_does_not_crash(tmp_path, capsys):
+    """Review case 46: both rows stop long before 60 tokens."""
+    from introspect_mech.cli import main
+
+    out = tmp_path / "s.json"
+    assert main(["steer", "--prompt", "What is the capital of France? One word.", "--concept", "dust",
+                 "--strength", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert "Paris" in res["clean"] and res["dose"] > 0
+    assert "without injection" in capsys.readouterr().out
+
+
+class ShortAnswers:
+    """A minimal experiment for ``run_sweep``: short-answer questions, one injected row per question."""
+
+    name = "short_answers"
+    QUESTIONS = ("What is the capital of France? One word.", "What is 2+2? Answer with a number only.")
+
+    def __init__(self, vec):
+        self.vec = vec
+
+    def config(self) -> dict:
+        return {"questions": list(self.QUESTIONS)}
+
+    def trials(self):
+        from introspect_mech.runner import Trial
+
+        return [Trial(self.name, c, prompt_key=str(i)) for i in range(len(self.QUESTIONS))
+                for c in ("clean", "injected")]
+
+    def prepare(self, model) -> None:
+        pass
+
+    def build(self, model, trial):
+        from introspect_mech.runner import TrialInput
+
+        p = render(model.tokenizer, [{"role": "user", "content": self.QUESTIONS[int(trial.prompt_key)]}])
+        injs = [Injection(self.vec, model.arch.n_layers // 2, 1.0, Window.all())] if trial.condition == "injected" else []
+        return TrialInput(p, injs, 40)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("decode", ["hf", "compact"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sweep_batches_that_end_early_finish(smol, tmp_path, decode, temperature):
+    """Review cases 44-45: a sweep whose batches all end before max_new_tokens completes, greedy and sampled,
+    and a second run of the same command resumes with nothing to do."""
+    from introspect_mech.runner import run_sweep
+
+    vec = torch.randn(smol.arch.d_model, generator=torch.Generator().manual_seed(0))
+    res = run_sweep(ShortAnswers(vec), smol, tmp_path / "r", batch_size=2, temperature=temperature, seed=1,
+                    progress=False, decode=decode)
+    assert res.n_generated == res.n_trials == 4
+    recs = [json.loads(x) for x in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    assert len(recs) == 4
+    by_batch: dict = {}
+    for r in recs:
+        by_batch.setdefault(r["batch"], []).append(r["n_new_tokens"])
+    assert any(max(n) < 40 for n in by_batch.values()), f"no batch ended early: {by_batch}"
+    again = run_sweep(ShortAnswers(vec), smol, tmp_path / "r", batch_size=2, temperature=temperature, seed=1,
+                      progress=False, decode=decode)
+    assert again.n_generated == 0
