@@ -49,6 +49,11 @@ def _words(text: str | None) -> list[str] | None:
 def cmd_vectors(args: argparse.Namespace) -> int:
     from .concepts import extract_concept_vectors
 
+    from .store import check_out_dir
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_out_dir(Path(args.out).parent, "--out folder")
     model = _load(args)
     t0 = time.perf_counter()
     cv = extract_concept_vectors(model, _words(args.words), layers=args.layers, cache=not args.no_cache,
@@ -71,7 +76,18 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from .inject import Injection, Window, check_strength
     from .prompts import Turn, render
 
+    from .concepts import check_word
+    from .runner import check_run_settings
+
     check_strength(args.strength)
+    check_word(args.concept)
+    if args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_run_settings(1, args.temperature, args.seed, None)
+    if args.json:
+        from .store import check_out_dir
+
+        check_out_dir(Path(args.json).parent, "--json folder")
     model = _load(args)
     layer = model.arch.resolve_layer(args.layer)
     if args.vectors:
@@ -87,6 +103,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
         prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format)
         window, where = Window.all(), "on every token"
     inj = Injection(vec, layer, args.strength, window, label=args.concept)
+    if model.context_length and len(prompt) + args.max_new_tokens > model.context_length:
+        raise ConfigError(f"the prompt ({len(prompt)} tokens) plus --max-new-tokens {args.max_new_tokens} exceeds "
+                          f"the model's context of {model.context_length}; lower --max-new-tokens")
     gen = generate(model, [prompt, prompt], [None, inj], max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, seed=args.seed)
     dose = gen.doses[1][0]
@@ -103,56 +122,117 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _items(text: str, what: str) -> list[str]:
+    """A comma-separated CLI list; an empty list (``--layers ''``, ``--strengths ,``) is an error, not 'none'."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ConfigError(f"{what} is empty; pass a comma-separated list such as {'4,8' if 'strength' in what else '0.5,0.67'}")
+    return items
+
+
 def _floats(text: str) -> list[float]:
+    """Strengths from the CLI: each checked, duplicates (4 and 4.0) listed once."""
     from .inject import check_strength
 
-    return [check_strength(x) for x in text.split(",") if x.strip()]
+    out: list[float] = []
+    for x in _items(text, "--strengths"):
+        s = check_strength(x)
+        if s not in out:
+            out.append(s)
+    return out
+
+
+# CLI option → config field, per experiment. An option an experiment does not use is refused, not ignored.
+RUN_OPTIONS: dict[str, dict[str, str]] = {
+    "injected-thoughts": {"layers": "layers", "strengths": "strengths", "concepts": "concepts",
+                          "n_concepts": "n_concepts", "trials": "trials", "control_trials": "control_trials",
+                          "controls": "controls", "control_per_cell": "control_per_cell",
+                          "yes_bias_per_cell": "yes_bias_per_cell", "alt_per_cell": "alt_per_cell",
+                          "variant": "variant", "max_new_tokens": "max_new_tokens"},
+    "thoughts-vs-text": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_sentences"},
+    "prefill-intent": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_pairs", "measure": "measure",
+                       "max_new_tokens": "max_new_tokens"},
+    "intentional-control": {"n_pairs": "n_pairs"},
+}
+_CONVERT = {"layers": lambda v: _items(v, "--layers"), "strengths": _floats,
+            "controls": lambda v: None if v == "all" else tuple(_items(v, "--controls"))}
+
+
+def _experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The experiment's config from the options the user gave; defaults live only in the config dataclasses."""
+    if args.experiment == "injected-thoughts":
+        from .experiments.injected_thoughts import InjectedThoughts as cls, InjectedThoughtsConfig as cfg_cls
+    elif args.experiment == "thoughts-vs-text":
+        from .experiments.thoughts_vs_text import ThoughtsVsText as cls, ThoughtsVsTextConfig as cfg_cls
+    elif args.experiment == "prefill-intent":
+        from .experiments.prefill_intent import PrefillIntent, PrefillIntentConfig as cfg_cls, PrefillIntentLogits
+
+        cls = PrefillIntentLogits if args.measure == "logits" else PrefillIntent
+    elif args.experiment == "intentional-control":
+        from .experiments.intentional_control import IntentionalControl as cls, IntentionalControlConfig as cfg_cls
+    else:  # argparse restricts the choices; this guards programmatic calls
+        raise IntrospectError(f"unknown experiment {args.experiment!r}")
+    allowed = RUN_OPTIONS[args.experiment]
+    every = {k for opts in RUN_OPTIONS.values() for k in opts}
+    unused = [k for k in sorted(every - set(allowed)) if getattr(args, k, None) is not None]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ConfigError(f"{args.experiment} does not use {flags}; remove it (its options: "
+                          f"{', '.join('--' + k.replace('_', '-') for k in allowed)}, --format)")
+    if args.experiment == "prefill-intent" and args.measure == "logits" and args.max_new_tokens is not None:
+        raise ConfigError("prefill-intent --measure logits generates nothing; remove --max-new-tokens")
+    kw: dict[str, Any] = {"fmt": args.format}
+    for opt, fld in allowed.items():
+        v = getattr(args, opt)
+        if v is None:
+            continue
+        v = _CONVERT.get(opt, lambda x: x)(v)
+        if v is not None:
+            kw[fld] = v
+    cfg = cfg_cls(**kw)
+    cfg.validate()
+    return cls, cfg
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.strip().isdigit():
+        raise ConfigError(f"--batch-size must be an integer >= 1 or 'auto', got {text!r}")
+    return int(text)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_sweep
+    from .runner import check_run_settings, run_sweep
+    from .store import check_out_dir
 
+    # everything that can be checked without the model is checked before it loads, and nothing is written
+    cls, cfg = _experiment_config(args)
+    check_out_dir(args.out)
+    bs = _batch_size(args.batch_size)
+    check_run_settings(bs, args.temperature, args.seed, args.decode)
     model = _load(args)
-    if args.experiment == "injected-thoughts":
-        from .experiments.injected_thoughts import ALL_CONTROLS, InjectedThoughts, InjectedThoughtsConfig
-
-        controls = ALL_CONTROLS if args.controls == "all" else tuple(
-            c.strip() for c in args.controls.split(",") if c.strip())
-        cfg = InjectedThoughtsConfig(
-            layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths or "1,2,4,8"),
-            concepts=args.concepts, n_concepts=args.n_concepts, trials=args.trials,
-            control_trials=args.control_trials, controls=controls, control_per_cell=args.control_per_cell,
-            yes_bias_per_cell=args.yes_bias_per_cell, alt_per_cell=args.alt_per_cell, variant=args.variant,
-            max_new_tokens=args.max_new_tokens or 100, fmt=args.format)
-        exp = InjectedThoughts(model, cfg)
-    elif args.experiment == "thoughts-vs-text":
-        from .experiments.thoughts_vs_text import ThoughtsVsText, ThoughtsVsTextConfig
-
-        exp = ThoughtsVsText(model, ThoughtsVsTextConfig(
-            layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths or "1,2,4,8,16"),
-            n_sentences=args.n_pairs, fmt=args.format))
-    elif args.experiment == "prefill-intent":
-        from .experiments.prefill_intent import PrefillIntent, PrefillIntentConfig, PrefillIntentLogits
-
-        cfg = PrefillIntentConfig(layers=[x for x in args.layers.split(",") if x.strip()],
-                                  strengths=_floats(args.strengths or "1,2,4,8,16"), n_pairs=args.n_pairs,
-                                  measure=args.measure, max_new_tokens=args.max_new_tokens or 20, fmt=args.format)
-        exp = (PrefillIntentLogits if args.measure == "logits" else PrefillIntent)(model, cfg)
-    elif args.experiment == "intentional-control":
-        from .experiments.intentional_control import IntentionalControl, IntentionalControlConfig
-
-        exp = IntentionalControl(model, IntentionalControlConfig(n_pairs=args.n_pairs, fmt=args.format))
-    else:  # argparse restricts the choices; this guards programmatic calls
-        raise IntrospectError(f"unknown experiment {args.experiment!r}")
-    if args.batch_size != "auto" and not str(args.batch_size).lstrip("-").isdigit():
-        raise IntrospectError(f"--batch-size must be an integer or 'auto', got {args.batch_size!r}")
-    bs = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    exp = cls(model, cfg)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress, decode=args.decode)
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
           f"{res.n_generated} generated in {res.seconds:.1f} s"
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Move unreadable lines of a run's store aside (kept in results.jsonl.corrupt); re-running regenerates them."""
+    from .store import ResultStore, RunLock
+
+    path = Path(args.run) / "results.jsonl"
+    if not path.exists():
+        raise ConfigError(f"{args.run} has no results.jsonl; pass a run folder")
+    with RunLock(args.run):
+        kept, moved = ResultStore.writer(path).quarantine_corrupt_lines()
+    print(f"{path}: kept {kept} records, moved {moved} unreadable line(s) to {path.name}.corrupt"
+          + ("; re-run the sweep's command to regenerate those trials" if moved else ""))
     return 0
 
 
@@ -247,22 +327,23 @@ def build_parser() -> argparse.ArgumentParser:
                                           "intentional-control"])
     _add_model_args(p)
     p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
-    p.add_argument("--layers", default="0.33,0.5,0.67,0.83", help="indices or depth fractions")
+    # experiment options default to None: the experiment's config dataclass holds the defaults (the paper's)
+    p.add_argument("--layers", default=None, help="indices or depth fractions (default 0.33,0.5,0.67,0.83)")
     p.add_argument("--strengths", default=None, help="default: the paper's (1,2,4,8 for Exp 1; 1..16 for Exp 2/3)")
-    p.add_argument("--n-pairs", type=int, default=50, help="Exp 2-4: sentences / pairs used (max 50)")
-    p.add_argument("--measure", default="generate", choices=["generate", "logits"],
+    p.add_argument("--n-pairs", type=int, default=None, help="Exp 2-4: sentences / pairs used (max 50)")
+    p.add_argument("--measure", default=None, choices=["generate", "logits"],
                    help="Exp 3: graded replies, or the generation-free intent-vs-apology log-odds")
-    p.add_argument("--concepts", default="paper",
+    p.add_argument("--concepts", default=None,
                    help="'paper', category names (famous_people,countries,concrete_nouns,abstract_nouns,verbs), or words")
     p.add_argument("--n-concepts", type=int, default=None, help="use only the first N concepts of each selected set")
-    p.add_argument("--trials", type=int, default=1, help="samples per (concept, layer, strength)")
-    p.add_argument("--control-trials", type=int, default=100, help="no-injection trials (false positives)")
-    p.add_argument("--controls", default="all",
-                   help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (or 'all')")
-    p.add_argument("--control-per-cell", type=int, default=10, help="random/negated/scaling trials per cell")
-    p.add_argument("--yes-bias-per-cell", type=int, default=20)
-    p.add_argument("--alt-per-cell", type=int, default=6)
-    p.add_argument("--variant", default="2025", choices=["2025", "2026"])
+    p.add_argument("--trials", type=int, default=None, help="samples per (concept, layer, strength) (default 1)")
+    p.add_argument("--control-trials", type=int, default=None, help="no-injection trials (false positives; default 100)")
+    p.add_argument("--controls", default=None,
+                   help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (default all)")
+    p.add_argument("--control-per-cell", type=int, default=None, help="random/negated/scaling trials per cell (10)")
+    p.add_argument("--yes-bias-per-cell", type=int, default=None, help="(default 20)")
+    p.add_argument("--alt-per-cell", type=int, default=None, help="(default 6)")
+    p.add_argument("--variant", default=None, choices=["2025", "2026"])
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
@@ -289,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("analysis", choices=sorted(ANALYSES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the analysis (see analyze NAME --help)")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("repair", help="move unreadable lines of a run's results.jsonl aside, keeping the rest")
+    p.add_argument("run", help="run folder")
+    p.set_defaults(func=cmd_repair)
 
     p = sub.add_parser("calibrate", help="score a grader against labelled responses")
     p.add_argument("--task", default="exp1", choices=["exp1", "exp3-intent"],
@@ -317,6 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except IntrospectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, permissions: the environment, not a bug
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}; fix that and re-run the same command (stored results are kept)",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume (every finished batch is stored)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

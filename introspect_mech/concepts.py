@@ -35,14 +35,29 @@ from .record import RecordSpec
 FORMAT_VERSION = 1
 
 
+MAX_WORD_CHARS = 100  # longest concept phrase accepted: every extraction prompt of a batch is padded to the longest
+
+
 def check_word(word: Any) -> str:
-    """A concept word must be a non-empty string; returns it stripped."""
+    """A concept word must be a non-empty string of bounded length; returns it stripped."""
     if not isinstance(word, str):
         raise ConceptError(f"concept word must be a string, got {type(word).__name__} {word!r}")
     w = word.strip()
     if not w:
         raise ConceptError("concept word is empty; pass a word such as 'dust' or one of the paper's 50 concept words")
+    if len(w) > MAX_WORD_CHARS:
+        raise ConceptError(f"concept {w[:20]!r}... is {len(w)} characters long; a concept is a word or short phrase "
+                           f"of at most {MAX_WORD_CHARS} characters")
     return w
+
+
+def _artefact_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """``NAME`` → (NAME, NAME.safetensors, NAME.json). The suffixes are appended, never substituted, so that
+    ``run.v1`` and ``run.v2`` stay two artefacts (``Path.with_suffix`` would map both to ``run.safetensors``)."""
+    base = Path(path)
+    if base.suffix in (".safetensors", ".json"):
+        base = base.with_suffix("")
+    return base, base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
 
 
 def concept_prompt(tokenizer: Any, word: str, fmt: str = "auto") -> RenderedPrompt:
@@ -105,15 +120,12 @@ class ConceptVectors:
     # ---- persistence ------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path.safetensors`` and ``path.json`` atomically; returns the safetensors path."""
-        base = Path(path)
-        if base.suffix in (".safetensors", ".json"):
-            base = base.with_suffix("")
+        base, st, js = _artefact_paths(path)
         base.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"vectors": self.vectors.contiguous().float()}
         if self.mean_norms is not None:
             tensors["mean_norms"] = self.mean_norms.contiguous().float()
         cfg = {"format_version": FORMAT_VERSION, "words": self.words, "layers": self.layers, **self.meta}
-        st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
         _atomic_write(st, lambda p: save_file(tensors, str(p)))
         _atomic_write(js, lambda p: p.write_text(json.dumps(cfg, indent=1)))
         return st
@@ -121,10 +133,7 @@ class ConceptVectors:
     @classmethod
     def load(cls, path: str | os.PathLike, model: Any = None) -> "ConceptVectors":
         """Load and validate; with ``model``, refuse vectors extracted from another model."""
-        base = Path(path)
-        if base.suffix in (".safetensors", ".json"):
-            base = base.with_suffix("")
-        st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
+        base, st, js = _artefact_paths(path)
         for f in (st, js):
             if not f.exists():
                 raise MissingFileError(f"{f} does not exist; extract vectors with `introspect-mech vectors --out {base}`")
@@ -133,8 +142,19 @@ class ConceptVectors:
             cfg = json.loads(js.read_text())
         except (SafetensorError, OSError, ValueError) as exc:
             raise ArtifactError(f"{st} / {js} is corrupt ({exc}); delete both and re-extract with `introspect-mech vectors`") from exc
-        if "vectors" not in tensors or "words" not in cfg or "layers" not in cfg:
+        if not isinstance(cfg, dict) or "vectors" not in tensors or "words" not in cfg or "layers" not in cfg:
             raise ArtifactError(f"{st} is not a concept-vector file (missing 'vectors' / 'words' / 'layers')")
+        words, layers, vec = cfg["words"], cfg["layers"], tensors["vectors"]
+        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ArtifactError(f"{js}: 'words' must be a list of non-empty strings; re-extract the vectors")
+        if not isinstance(layers, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+            raise ArtifactError(f"{js}: 'layers' must be a list of integer layer indices, got {layers!r:.80}; "
+                                "re-extract the vectors")
+        if not vec.is_floating_point() or vec.ndim != 3:
+            raise ArtifactError(f"{st}: 'vectors' must be a floating-point [words, layers, d_model] tensor, got "
+                                f"{vec.dtype} of shape {tuple(vec.shape)}; re-extract the vectors")
+        if not torch.isfinite(vec.double().norm(dim=-1)).all():
+            raise ArtifactError(f"{st} holds NaN/inf values or vectors too large to have a finite norm; re-extract it")
         meta = {k: v for k, v in cfg.items() if k not in ("words", "layers", "format_version")}
         cv = cls(list(cfg["words"]), list(cfg["layers"]), tensors["vectors"], meta, tensors.get("mean_norms"))
         if not torch.isfinite(cv.vectors).all():
@@ -205,7 +225,7 @@ def extract_concept_vectors(
     key = {"v": FORMAT_VERSION, "method": "mean_subtraction", "words": [w.lower() for w in words],
            "baseline": _hash_list(w.lower() for w in baseline), "layers": layer_ids, "fmt": fmt_used}
     path = _cache_path(model, key)
-    if cache and path.with_suffix(".safetensors").exists():
+    if cache and _artefact_paths(path)[1].exists():
         try:
             cv = ConceptVectors.load(path, model)
             cv.meta["loaded_from_cache"] = str(path)

@@ -55,7 +55,8 @@ def _body_of(page: str) -> str:
     return m.group(1) if m else ""
 
 
-def write_html_report(run_dir: Path, manifest: dict, table_md: str, figures: dict, extra_pages: dict | None = None) -> Path:
+def write_html_report(run_dir: Path, manifest: dict, table_md: str, figures: dict, extra_pages: dict | None = None,
+                      out_dir: Path | None = None) -> Path:
     from plotly.offline import get_plotlyjs
 
     specs = []
@@ -85,6 +86,6 @@ def write_html_report(run_dir: Path, manifest: dict, table_md: str, figures: dic
         parts.append(f"<h2>{html.escape(title)}</h2>{_body_of(page)}")
     parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(manifest, indent=1, sort_keys=True)) + "</pre>")
     parts.append("</body></html>")
-    out = run_dir / "report.html"
+    out = (out_dir or run_dir) / "report.html"
     atomic_write_text(out, "".join(parts))
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -74,17 +74,41 @@ class Window:
 Mode = Literal["add", "scale"]
 
 
+MAX_STRENGTH = 1e4
+"""The paper uses strengths 1-16; doses above ~10 make any model incoherent, and 1e300 overflows float32
+into NaN. Anything above this bound is a typo, refused before a run starts."""
+
+
 def check_strength(strength: float) -> float:
+    if isinstance(strength, bool):
+        raise StrengthError(f"strength must be a number, got {strength!r}")
     try:
         s = float(strength)
     except (TypeError, ValueError):
         raise StrengthError(f"strength must be a number, got {strength!r}") from None
     if not math.isfinite(s):
         raise StrengthError(f"strength {strength!r} is not finite; pass a real number such as 2 or 4")
+    if s > MAX_STRENGTH:
+        raise StrengthError(f"strength {s:g} is above {MAX_STRENGTH:g}; the paper uses 1-16 (the effective dose "
+                            "of each run is reported) — pass a smaller strength")
     if s < 0:
         raise StrengthError(f"strength {s:g} is negative; strengths multiply the concept vector — for the "
                             "negated-vector control use Injection.negated() (CLI: --controls negated)")
     return s
+
+
+def check_sweep_axes(layers: Sequence[Any], strengths: Sequence[Any]) -> None:
+    """A sweep needs at least one layer and one strength, each listed once, each strength valid."""
+    if not layers:
+        raise ConfigError("no layers given; pass e.g. --layers 0.5,0.67 (indices or depth fractions)")
+    if not strengths:
+        raise ConfigError("no strengths given; pass e.g. --strengths 2,4,8")
+    seen: list[float] = []
+    for s in strengths:
+        v = check_strength(s)
+        if v in seen:
+            raise ConfigError(f"strength {v:g} is listed twice; list each strength once")
+        seen.append(v)
 
 
 def check_vector(vector: torch.Tensor, d_model: int | None = None, what: str = "vector") -> torch.Tensor:

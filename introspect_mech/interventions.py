@@ -17,7 +17,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from .arch import Architecture
-from .errors import LayerError
+from .errors import LayerError, StrengthError
 from .inject import NO_END, Injection, check_vector
 
 
@@ -168,7 +168,11 @@ class InterventionPlan:
                          torch.zeros(b, dtype=torch.bool, device=self.device))
             self.slots[layer].append(slot)
         if inj.mode == "add":
-            slot.values[row] = inj.strength * inj.vector.to(device=self.device, dtype=self.dtype)
+            value = inj.strength * inj.vector.to(device=self.device, dtype=self.dtype)
+            if not torch.isfinite(value).all():
+                raise StrengthError(f"strength {inj.strength:g} × this vector overflows {self.dtype} (the model's "
+                                    "dtype); use a smaller strength")
+            slot.values[row] = value
         else:
             slot.values[row] = inj.strength
         slot.starts[row] = inj.window.start

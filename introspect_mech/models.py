@@ -204,6 +204,16 @@ class Model:
         return next(self.hf.parameters()).dtype
 
     @property
+    def context_length(self) -> int | None:
+        """Longest sequence (prompt + generated tokens) the model's positions support, if the config says."""
+        cfg = self.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            v = getattr(cfg, key, None)
+            if isinstance(v, int) and v > 0:
+                return v
+        return None
+
+    @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 

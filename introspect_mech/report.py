@@ -8,24 +8,39 @@ at any time without touching the sweep.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ArtifactError, ConfigError, MissingFileError
-from .store import ResultStore, atomic_write_json, atomic_write_text
+from .store import ResultStore, atomic_write_json, atomic_write_text, check_out_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """Read a run without modifying it: the manifest and every complete record, checked field by field."""
+    from .records import check_manifest, check_records
+
     run = Path(run_dir)
     mpath = run / "manifest.json"
     if not mpath.exists():
         raise MissingFileError(f"{run} has no manifest.json: it is not a run folder (create one with `introspect-mech run`)")
     try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{mpath} is corrupt ({exc.msg})") from None
-    records = ResultStore(run / "results.jsonl", create=False).records()
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{mpath} is corrupt ({exc.__class__.__name__}); restore it from the run") from None
+    exp = check_manifest(manifest, str(mpath))
+    records = ResultStore(run / "results.jsonl").records()
+    check_records(records, exp, str(run / "results.jsonl"))
     return manifest, records
+
+
+def _report_dir(run: Path, figures_dir: str | Path | None) -> Path:
+    """Where summary.*, report.html and the judge cache go: the run folder, or --figures-dir if it is read-only."""
+    if os.access(run, os.W_OK):
+        return run
+    if figures_dir is None:
+        raise ConfigError(f"{run} is read-only; pass --figures-dir DIR to write the report, summary and figures there")
+    return check_out_dir(figures_dir, "--figures-dir")
 
 
 def make_grader(name: str, **kwargs: Any):
@@ -81,11 +96,14 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     if not records:
         raise ArtifactError(f"{run}/results.jsonl holds no trials yet; run (or resume) the sweep first")
     exp = manifest["experiment"]
+    if figures_dir is not None:
+        check_out_dir(figures_dir, "--figures-dir")
+    out_dir = _report_dir(run, figures_dir)
     fig_dir = Path(figures_dir) if figures_dir else run / "figures"
     n_layers = manifest.get("model", {}).get("n_layers")
     g = None
     if exp == "injected_thoughts":
-        g = make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl")
+        g = make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl")
         from .experiments import injected_thoughts_report as rep
 
         grades = rep.grade_records(records, g)
@@ -101,7 +119,7 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
 
             chooser = EmbeddingChooser(load_model(_model_arg(manifest)))
         else:
-            chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl"))
+            chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl"))
         grades = rep.grade(records, chooser)
         summary = rep.summarize(records, grades, n_layers, manifest["config"].get("n_choices", 10))
         table = rep.markdown_table(summary)
@@ -111,7 +129,7 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
         from .experiments import prefill_intent_report as rep
 
         g = None if grader == "rules" else make_grader(grader, base_url=judge_url,
-                                                       cache_path=run / "judge_cache.jsonl")
+                                                       cache_path=out_dir / "judge_cache.jsonl")
         grades = rep.grade(records, g)
         summary = rep.summarize(records, grades, n_layers)
         table = rep.markdown_table(summary)
@@ -125,6 +143,8 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
         summaries = {name: summary}
         for other in compare:
             m2, r2 = load_run(other)
+            if not r2:
+                raise ArtifactError(f"--compare {other}: its results.jsonl holds no trials yet")
             if m2["experiment"] != exp:
                 raise ArtifactError(f"--compare {other} is a {m2['experiment']} run, not {exp}")
             s2 = rep.summarize(r2)
@@ -136,13 +156,13 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
         raise ArtifactError(f"no report for experiment {exp!r}")
     summary.update({"experiment": exp, "grader": getattr(g, "name", grader if g is not None else None), "model": manifest.get("model"),
                     "run": str(run), "figures": written})
-    atomic_write_json(run / "summary.json", summary)
-    atomic_write_text(run / "summary.md", table + "\n")
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "summary.md", table + "\n")
     from .html_report import write_html_report
 
     extra = {}
     tpage = written.get("transcripts", {}).get("html") if isinstance(written.get("transcripts"), dict) else None
     if tpage and Path(tpage).exists():
         extra["Example transcripts by outcome"] = Path(tpage).read_text()
-    html_path = write_html_report(run, manifest, table, written, extra)
+    html_path = write_html_report(run, manifest, table, written, extra, out_dir=out_dir)
     return {"summary": summary, "table": table, "figures": written, "html": str(html_path)}

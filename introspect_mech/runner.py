@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import sys
 import time
@@ -27,7 +28,7 @@ from . import protocol
 from .execution import generate
 from .inject import Injection
 from .prompts import RenderedPrompt
-from .store import ResultStore, atomic_write_json
+from .store import ResultStore, RunLock, atomic_write_json, check_out_dir
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,91 @@ def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float,
     return rows
 
 
+RESUME_KEYS = ("experiment", "config", "model_fingerprint", "batch_size", "temperature", "seed", "decode",
+               "generate_kwargs", "protocol_hash", "package_version")
+"""Every setting that changes a stored result. A run resumes only when all of them are equal; each
+record carries ``run_key``, their hash, so trials made under other settings are never adopted."""
+
+
+def check_run_settings(batch_size: int | str, temperature: float, seed: int, decode: str | None) -> None:
+    """Refuse run options that are out of range, before anything is loaded or written."""
+    if decode not in (None, *DECODERS):
+        raise ConfigError(f"decode must be one of {DECODERS}, got {decode!r}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def run_key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps({k: settings[k] for k in RESUME_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_manifest(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is unreadable ({exc.__class__.__name__}); restore it (the trials in "
+                            "results.jsonl were made under it), or move the run folder aside and start afresh") from None
+    if not isinstance(m, dict):
+        raise ArtifactError(f"{path} is not a run manifest (a JSON object); restore it, or move the run folder aside")
+    return m
+
+
+def _stored_settings(old: dict) -> dict:
+    """The resume-relevant settings of a stored manifest (older manifests kept some keys elsewhere)."""
+    s = {k: old.get(k) for k in RESUME_KEYS}
+    if s["model_fingerprint"] is None and isinstance(old.get("model"), dict):
+        s["model_fingerprint"] = old["model"].get("fingerprint")
+    if s["package_version"] is None and isinstance(old.get("environment"), dict):
+        s["package_version"] = old["environment"].get("package_version")
+    if s["decode"] is None:
+        s["decode"] = "hf"  # runs made before the compact decoder existed used HF generate
+    if s["generate_kwargs"] is None:
+        s["generate_kwargs"] = {}
+    return s
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    out = []
+    for k in RESUME_KEYS:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k == "config" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{f} (stored {a.get(f)!r}, this command {b.get(f)!r})" for f in sorted(set(a) | set(b))
+                    if a.get(f) != b.get(f)]
+        else:
+            out.append(f"{k} (stored {a!r}, this command {b!r})")
+    return out
+
+
+def _check_context(experiment: Experiment, model: Any, trials: Sequence[Trial]) -> None:
+    """Every prompt plus its reply must fit the model's context; checked on one trial per prompt."""
+    ctx = getattr(model, "context_length", None)
+    if not ctx:
+        return
+    seen: set = set()
+    for t in trials:
+        if (t.experiment, t.prompt_key) in seen:
+            continue
+        seen.add((t.experiment, t.prompt_key))
+        x = experiment.build(model, t)
+        if len(x.prompt) + x.max_new_tokens > ctx:
+            raise ConfigError(f"prompt {t.prompt_key!r} ({len(x.prompt)} tokens) plus {x.max_new_tokens} new tokens "
+                              f"exceeds the model's context of {ctx}; lower --max-new-tokens to at most "
+                              f"{max(1, ctx - len(x.prompt))}")
+
+
 def run_sweep(
     experiment: Experiment,
     model: Any,
@@ -216,106 +302,127 @@ def run_sweep(
     row from the batch when it is finished, ``decode.py``; measured in ``benchmarks/``: 1.04x
     at batch 32 and 1.15x at batch 64 on 2 CPU cores, 0.95x when no row finishes early).
     ``None`` resumes a run with the method it started with, so one run never mixes two
-    random streams."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if decode not in (None, *DECODERS):
-        raise ConfigError(f"decode must be one of {DECODERS}, got {decode!r}")
-    mpath = out / "manifest.json"
-    old = None
-    if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{mpath} is corrupt ({exc.msg}); remove it to start this run afresh") from None
-    if decode is None:  # runs made before the compact decoder existed used HF generate
-        decode = old.get("decode", "hf") if old is not None else "hf"
-    if decode == "compact" and model.remote:
-        raise ConfigError("decode='compact' runs local models only; use decode='hf' with a remote model")
-    if batch_size == "auto":
-        probe = experiment.trials()[:1]
-        if probe:
-            experiment.prepare(model)
-            x = experiment.build(model, probe[0])
-            batch_size = auto_batch_size(model, len(x.prompt), x.max_new_tokens)
-        else:
-            batch_size = 1
-    batch_size = int(batch_size)
-    manifest = {
-        "experiment": experiment.name,
-        "config": experiment.config(),
-        "model": model.describe(),
-        "batch_size": batch_size,
-        "temperature": temperature,
-        "seed": seed,
-        "decode": decode,
-        "protocol_hash": protocol.protocol_hash(),
-    }
-    if old is not None:
-        keys = ("experiment", "config", "batch_size", "temperature", "seed")
-        if old.get("decode", "hf") != decode:
-            raise ArtifactError(f"{out} was started with decode={old.get('decode', 'hf')!r}; resume it with that "
-                                "(CLI: --decode), or pass a new --out")
-        if any(old.get(k) != json.loads(json.dumps(manifest[k], default=str)) for k in keys) or \
-                old.get("model", {}).get("fingerprint") != model.fingerprint:
-            raise ArtifactError(f"{out} holds a run with a different configuration or model; "
-                                "resume it with the same command, or pass a new --out")
-    else:
-        manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        manifest["environment"] = {"python": sys.version.split()[0], "torch": torch.__version__,
-                                   "platform": platform.platform(), "package_version": _package_version()}
-        atomic_write_json(mpath, manifest)
+    random streams.
 
-    store = ResultStore(out / "results.jsonl")
+    Order of events, so that a bad option never leaves anything behind: every option is checked
+    and the trial list and batches are built first; the run lock is taken; a stored run is
+    compared setting by setting (``RESUME_KEYS``); the manifest is written just before the first
+    batch is stored. A batch that was only partly stored is regenerated whole (same rows, same
+    seed) and only its missing rows are appended, so a resumed run equals an uninterrupted one.
+    """
+    out = check_out_dir(out_dir)
+    check_run_settings(batch_size, temperature, seed, decode)
+    generate_kwargs = dict(generate_kwargs or {})
+    mpath, rpath = out / "manifest.json", out / "results.jsonl"
     trials = experiment.trials()
+    if not trials:
+        raise ConfigError(f"{experiment.name}: the options select no trials; check the concept, layer, strength "
+                          "and control options")
     ids = [t.trial_id for t in trials]
     if len(set(ids)) != len(ids):
-        raise RuntimeError(f"{experiment.name} produced duplicate trials; this is a bug in its trial list")
-    done = store.ids
-    batches = plan_batches(trials, batch_size)
-    todo = [(i, [t for t in b if t.trial_id not in done]) for i, b in enumerate(batches)]
-    todo = [(i, b) for i, b in todo if b]
-    n_todo = sum(len(b) for _, b in todo)
-    n_before = len(trials) - n_todo
-    if n_todo:
-        experiment.prepare(model)
-    bar = None
-    if progress and n_todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(trials), initial=n_before, desc=experiment.name, unit="trial", dynamic_ncols=True,
-                   file=sys.stderr)
-    t0, generated = time.perf_counter(), 0
-    common = {"experiment": experiment.name, "model": model.name, "model_fingerprint": model.fingerprint,
-              "package_version": _package_version(), "protocol_hash": protocol.protocol_hash(),
-              "temperature": temperature}
-    execute = getattr(experiment, "execute", None)
-    prefixes: dict | None = {} if prefix_cache else None
-    for n_batch, (bi, batch) in enumerate(todo):
-        if max_batches is not None and n_batch >= max_batches:
-            break
-        inputs = [experiment.build(model, t) for t in batch]
-        bseed = batch_seed(seed, bi)
-        if execute is not None:  # forward-only experiments (teacher forcing, logit measures)
-            outputs = execute(model, inputs)
+        raise ConfigError(f"{experiment.name}: the options produce duplicate trials (a value listed twice?); "
+                          "list each layer, strength and concept once")
+    old = _read_manifest(mpath)
+    stored = _stored_settings(old) if old is not None else None
+    if decode is None:
+        decode = stored["decode"] if stored is not None else "hf"
+    if decode == "compact" and model.remote:
+        raise ConfigError("decode='compact' runs local models only; use decode='hf' with a remote model")
+    if batch_size == "auto":  # resolved once: a resumed run keeps the size it started with
+        if stored is not None and isinstance(stored.get("batch_size"), int):
+            batch_size = stored["batch_size"]
         else:
-            outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, decode, **(generate_kwargs or {}))
-        records = []
-        for trial, x, o in zip(batch, inputs, outputs):
-            doses = o.pop("doses", [])
-            rec = {**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
-                   "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
-                   "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
-                   "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
-                                  for inj, d in zip(x.injections, doses)],
-                   "dose": doses[0] if doses else None, **x.info, **o}
-            records.append(rec)
-        store.append(records)
-        generated += len(batch)
-        if bar is not None:
-            bar.update(len(batch))
-        if on_batch is not None:
-            on_batch(bi)
-    if bar is not None:
-        bar.close()
+            experiment.prepare(model)
+            x = experiment.build(model, trials[0])
+            batch_size = auto_batch_size(model, len(x.prompt), x.max_new_tokens)
+    batches = plan_batches(trials, int(batch_size))
+    settings = {"experiment": experiment.name, "config": _jsonable(experiment.config()),
+                "model_fingerprint": model.fingerprint, "batch_size": int(batch_size),
+                "temperature": float(temperature), "seed": int(seed), "decode": decode,
+                "generate_kwargs": _jsonable(generate_kwargs), "protocol_hash": protocol.protocol_hash(),
+                "package_version": _package_version()}
+    key = run_key(settings)
+
+    with RunLock(out):
+        old = _read_manifest(mpath)  # again, under the lock
+        store = ResultStore.writer(rpath)
+        records = store.records()
+        if records:
+            if old is None:
+                raise ArtifactError(f"{rpath} holds {len(records)} trials but {mpath} is missing, so their settings "
+                                    "are unknown; restore the manifest, or move the run folder aside and start afresh")
+            diff = _differences(_stored_settings(old), settings)
+            if diff:
+                raise ArtifactError(f"{out} holds a run with other settings: {'; '.join(diff)}. Resume it with the "
+                                    "same options (and package version), or pass a new --out")
+            if any("run_key" not in r for r in records):
+                raise ArtifactError(f"{rpath} was written by an older introspect_mech that did not record each "
+                                    "trial's settings; finish it with that version, or pass a new --out")
+            foreign = sum(1 for r in records if r.get("run_key") != key)
+            if foreign:
+                raise ArtifactError(f"{foreign} of {len(records)} trials in {rpath} were made under other settings "
+                                    "than its manifest says (run_key differs); move the run folder aside and start afresh")
+        done = {r["trial_id"] for r in records}
+        todo = [(i, b) for i, b in enumerate(batches) if any(t.trial_id not in done for t in b)]
+        n_todo = sum(1 for _, b in todo for t in b if t.trial_id not in done)
+        n_before = len(trials) - n_todo
+        if todo:
+            experiment.prepare(model)
+            _check_context(experiment, model, [t for _, b in todo for t in b])
+        bar = None
+        if progress and n_todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(trials), initial=n_before, desc=experiment.name, unit="trial", dynamic_ncols=True,
+                       file=sys.stderr)
+        t0, generated = time.perf_counter(), 0
+        common = {"experiment": experiment.name, "model": model.name, "model_fingerprint": model.fingerprint,
+                  "package_version": settings["package_version"], "protocol_hash": settings["protocol_hash"],
+                  "temperature": settings["temperature"], "run_key": key}
+        execute = getattr(experiment, "execute", None)
+        prefixes: dict | None = {} if prefix_cache else None
+        manifest_written = bool(records)
+        try:
+            for n_batch, (bi, batch) in enumerate(todo):
+                if max_batches is not None and n_batch >= max_batches:
+                    break
+                # the whole batch, even if some rows are stored: same rows and seed as an uninterrupted run
+                inputs = [experiment.build(model, t) for t in batch]
+                bseed = batch_seed(seed, bi)
+                if execute is not None:  # forward-only experiments (teacher forcing, logit measures)
+                    outputs = execute(model, inputs)
+                else:
+                    outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, decode, **generate_kwargs)
+                new = []
+                for trial, x, o in zip(batch, inputs, outputs):
+                    if trial.trial_id in done:
+                        continue
+                    doses = o.pop("doses", [])
+                    new.append({**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
+                                "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
+                                "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
+                                "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
+                                               for inj, d in zip(x.injections, doses)],
+                                "dose": doses[0] if doses else None, **x.info, **o})
+                if not manifest_written:
+                    _write_manifest(mpath, settings, key, model)
+                    manifest_written = True
+                store.append(new)
+                done.update(r["trial_id"] for r in new)
+                generated += len(new)
+                if bar is not None:
+                    bar.update(len(new))
+                if on_batch is not None:
+                    on_batch(bi)
+        finally:
+            if bar is not None:
+                bar.close()
     return RunResult(out, len(trials), n_before, generated, time.perf_counter() - t0)
+
+
+def _write_manifest(path: Path, settings: dict, key: str, model: Any) -> None:
+    manifest = {**settings, "run_key": key, "model": model.describe(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "environment": {"python": sys.version.split()[0], "torch": torch.__version__,
+                                "platform": platform.platform(), "package_version": settings["package_version"]}}
+    atomic_write_json(path, manifest)

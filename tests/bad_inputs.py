@@ -98,7 +98,7 @@ CASES: list[Case] = [
     Case("no concepts selected", lambda t: R + ["--concepts", ",", "--out", str(t / "r")], "no concepts"),
     Case("batch size 0", lambda t: R + ["--concepts", "dust", "--layers", "0.5", "--strengths", "2", "--controls",
                                         "control", "--control-trials", "1", "--batch-size", "0", "--out", str(t / "r")],
-         "batch_size"),
+         "batch size"),
     Case("too many sentence pairs (Exp 4)", lambda t: ["run", "intentional-control", "--n-pairs", "80", "--out",
                                                        str(t / "r")], "n_pairs"),
     Case("report on a folder that is not a run", lambda t: ["report", str(t)], "not a run folder"),

@@ -519,7 +519,7 @@ def test_run_sweep_resume_keeps_the_decode_method(tiny_model_of, tmp_path, monke
     out = tmp_path / "run"
     run_sweep(TinySweep(), m, out, decode="compact", max_batches=1, **kw)
     assert len(_records(out)) == 3 and calls == {"compact": 1, "hf": 0}
-    with pytest.raises(ArtifactError, match="decode='compact'"):
+    with pytest.raises(ArtifactError, match=r"decode \(stored 'compact', this command 'hf'\)"):
         run_sweep(TinySweep(), m, out, decode="hf", **kw)
     assert len(_records(out)) == 3 and calls == {"compact": 1, "hf": 0}  # nothing ran
     res = run_sweep(TinySweep(), m, out, decode=None, **kw)  # resumes with the stored method
@@ -542,7 +542,7 @@ def test_run_sweep_old_manifest_without_decode_resumes_with_hf(tiny_model_of, tm
     man = json.loads(mpath.read_text())
     del man["decode"]  # as written before the compact decoder existed
     mpath.write_text(json.dumps(man))
-    with pytest.raises(ArtifactError, match="decode='hf'"):
+    with pytest.raises(ArtifactError, match=r"decode \(stored 'hf', this command 'compact'\)"):
         run_sweep(TinySweep(), m, out, decode="compact", **kw)
     run_sweep(TinySweep(), m, out, decode=None, **kw)
     assert calls == {"compact": 0, "hf": 4}

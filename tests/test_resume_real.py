@@ -72,12 +72,16 @@ def test_store_repairs_partial_line_and_rejects_corruption(tmp_path):
     from introspect_mech.errors import ArtifactError
 
     path = tmp_path / "r.jsonl"
-    store = ResultStore(path)
+    store = ResultStore.writer(path)
     assert store.append([{"trial_id": "a", "x": 1}, {"trial_id": "b", "x": 2}]) == 2
     assert store.append([{"trial_id": "a", "x": 9}]) == 0  # no duplicates
     with open(path, "a") as f:
         f.write('{"trial_id": "c", "x"')
-    store2 = ResultStore(path)
+    # a reader ignores the torn tail and leaves the file alone
+    assert [r["trial_id"] for r in ResultStore(path).records()] == ["a", "b"]
+    assert path.read_text().endswith('"x"')
+    # the writer (under the run lock) cuts it
+    store2 = ResultStore.writer(path)
     assert [r["trial_id"] for r in store2.records()] == ["a", "b"]
     assert path.read_text().endswith("\n")
     path.write_text('{"trial_id": "a"}\nnot json\n')
@@ -92,4 +96,4 @@ def test_different_config_in_same_folder_is_refused(tmp_path):
             "--no-progress", "--out", str(out)]
     assert subprocess.run(args, capture_output=True, timeout=300).returncode == 0
     bad = subprocess.run(args[:-2] + ["--seed", "5", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "different configuration" in bad.stderr
+    assert bad.returncode == 2 and "other settings: seed (stored 0, this command 5)" in bad.stderr

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import ConceptError, ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, check_word, extract_concept_vectors
-from ..inject import Injection, Window, check_strength, random_like
+from ..inject import Injection, Window, check_sweep_axes, random_like
 from ..prompts import Turn, render
 from ..runner import Trial, TrialInput
 from .exp1_prompt import exp1_prompt, exp1_turns
@@ -73,15 +73,19 @@ class InjectedThoughtsConfig:
     fmt: str = "auto"
 
     def validate(self) -> None:
-        for s in self.strengths:
-            check_strength(s)
+        check_sweep_axes(self.layers, self.strengths)
         unknown = set(self.controls) - set(ALL_CONTROLS)
         if unknown:
             raise ConfigError(f"unknown control(s) {sorted(unknown)}; choose from {', '.join(ALL_CONTROLS)}")
         if self.variant not in ("2025", "2026"):
             raise ConfigError("variant must be '2025' or '2026'")
-        if self.trials < 1 or self.control_trials < 0 or self.max_new_tokens < 1:
-            raise ConfigError("trials and max_new_tokens must be >= 1, control_trials >= 0")
+        if self.trials < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--trials and --max-new-tokens must be >= 1")
+        if self.n_concepts is not None and self.n_concepts < 1:
+            raise ConfigError(f"--n-concepts must be >= 1 (or left out for all), got {self.n_concepts}")
+        for name in ("control_trials", "control_per_cell", "yes_bias_per_cell", "alt_per_cell"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
 
 
 def _seed_of(*parts: Any) -> int:
@@ -99,7 +103,7 @@ class InjectedThoughts:
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.n_layers = model.arch.n_layers
         concepts = resolve_concepts(cfg.concepts)
-        if cfg.n_concepts:
+        if cfg.n_concepts is not None:
             per: dict[str, int] = {}
             kept = []
             for w, c in concepts:

@@ -26,7 +26,7 @@ import torch
 from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
-from ..inject import Injection, Window, check_strength
+from ..inject import Injection, Window, check_sweep_axes
 from ..prompts import Turn, render
 from ..runner import Trial, TrialInput
 
@@ -48,8 +48,7 @@ class PrefillIntentConfig:
     fmt: str = "auto"
 
     def validate(self) -> None:
-        for s in self.strengths:
-            check_strength(s)
+        check_sweep_axes(self.layers, self.strengths)
         if self.measure not in ("generate", "logits"):
             raise ConfigError("measure must be 'generate' or 'logits'")
         bad = set(self.conditions) - set(CONDITIONS)
@@ -57,6 +56,8 @@ class PrefillIntentConfig:
             raise ConfigError(f"unknown condition(s) {sorted(bad)}; choose from {', '.join(CONDITIONS)}")
         if not 1 <= self.n_pairs <= 50:
             raise ConfigError("n_pairs must be between 1 and 50")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
 
 
 class PrefillIntent:

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
-from ..inject import Injection, Window, check_strength
+from ..inject import Injection, Window, check_sweep_axes
 from ..prompts import Turn, render
 from ..runner import Trial, TrialInput
 
@@ -54,8 +54,7 @@ class ThoughtsVsTextConfig:
     fmt: str = "auto"
 
     def validate(self) -> None:
-        for s in self.strengths:
-            check_strength(s)
+        check_sweep_axes(self.layers, self.strengths)
         if not 1 <= self.n_sentences <= 50:
             raise ConfigError("n_sentences must be between 1 and 50")
         if not 2 <= self.n_choices <= 50:
