@@ -153,7 +153,7 @@ class ConceptVectors:
         if not vec.is_floating_point() or vec.ndim != 3:
             raise ArtifactError(f"{st}: 'vectors' must be a floating-point [words, layers, d_model] tensor, got "
                                 f"{vec.dtype} of shape {tuple(vec.shape)}; re-extract the vectors")
-        if not torch.isfinite(vec.double().norm(dim=-1)).all():
+        if not torch.isfinite(vec.float().norm(dim=-1)).all():
             raise ArtifactError(f"{st} holds NaN/inf values or vectors too large to have a finite norm; re-extract it")
         meta = {k: v for k, v in cfg.items() if k not in ("words", "layers", "format_version")}
         cv = cls(list(cfg["words"]), list(cfg["layers"]), tensors["vectors"], meta, tensors.get("mean_norms"))

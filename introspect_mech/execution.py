@@ -269,16 +269,17 @@ def generate(
     kwargs.update(generate_kwargs)
     if seed is not None:
         torch.manual_seed(int(seed))
+    # The store is saved in a second, empty invoke: when every row stops early (EOS), nnsight never runs
+    # the code after `tracer.iter[...]` in the first one, so a save placed there would leave `store`
+    # unbound (the crash of a short-answer `steer`). The loop has filled this same dict in place.
     with torch.no_grad(), _quiet_nnsight():
         with model.nn.generate(**kwargs, **model.trace_kwargs) as tracer:
             with tracer.invoke(batch.inputs(model.device)):
-                # Saved *before* the loop: when every row stops early (EOS), nnsight never runs the code after
-                # `tracer.iter[...]`, so a save placed there would leave `store` unbound. The loop fills this
-                # same dict in place, so the saved object holds every step that ran.
-                store = nnsight.save(_new_store())
+                store = _new_store()
                 for step in tracer.iter[:max_new_tokens]:
                     _touch_layers(model, plan, record, batch, step, rec_layers, store)
             with tracer.invoke():
+                store = nnsight.save(store)
                 sequences = tracer.result.save()
     sequences = sequences.detach().cpu()
     eos = _eos_ids(model)

@@ -43,6 +43,15 @@ def _report_dir(run: Path, figures_dir: str | Path | None) -> Path:
     return check_out_dir(figures_dir, "--figures-dir")
 
 
+def check_grader_name(name: str) -> str:
+    """Refuse an unknown grader spec before anything is read, loaded or written."""
+    if name == "rules" or (name.startswith(("openai:", "hf:")) and name.split(":", 1)[1].strip()):
+        return name
+    raise ConfigError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
+                      "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
+                      "base URL)")
+
+
 def make_grader(name: str, **kwargs: Any):
     if name == "rules":
         from .grading.rules import RuleGrader
@@ -92,6 +101,7 @@ class _JudgeChooser:
 def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str | Path | None = None,
                  png: bool = True, judge_url: str | None = None, compare: Sequence[str | Path] = ()) -> dict:
     run = Path(run_dir)
+    check_grader_name(grader)
     manifest, records = load_run(run)
     if not records:
         raise ArtifactError(f"{run}/results.jsonl holds no trials yet; run (or resume) the sweep first")

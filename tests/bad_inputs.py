@@ -21,6 +21,7 @@ class Case:
     argv: Callable[[Path], list[str]] | None  # CLI arguments (tmp dir → argv)
     needle: str  # must occur in the one-line error
     call: Callable[[Path], None] | None = None  # a Python API call instead of the CLI
+    review: tuple[int, ...] = ()  # the reliability review's case number(s) it reproduces
 
 
 def _vectors(tmp: Path, dim: int = 576, name: str = "v") -> str:
@@ -44,6 +45,57 @@ def _run_dir(tmp: Path, body: str) -> str:
     (d / "manifest.json").write_text(json.dumps({"experiment": "injected_thoughts", "model": {"n_layers": 30}}))
     (d / "results.jsonl").write_text(body)
     return str(d)
+
+
+def _run_dir_with(tmp: Path, manifest: object, records: list[dict]) -> str:
+    d = tmp / "run"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(d)
+
+
+def _exp1_record(**over) -> dict:
+    r = {"trial_id": "t1", "experiment": "injected_thoughts", "condition": "injected", "concept": "dust", "layer": 14,
+         "strength": 4.0, "prompt_key": "default", "sample": 0, "category": "paper", "extra": {}, "dose": 0.3,
+         "response": "No.", "prompt": "p"}
+    r.update(over)
+    return {k: v for k, v in r.items() if v is not _DROP}
+
+
+_DROP = object()
+_M1 = {"experiment": "injected_thoughts", "model": {"n_layers": 30}, "config": {}}
+
+
+def _bytes_run(tmp: Path, body: bytes) -> str:
+    d = tmp / "run"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps(_M1))
+    (d / "results.jsonl").write_bytes(body)
+    return str(d)
+
+
+def _vec_file(tmp: Path, words=("dust",), layers=(19,), tensor=None, raw_json: str | None = None) -> str:
+    import torch
+    from safetensors.torch import save_file
+
+    t = torch.randn(len(words) if isinstance(words, (list, tuple)) else 1, 1, 576) if tensor is None else tensor
+    save_file({"vectors": t}, str(tmp / "v.safetensors"))
+    (tmp / "v.json").write_text(raw_json if raw_json is not None else
+                                json.dumps({"format_version": 1, "words": list(words), "layers": list(layers)}))
+    return str(tmp / "v")
+
+
+def _orphan_results(tmp: Path) -> str:
+    d = tmp / "orphan"
+    d.mkdir()
+    (d / "results.jsonl").write_text(json.dumps(_exp1_record(run_key="x")) + "\n")
+    return str(d)
+
+
+def _a_file(tmp: Path) -> str:
+    (tmp / "afile").write_text("x")
+    return str(tmp / "afile")
 
 
 def _no_template(tmp: Path) -> None:
@@ -98,7 +150,7 @@ CASES: list[Case] = [
     Case("no concepts selected", lambda t: R + ["--concepts", ",", "--out", str(t / "r")], "no concepts"),
     Case("batch size 0", lambda t: R + ["--concepts", "dust", "--layers", "0.5", "--strengths", "2", "--controls",
                                         "control", "--control-trials", "1", "--batch-size", "0", "--out", str(t / "r")],
-         "batch size"),
+         "batch", review=(31,)),
     Case("too many sentence pairs (Exp 4)", lambda t: ["run", "intentional-control", "--n-pairs", "80", "--out",
                                                        str(t / "r")], "n_pairs"),
     Case("report on a folder that is not a run", lambda t: ["report", str(t)], "not a run folder"),
@@ -109,6 +161,87 @@ CASES: list[Case] = [
     Case("tokenizer without a chat template, chat format requested", None, "fmt='raw'", _no_template),
     Case("LLM judge without an API key", None, "OPENAI_API_KEY", _judge_without_key),
     Case("injection vector of the wrong dimension", None, "d_model", _mismatched_vector),
+    # --- from the reliability review (shared/notes/reliability-review.md), numbered as there ---
+    Case("--max-new-tokens 0", lambda t: R[:-2] + ["--max-new-tokens", "0", "--out", str(t / "r")],
+         "--max-new-tokens must be >= 1", review=(29,)),
+    Case("batch size -1", lambda t: R + ["--batch-size", "-1", "--out", str(t / "r")], "batch", review=(32,)),
+    Case("batch size that is not a number", lambda t: R + ["--batch-size", "lots", "--out", str(t / "r")],
+         "batch", review=(31,)),
+    Case("empty layer list", lambda t: R + ["--layers", "", "--out", str(t / "r")], "--layers is empty", review=(34,)),
+    Case("empty strength list", lambda t: R + ["--strengths", ",", "--out", str(t / "r")], "--strengths is empty",
+         review=(37,)),
+    Case("strength 1e30", lambda t: R + ["--strengths", "1e30", "--out", str(t / "r")], "above", review=(38,)),
+    Case("strength 1e300", lambda t: S + ["--strength", "1e300"], "above", review=(38,)),
+    Case("--n-concepts 0", lambda t: R + ["--n-concepts", "0", "--out", str(t / "r")], "--n-concepts must be >= 1",
+         review=(39,)),
+    Case("--n-concepts -1", lambda t: R + ["--n-concepts", "-1", "--out", str(t / "r")], "--n-concepts must be >= 1",
+         review=(40,)),
+    Case("negative control count per cell", lambda t: R + ["--control-per-cell", "-1", "--out", str(t / "r")],
+         "--control-per-cell must be >= 0", review=(41,)),
+    Case("negative yes-bias count per cell", lambda t: R + ["--yes-bias-per-cell", "-3", "--out", str(t / "r")],
+         "--yes-bias-per-cell must be >= 0", review=(41,)),
+    Case("negative open-question count per cell", lambda t: R + ["--alt-per-cell", "-2", "--out", str(t / "r")],
+         "--alt-per-cell must be >= 0", review=(41,)),
+    Case("NaN temperature", lambda t: R + ["--temperature", "nan", "--out", str(t / "r")], "temperature", review=(42,)),
+    Case("negative temperature", lambda t: R + ["--temperature", "-1", "--out", str(t / "r")], "temperature",
+         review=(43,)),
+    Case("NaN temperature (steer)", lambda t: S + ["--temperature", "nan"], "temperature", review=(42,)),
+    Case("8,000-character concept (steer)", lambda t: S + ["--concept", "dust " * 1600], "characters long",
+         review=(49,)),
+    Case("8,000-character concept (run)", lambda t: R + ["--concepts", "dust " * 1600, "--out", str(t / "r")],
+         "characters long", review=(49,)),
+    Case("--out is an existing file", lambda t: R + ["--out", _a_file(t)], "existing file", review=(50,)),
+    Case("--out under a file", lambda t: R + ["--out", _a_file(t) + "/run"], "which is a file", review=(50,)),
+    Case("Exp 2 given --max-new-tokens", lambda t: ["run", "thoughts-vs-text", "--max-new-tokens", "50", "--out",
+                                                   str(t / "r")], "does not use --max-new-tokens", review=(53,)),
+    Case("Exp 2 given --concepts and --trials", lambda t: ["run", "thoughts-vs-text", "--concepts", "dust", "--trials",
+                                                          "7", "--out", str(t / "r")], "does not use --concepts, --trials",
+         review=(53,)),
+    Case("Exp 4 given --strengths", lambda t: ["run", "intentional-control", "--strengths", "2", "--out", str(t / "r")],
+         "does not use --strengths", review=(53,)),
+    Case("Exp 1 given --n-pairs", lambda t: R + ["--n-pairs", "3", "--out", str(t / "r")], "does not use --n-pairs",
+         review=(53,)),
+    Case("Exp 3 logit measure given --max-new-tokens", lambda t: ["run", "prefill-intent", "--measure", "logits",
+                                                                 "--max-new-tokens", "5", "--out", str(t / "r")],
+         "generates nothing", review=(53,)),
+    Case("results without a manifest", lambda t: R + ["--layers", "0.5", "--strengths", "2", "--concepts", "dust",
+                                                      "--controls", "control", "--control-trials", "1", "--out",
+                                                      _orphan_results(t)], "manifest.json is missing", review=(12,)),
+    Case("invalid UTF-8 line in the store", lambda t: ["report", _bytes_run(t, b'{"trial_id": "a"}\n\xff\xfe{}\n')],
+         "not valid UTF-8", review=(16,)),
+    Case("NUL line in the store", lambda t: ["report", _bytes_run(t, b"\x00" * 4096 + b"\n")], "NUL bytes",
+         review=(17,)),
+    Case("record without 'condition'", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record(condition=_DROP)])],
+         "no 'condition' field", review=(19,)),
+    Case("record with response null", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record(response=None)])],
+         "field 'response'", review=(19,)),
+    Case("record with layer \"14\"", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record(layer="14")])],
+         "field 'layer'", review=(19,)),
+    Case("manifest without 'experiment'", lambda t: ["report", _run_dir_with(t, {"model": {}}, [_exp1_record()])],
+         "names no known experiment", review=(21,)),
+    Case("manifest that is a JSON list", lambda t: ["report", _run_dir_with(t, [1, 2], [_exp1_record()])],
+         "not a run manifest", review=(21,)),
+    Case("manifest whose model is a string", lambda t: ["report", _run_dir_with(
+        t, {"experiment": "injected_thoughts", "model": "smol"}, [_exp1_record()])], "'model' must be an object",
+         review=(21,)),
+    Case("manifest of another experiment than its records", lambda t: ["report", _run_dir_with(
+        t, {"experiment": "prefill_intent", "model": {}}, [_exp1_record()])], "the manifest says 'prefill_intent'",
+         review=(22,)),
+    Case("vector file whose words are numbers", lambda t: S + ["--vectors", _vec_file(t, words=(1, 2))],
+         "'words' must be a list", review=(23,)),
+    Case("vector file of integers", lambda t: S + ["--vectors", _vec_file(t, tensor=__import__("torch").ones(
+        1, 1, 576, dtype=__import__("torch").int64))], "floating-point", review=(23,)),
+    Case("vector file whose layers are strings", lambda t: S + ["--vectors", _vec_file(t, layers=("19",))],
+         "integer layer indices", review=(23,)),
+    Case("vector file with values of 3e38", lambda t: S + ["--vectors", _vec_file(t, tensor=__import__("torch").full(
+        (1, 1, 576), 3e38))], "finite norm", review=(23,)),
+    Case("vector metadata that is a JSON list", lambda t: S + ["--vectors", _vec_file(t, raw_json="[1, 2]")],
+         "not a concept-vector file", review=(23,)),
+    Case("--max-new-tokens beyond the context (steer)", lambda t: S[:-2] + ["--max-new-tokens", "100000"],
+         "exceeds the model's context", review=(30,)),
+    Case("repair on a folder without results", lambda t: ["repair", str(t)], "no results.jsonl"),
+    Case("vectors with batch size 0", lambda t: ["vectors", "--words", "dust", "--batch-size", "0", "--out",
+                                                 str(t / "v")], "--batch-size must be >= 1"),
 ]
 
 

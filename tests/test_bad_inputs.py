@@ -10,7 +10,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_catalogue_is_large():
-    assert len(CASES) >= 20
+    assert len(CASES) >= 60
+    assert len({c.what for c in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.what for c in CASES])
@@ -20,3 +21,5 @@ def test_bad_input(case, tmp_path):
     assert msg.startswith("error: "), msg
     assert case.needle in msg, msg
     assert "Traceback" not in msg
+    # validated before touching disk: a refused run leaves no manifest behind, so the corrected command works
+    assert not (tmp_path / "r" / "manifest.json").exists()

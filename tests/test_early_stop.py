@@ -109,6 +109,28 @@ def test_rows_stop_at_different_steps(tiny_model_of, arch, path, temperature, mo
     assert got.doses == _run(path, m, prompts, injs, temperature, None, eos=eos).doses
 
 
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_all_rows_stop_early_through_ndif_serialization(tiny_model_of, arch, monkeypatch):
+    """The same early stop through nnsight's remote="local" path (serialized as for NDIF): no crash, same
+    tokens and recording as local execution. (A save placed before the loop, or a comment line inside the
+    trace's with-block, broke this path while the local one passed.)"""
+    import dataclasses
+
+    m = tiny_model_of(arch)
+    sim = dataclasses.replace(m, simulate_remote=True)
+    prompts, injs = _setup(m)
+    record = RecordSpec(layers=[1], residual=True)
+    ref = _run("hf", m, prompts, injs, 0.0, record)
+    eos = _force_eos(monkeypatch, {t[1] for t in ref.new_tokens})
+    local = _run("hf", m, prompts, injs, 0.0, record, eos=eos)
+    remote = _run("hf", sim, prompts, injs, 0.0, record, eos=eos)
+    assert remote.new_tokens == local.new_tokens and max(len(t) for t in local.new_tokens) <= 1
+    assert len(remote.recording["res"][1]) == len(local.recording["res"][1])
+    for a, b in zip(remote.recording["res"][1], local.recording["res"][1]):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------------------
 # Real model: the reproductions of the reliability review (cases 44-46)
 # ---------------------------------------------------------------------------------------

@@ -130,7 +130,9 @@ def test_left_padded_batch_equals_single_prompt_runs(smol, smol_vectors, exp1):
         single = im.forward(smol, [p], [inj])
         got = batched.row(batched.logits[r], r)
         assert got.shape == single.logits[0].shape
-        assert (got - single.logits[0]).abs().max().item() <= 1e-4, f"row {r}"
+        # padded and unpadded rows run matmuls of other shapes, so float32 sums are reduced in another order:
+        # measured up to 1.6e-4 (logits of magnitude ~15) on a 2-core x86 CPU; a window or padding bug gives > 1
+        assert (got - single.logits[0]).abs().max().item() <= 5e-4, f"row {r}"
         if inj is not None:  # and the single run itself matches the hook reference
             ref = hook_logits(smol, list(p.input_ids), inj.strength * inj.vector, inj.window.start, inj.window.end)
             assert (single.logits[0] - ref).abs().max().item() <= 1e-4
