@@ -144,5 +144,5 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     tpage = written.get("transcripts", {}).get("html") if isinstance(written.get("transcripts"), dict) else None
     if tpage and Path(tpage).exists():
         extra["Example transcripts by outcome"] = Path(tpage).read_text()
-    html_path = write_html_report(run, manifest, table, written, extra)
+    html_path = write_html_report(run, manifest, table, written, extra, grader=summary.get("grader"))
     return {"summary": summary, "table": table, "figures": written, "html": str(html_path)}
