@@ -195,7 +195,6 @@ def test_every_html_file_of_the_run_escapes_the_payloads(reports, exp):
 
 
 @browser
-@pytest.mark.integration
 @pytest.mark.parametrize("exp", sorted(REACHES))
 def test_no_payload_runs_and_every_figure_renders(reports, exp):
     page = reports[exp]
@@ -211,7 +210,6 @@ def test_no_payload_runs_and_every_figure_renders(reports, exp):
 
 
 @browser
-@pytest.mark.integration
 def test_the_transcripts_page_runs_no_payload(reports):
     page = reports["injected_thoughts"].parent / "figures" / "exp1_transcripts.html"
     text = page.read_text(encoding="utf-8")

@@ -245,6 +245,8 @@ class LLMJudge(Grader):
     def _failure(self, exc: Exception, kept: int, asked: int) -> str:
         """One line: what failed, how many new verdicts were kept, and that a re-run reuses them."""
         why = " ".join(str(exc).split()) or type(exc).__name__
+        if kept == 0:
+            return f"judge {self.backend_id} failed before any of {asked} verdicts arrived ({why})"
         if self.cache.path is None:
             where = "held in memory only (pass cache_path= to keep them across runs)"
         else:
