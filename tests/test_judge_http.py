@@ -166,6 +166,7 @@ def test_a_failure_after_n_answers_keeps_the_n_verdicts_and_the_rerun_asks_only_
     assert len(up.seen) == 20 - good and rerun.calls == 20 - good
     assert all(g.success is True for g in grades)
     assert len(cache.read_text().splitlines()) == 20
+    assert KEY not in cache.read_text() and KEY not in msg  # the key is nowhere on disk or in the error (case 58)
     again = LLMJudge(backend(up.url), cache_path=cache)
     again.backend_id = rerun.backend_id
     again.grade_many(reqs)
@@ -348,3 +349,26 @@ def test_only_http_urls_are_accepted(url):
 def test_bad_backend_options_are_refused(kw, what):
     with pytest.raises(JudgeError, match=what):
         OpenAIBackend("http://127.0.0.1:9/v1", "m", api_key_env=None, **kw)
+
+
+def test_a_local_judge_keeps_the_batches_it_finished(tmp_path, monkeypatch):
+    """HFBackend streams batch by batch: a failure in batch 3 keeps batches 1 and 2."""
+    from introspect_mech.grading import HFBackend
+    from test_grading import _tiny_llama
+
+    model, tok = _tiny_llama()
+    real_generate, calls = model.generate, [0]
+
+    def generate(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("CUDA out of memory")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", generate)
+    cache = tmp_path / "c.jsonl"
+    judge = LLMJudge(HFBackend(model, tok, batch_size=2), cache_path=cache, max_new_tokens=2)
+    with pytest.raises(JudgeError, match=r"after 4 of 8 new verdicts \(CUDA out of memory\)"):
+        judge.grade_many(requests(2))
+    assert len(cache.read_text().splitlines()) == 4
+    assert tok.padding_side == "right"  # restored although the batch loop stopped half-way
