@@ -224,3 +224,13 @@ def test_script_json_leaves_nothing_that_ends_a_script():
     assert not set(text) & set("<>&\u2028\u2029")
     assert text.isascii()
     assert json.loads(text) == {"a": s["a"], "b": [None, 1.5, None], "c": "\ud800"}
+
+
+def test_transcripts_page_escapes_every_field_and_takes_missing_replies():
+    from introspect_mech.plots import transcripts_page
+
+    recs = [{"concept": P("concept"), "layer": 3, "response": P("response")}, {"concept": "dust", "response": None},
+            {"concept": "dust", "response": 7}]
+    page = transcripts_page({P("outcome"): recs}, title=P("title"), fields=("concept", "layer"))
+    assert "<img src=x" not in page and "<script>" not in page and "<!--" not in page
+    assert "XSS-response" in page and "XSS-concept" in page and "XSS-title" in page and ">7<" in page
