@@ -288,6 +288,24 @@ def test_retries_give_up_with_a_one_line_error(servers):
     assert len(s.seen) == 3 and "\n" not in str(err.value)
 
 
+def test_no_retry_is_paid_for_once_another_request_failed_for_good(servers):
+    def reply(index, h):
+        if index == 0:
+            deadline = time.monotonic() + 10
+            while len(s.seen) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            send_json(h, 400, {"error": "bad"})
+        else:
+            send_json(h, 500, {"error": "busy"})
+
+    s = servers(reply)
+    b = backend(s.url, max_workers=2, max_retries=5, backoff=0.3)
+    t = time.monotonic()
+    with pytest.raises(JudgeError, match="HTTP 400"):
+        b.complete(["a", "b", "c"], 5)
+    assert len(s.seen) <= 3 and time.monotonic() - t < 3  # without the stop: 1 + 6 tries over ~9 s
+
+
 def test_a_slow_answer_times_out_and_is_retried(servers):
     def slow_first(index, h):
         if index == 0:

@@ -436,7 +436,8 @@ class OpenAIBackend:
                 pass  # an HTTP date: keep our own backoff
         return delay
 
-    def _one(self, prompt: str, max_new_tokens: int) -> str:
+    def _one(self, prompt: str, max_new_tokens: int, stop: threading.Event | None = None) -> str:
+        """One completion, retried where a retry can help; gives up at once when ``stop`` is set."""
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": max_new_tokens,
                            "messages": [{"role": "user", "content": prompt}]}).encode("utf-8")
         headers = {"Content-Type": "application/json"}
@@ -470,7 +471,10 @@ class OpenAIBackend:
             except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 last = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__} after {self.timeout:g} s"
             if attempt < self.max_retries:
-                self._sleep(self._delay(attempt, retry_after))
+                if stop is None:
+                    self._sleep(self._delay(attempt, retry_after))
+                elif stop.wait(self._delay(attempt, retry_after)):
+                    raise _NotSent  # another request failed for good: no point paying for a retry
         raise JudgeError(f"{url}: no answer after {self.max_retries + 1} tries (last: {last})")
 
     def _content(self, raw: bytes) -> str:
@@ -491,8 +495,8 @@ class OpenAIBackend:
     def iter_complete(self, prompts: list[str], max_new_tokens: int) -> Iterator[tuple[int, str]]:
         """(index, completion) as each answer arrives (up to `max_workers` requests in flight).
 
-        After the first failure no new request starts; answers to those already in flight are
-        still yielded (they are paid for), then the failure is raised.
+        After the first failure no new request starts and no retry is made; answers to those
+        already in flight are still yielded (they are paid for), then the failure is raised.
         """
         if len(prompts) <= 1 or self.max_workers <= 1:
             for i, p in enumerate(prompts):
@@ -504,7 +508,7 @@ class OpenAIBackend:
             if stop.is_set():
                 raise _NotSent
             try:
-                return self._one(prompt, max_new_tokens)
+                return self._one(prompt, max_new_tokens, stop)
             except BaseException:
                 stop.set()
                 raise
@@ -529,6 +533,7 @@ class OpenAIBackend:
             if error is not None:
                 raise error
         finally:
+            stop.set()  # interrupted (Ctrl-C): the requests in flight finish, none is retried
             pool.shutdown(wait=True, cancel_futures=True)
 
     def complete(self, prompts: list[str], max_new_tokens: int) -> list[str]:
