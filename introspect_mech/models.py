@@ -14,7 +14,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import struct
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ import torch
 
 from .arch import Architecture
 from .errors import ModelLoadError
+from .tempfiles import OWNER_TAG_PATTERN, RANDOM_PART, owner_tag, remove_stale
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "INTROSPECT_MECH_CACHE"
@@ -92,10 +95,19 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 ALIASES = {"smollm2": "smollm2-135m-instruct", "gemma3-270m": "gemma-3-270m", "gemma-3-270m-base": "gemma-3-270m"}
 
 
+# Export folders being written: "<final>.tmp-HOST-PID-xxxxxxxx" (older: "<final>.tmp-xxxxxxxx").
+_TMP_DIR = re.compile(rf".+\.(?:{OWNER_TAG_PATTERN}|tmp-){RANDOM_PART}")
+
+
 def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder under a temporary name and rename it into place (no half-written caches)."""
+    """Write a folder under a temporary name and rename it into place (no half-written caches).
+
+    Export folders that a killed process left in the same cache folder (up to ~540 MB each) are
+    removed first; ones whose writer is still alive are left alone (``tempfiles.is_stale``).
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    remove_stale(final.parent, _TMP_DIR)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.{owner_tag()}", dir=final.parent))
     try:
         write(tmp)
         try:
@@ -107,6 +119,51 @@ def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (None if it is), from its header alone.
+
+    Why: a killed copy or a full disk leaves a truncated file, and the loader then fails with a
+    bare ``SafetensorError``. The format is an 8-byte little-endian header length, a JSON header
+    giving each tensor's byte range, then the data; the file must end exactly where the last
+    range ends. Reading the header costs microseconds, so every load of the cache can afford it.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than the 8-byte header length"
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                return f"header of {n} bytes but only {size} bytes in the file"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        return f"unreadable header ({exc})"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "the header lacks data_offsets"
+    if size != 8 + n + end:
+        return f"{size} bytes on disk, the header describes {8 + n + end} (truncated or overwritten)"
+    return None
+
+
+def _discard_corrupt_export(final: Path, problem: str) -> None:
+    """Move a corrupt cached export out of the way (then delete it) so that it is exported again."""
+    warnings.warn(f"the cached model export {final} is corrupt ({problem}); exporting it again", stacklevel=3)
+    aside = final.parent / f"{final.name}.{owner_tag()}corrupt_"
+    try:
+        os.rename(final, aside)
+    except FileNotFoundError:
+        return  # another process moved it already
+    except OSError as exc:
+        raise ModelLoadError(f"the cached model export {final} is corrupt ({problem}) and could not be moved "
+                             f"aside ({exc}); delete that folder and run again to re-export it") from None
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def export_embedded(alias: str) -> Path:
     """Return the folder of the fp32 safetensors export of an embedded model, creating it once."""
     spec = EMBEDDED[alias]
@@ -116,8 +173,13 @@ def export_embedded(alias: str) -> Path:
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
     final = cache_dir() / "models" / f"{alias}-{key}"
-    if (final / "model.safetensors").exists():
-        return final
+    remove_stale(final.parent, _TMP_DIR)
+    weights = final / "model.safetensors"
+    if weights.exists():
+        problem = safetensors_problem(weights)
+        if problem is None:
+            return final
+        _discard_corrupt_export(final, problem)
 
     def write(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -381,10 +443,16 @@ def load_model(
         kwargs["attn_implementation"] = attn_impl
     if device_map is not None:
         kwargs["device_map"] = device_map
+    from safetensors import SafetensorError
+
     try:
         with _quiet():
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             hf_model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except SafetensorError as exc:
+        fix = (f"delete the cached export {path} and run again to re-export it" if alias in EMBEDDED
+               else "the file is truncated or damaged: copy, download or save the model again")
+        raise ModelLoadError(f"could not load {name!r}: its safetensors weights are corrupt ({exc}); {fix}") from None
     except OSError as exc:
         raise ModelLoadError(
             f"could not load {name!r}: {exc}. If it is a Hub id, this machine may have no Hub access: "

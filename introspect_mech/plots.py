@@ -207,7 +207,7 @@ def transcripts_page(groups: dict[str, list[dict]], *, title: str, fields: Itera
         for r in recs[:per_group]:
             meta = " · ".join(f"{f}={html.escape(str(r.get(f)))}" for f in fields if r.get(f) is not None)
             parts.append(f"<div class='t'><div class='meta'>{meta}</div>"
-                         f"<div class='resp'>{html.escape(r.get('response', ''))}</div></div>")
+                         f"<div class='resp'>{html.escape(str(r.get('response') or ''))}</div></div>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "".join(parts)

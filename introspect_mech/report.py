@@ -102,6 +102,10 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
                  png: bool = True, judge_url: str | None = None, compare: Sequence[str | Path] = ()) -> dict:
     run = Path(run_dir)
     check_grader_name(grader)
+    if judge_url is not None:
+        from .grading.llm_judge import check_judge_url
+
+        check_judge_url(judge_url)
     manifest, records = load_run(run)
     if not records:
         raise ArtifactError(f"{run}/results.jsonl holds no trials yet; run (or resume) the sweep first")
@@ -174,5 +178,5 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     tpage = written.get("transcripts", {}).get("html") if isinstance(written.get("transcripts"), dict) else None
     if tpage and Path(tpage).exists():
         extra["Example transcripts by outcome"] = Path(tpage).read_text()
-    html_path = write_html_report(run, manifest, table, written, extra, out_dir=out_dir)
+    html_path = write_html_report(run, manifest, table, written, extra, grader=summary.get("grader"), out_dir=out_dir)
     return {"summary": summary, "table": table, "figures": written, "html": str(html_path)}

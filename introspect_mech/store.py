@@ -21,11 +21,13 @@ import errno
 import fcntl
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ArtifactError, ConfigError, MissingFileError
+from .tempfiles import OWNER_TAG_PATTERN, RANDOM_PART, owner_tag, remove_stale
 
 
 def _umask_mode() -> int:
@@ -35,11 +37,20 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def _temp_name(prefix: str, suffix: str) -> re.Pattern[str]:
+    """Names of this writer's temp files for one target: owner-tagged, or the older untagged format."""
+    return re.compile(re.escape(prefix) + f"(?:{OWNER_TAG_PATTERN})?{RANDOM_PART}" + re.escape(suffix))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace`` (never half-written)."""
+    """Write ``data`` to ``path`` via a temp file in the same folder + ``os.replace`` (never half-written).
+
+    Temp files of the same target left by a killed writer are removed first (see ``tempfiles``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale(path.parent, _temp_name(f".{path.name}.", ".tmp"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner_tag()}", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -61,10 +72,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Let ``write(tmp_path)`` produce the file (e.g. a PNG exporter), then move it into place."""
+    """Let ``write(tmp_path)`` produce the file (e.g. a PNG exporter), then move it into place.
+
+    The temp file keeps ``path``'s suffix (exporters pick the format from it); ones of the same
+    target left by a killed writer are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    remove_stale(path.parent, _temp_name(f".{path.stem}.", path.suffix))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{owner_tag()}", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

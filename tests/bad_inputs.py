@@ -125,6 +125,99 @@ def _mismatched_vector(tmp: Path) -> None:
     im.forward(m, ["hi"], [im.Injection(torch.ones(64), 19, 2.0)])
 
 
+@contextlib.contextmanager
+def _env(**values: str):
+    """Set environment variables for one case, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _judge_endpoint(reply: Callable[[int], tuple[int, dict, bytes]]):
+    """A local OpenAI-compatible endpoint: request i gets reply(i) = (status, headers, body)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    count = [0]
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with lock:
+                i = count[0]
+                count[0] += 1
+            status, headers, body = reply(i)
+            self.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        with _env(OPENAI_API_KEY="sk-catalogue", no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost"):
+            yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+_YES = (200, {"Content-Type": "application/json"}, b'{"choices": [{"message": {"content": "YES"}}]}')
+
+
+def _grade_via(tmp: Path, reply: Callable[[int], tuple[int, dict, bytes]], n: int = 2) -> None:
+    """Grade n Exp 1 replies with `--grader openai:fake-judge` against a local endpoint answering `reply`."""
+    from introspect_mech.grading.base import GradeRequest
+    from introspect_mech.report import make_grader
+
+    with _judge_endpoint(reply) as url:
+        judge = make_grader("openai:fake-judge", base_url=url, cache_path=tmp / "judge_cache.jsonl")
+        judge.grade_many([GradeRequest("Do you detect an injected thought?", f"I detect dust {i}.", "dust")
+                          for i in range(n)])
+
+
+def _judge_redirects(tmp: Path) -> None:
+    _grade_via(tmp, lambda i: (302, {"Location": "http://127.0.0.1:9/v1/chat/completions"}, b""))
+
+
+def _judge_fails_midway(tmp: Path) -> None:
+    # 3 good answers, then HTTP 500 (Retry-After: 0 keeps the retries instant)
+    _grade_via(tmp, lambda i: _YES if i < 3 else (500, {"Retry-After": "0"}, b"{}"), n=2)
+
+
+def _judge_not_an_api(tmp: Path) -> None:
+    _grade_via(tmp, lambda i: (200, {"Content-Type": "text/html"}, b"<html>Sign in</html>"))
+
+
+def _truncated_model(tmp: Path) -> str:
+    """A copy of the embedded model's folder whose model.safetensors stops after 1 MB."""
+    import shutil
+
+    from introspect_mech.models import export_embedded
+
+    src, dst = export_embedded("smollm2-135m-instruct"), tmp / "model"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name != "model.safetensors":
+            shutil.copy(f, dst / f.name)
+    with (src / "model.safetensors").open("rb") as f:
+        (dst / "model.safetensors").write_bytes(f.read(1_000_000))
+    return str(dst)
+
+
 S = ["steer", "--max-new-tokens", "2"]
 R = ["run", "injected-thoughts", "--no-progress", "--max-new-tokens", "2"]
 
@@ -242,6 +335,17 @@ CASES: list[Case] = [
     Case("repair on a folder without results", lambda t: ["repair", str(t)], "no results.jsonl"),
     Case("vectors with batch size 0", lambda t: ["vectors", "--words", "dust", "--batch-size", "0", "--out",
                                                  str(t / "v")], "--batch-size must be >= 1"),
+    # judge and model-cache cases of the reliability review
+    Case("model folder whose model.safetensors is truncated", lambda t: S + ["--model", _truncated_model(t)],
+         "safetensors weights are corrupt", review=(7,)),
+    Case("judge URL that is not http(s)", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]), "--grader",
+                                                     "openai:m", "--judge-url", "file:///etc/passwd"],
+         "not an http(s) address"),
+    Case("judge endpoint that redirects (the key is not sent on)", None, "redirects are not followed",
+         _judge_redirects, review=(60,)),
+    Case("judge endpoint that fails after some answers", None, "those 3 are cached", _judge_fails_midway,
+         review=(61,)),
+    Case("judge URL that serves a web page, not the API", None, "not a chat completion", _judge_not_an_api),
 ]
 
 

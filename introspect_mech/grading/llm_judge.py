@@ -6,7 +6,13 @@ pluggable: a local Hugging Face model (`HFBackend`) or any OpenAI-compatible cha
 (`OpenAIBackend`), or anything with `complete(prompts, max_new_tokens) -> list[str]`.
 
 Verdicts are cached on disk keyed by sha256(backend id, prompt name, filled prompt), so
-re-grading a run (or grading the same response twice) costs nothing.
+re-grading a run (or grading the same response twice) costs nothing. Each verdict is cached the
+moment it arrives: when a request fails half-way through a run, every answer already paid for is
+kept and the re-run asks only for the missing ones.
+
+The HTTP backend never follows a redirect (the bearer key must not reach another address, and a
+redirected POST would come back as a GET whose answer is no verdict), times out, and retries with
+exponential backoff only what a retry can fix (429, 5xx, timeouts, dropped connections).
 
 Blind: the judge is given only {prompt}, {response} and {word}; never the trial's condition.
 """
@@ -14,14 +20,18 @@ Blind: the judge is given only {prompt}, {response} and {word}; never the trial'
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import math
 import os
 import re
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -88,9 +98,28 @@ def parse_yes_no(completion: str) -> bool | None:
 
 @runtime_checkable
 class CompletionBackend(Protocol):
-    """Anything that turns prompts into completions (one user turn each, greedy)."""
+    """Anything that turns prompts into completions (one user turn each, greedy).
+
+    A backend may also offer ``iter_complete(prompts, max_new_tokens)``, yielding
+    ``(index, completion)`` as each answer arrives; the judge then caches every answer at once,
+    so a failure later in the run loses none of them. With ``complete`` only, a failure loses the
+    answers of that one call.
+    """
 
     def complete(self, prompts: list[str], max_new_tokens: int) -> list[str]: ...
+
+
+def _stream(backend: Any, prompts: list[str], max_new_tokens: int) -> Iterator[tuple[int, str]]:
+    """(index, completion) pairs from a backend, as they arrive when it can stream them."""
+    it = getattr(backend, "iter_complete", None)
+    if callable(it):
+        yield from it(prompts, max_new_tokens)
+        return
+    completions = backend.complete(prompts, max_new_tokens)
+    if len(completions) != len(prompts):
+        raise JudgeError(f"backend {backend_id(backend)} returned {len(completions)} completions "
+                         f"for {len(prompts)} prompts")
+    yield from enumerate(completions)
 
 
 def backend_id(backend: Any) -> str:
@@ -193,17 +222,37 @@ class LLMJudge(Grader):
                 todo.setdefault(j.key, j)
         if todo:
             pending = list(todo.values())
-            completions = self.backend.complete([j.filled for j in pending], max_new_tokens)
-            if len(completions) != len(pending):
-                raise JudgeError(f"backend {self.backend_id} returned {len(completions)} completions "
-                                 f"for {len(pending)} prompts")
-            self.calls += len(pending)
-            for j, c in zip(pending, completions, strict=True):
-                self.cache.put(j.key, {"backend": self.backend_id, "prompt_name": j.prompt_name,
-                                       "completion": c, "verdict": parse_yes_no(c) if parse else None,
-                                       "time": time.time()})
-                out[j.key] = c
+            kept = 0
+            try:
+                for i, c in _stream(self.backend, [j.filled for j in pending], max_new_tokens):
+                    j = pending[i]
+                    if not isinstance(c, str):
+                        raise JudgeError(f"backend {self.backend_id} returned a {type(c).__name__}, not text")
+                    self.cache.put(j.key, {"backend": self.backend_id, "prompt_name": j.prompt_name,
+                                           "completion": c, "verdict": parse_yes_no(c) if parse else None,
+                                           "time": time.time()})
+                    self.calls += 1
+                    kept += 1
+                    out[j.key] = c
+            except Exception as exc:  # noqa: BLE001 - any backend failure: say what was kept
+                raise JudgeError(self._failure(exc, kept, len(pending))) from exc
+            missing = [j for j in pending if j.key not in out]
+            if missing:
+                raise JudgeError(self._failure(RuntimeError(f"no answer for {len(missing)} prompts"), kept,
+                                               len(pending)))
         return out
+
+    def _failure(self, exc: Exception, kept: int, asked: int) -> str:
+        """One line: what failed, how many new verdicts were kept, and that a re-run reuses them."""
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        if kept == 0:
+            return f"judge {self.backend_id} failed before any of {asked} verdicts arrived ({why})"
+        if self.cache.path is None:
+            where = "held in memory only (pass cache_path= to keep them across runs)"
+        else:
+            where = f"cached in {self.cache.path}; re-running the same command reuses them and asks only " \
+                    f"for the {asked - kept} missing"
+        return f"judge {self.backend_id} failed after {kept} of {asked} new verdicts ({why}); those {kept} are {where}"
 
     def _job(self, prompt_name: str, **fields: str) -> _Job:
         filled = fill(self.prompts[prompt_name], **fields)
@@ -287,6 +336,10 @@ class HFBackend:
         return prompt
 
     def complete(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        return [c for _, c in self.iter_complete(prompts, max_new_tokens)]
+
+    def iter_complete(self, prompts: list[str], max_new_tokens: int) -> Iterator[tuple[int, str]]:
+        """(index, completion) batch by batch, so an interrupted local judge keeps its finished batches."""
         import torch
 
         tok = self.tokenizer
@@ -296,7 +349,6 @@ class HFBackend:
         tok.padding_side = "left"  # generation continues from the right edge of every row
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        outs: list[str] = []
         try:
             for i in range(0, len(prompts), self.batch_size):
                 texts = [self._render(p) for p in prompts[i:i + self.batch_size]]
@@ -306,27 +358,74 @@ class HFBackend:
                 with torch.no_grad():
                     gen = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                               pad_token_id=pad_id)
-                outs += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                texts_out = tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                yield from enumerate(texts_out, start=i)
         finally:
             tok.padding_side = old_side
-        return outs
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Turn every 3xx into an HTTPError instead of following it.
+
+    urllib's default handler would resend the Authorization header to whatever origin the
+    Location names, and turn the POST into a body-less GET whose answer is then read as a verdict.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+class _NotSent(Exception):
+    """A request skipped because another one had already failed."""
+
+
+_RETRY_STATUS = frozenset({408, 429})
+_MAX_REPLY_BYTES = 16 * 2**20  # a chat completion is kilobytes; refuse to buffer an endless body
+
+
+def check_judge_url(base_url: str) -> str:
+    """An OpenAI-compatible endpoint must be an http(s) address (checked before a run is read)."""
+    url = urllib.parse.urlsplit(str(base_url).strip())
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise JudgeError(f"judge URL {base_url!r} is not an http(s) address; pass the endpoint's base URL, "
+                         "e.g. --judge-url https://api.openai.com/v1")
+    return base_url
 
 
 class OpenAIBackend:
     """An OpenAI-compatible endpoint (POST {base_url}/chat/completions, temperature 0).
 
     Uses only the standard library. The API key is read from the environment variable named
-    by `api_key_env` (None for endpoints that need no key, e.g. a local server).
+    by `api_key_env` (None for endpoints that need no key, e.g. a local server). Redirects are
+    refused, each request times out after `timeout` s, and 408/429/5xx, timeouts and dropped
+    connections are retried up to `max_retries` times, waiting `backoff`, 2x, 4x ... seconds
+    (at most `max_backoff`, or the server's Retry-After when it is shorter than that).
     """
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
-                 timeout: float = 120.0, max_retries: int = 3, max_workers: int = 4) -> None:
-        self.base_url = base_url.rstrip("/")
+                 timeout: float = 120.0, max_retries: int = 3, max_workers: int = 4,
+                 backoff: float = 1.0, max_backoff: float = 30.0) -> None:
+        check_judge_url(base_url)
+        for name, value, positive in (("timeout", timeout, True), ("backoff", backoff, False),
+                                      ("max_backoff", max_backoff, False)):
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and (value > 0 if positive else value >= 0)
+            if not ok:
+                raise JudgeError(f"judge {name} must be a finite number of seconds {'> 0' if positive else '>= 0'} "
+                                 f"(got {value!r})")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise JudgeError(f"judge max_retries must be an integer >= 0 (got {max_retries!r})")
+        if not isinstance(max_workers, int) or max_workers < 1:
+            raise JudgeError(f"judge max_workers must be an integer >= 1 (got {max_workers!r})")
+        self.base_url = str(base_url).strip().rstrip("/")
         self.model = model
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.max_retries = max_retries
         self.max_workers = max_workers
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
         self.id = f"openai:{self.base_url}:{model}"
+        self._opener = urllib.request.build_opener(_RefuseRedirects())
+        self._sleep = time.sleep  # replaced by tests that check the backoff without waiting
         self._key: str | None = None
         if api_key_env is not None:
             self._key = os.environ.get(api_key_env)
@@ -334,33 +433,117 @@ class OpenAIBackend:
                 raise JudgeError(f"environment variable {api_key_env} is not set: export {api_key_env}=<key> "
                                  f"for {self.base_url}, or pass api_key_env=None if the endpoint needs no key")
 
-    def _one(self, prompt: str, max_new_tokens: int) -> str:
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        delay = min(self.max_backoff, self.backoff * 2.0 ** attempt)
+        if retry_after:
+            try:
+                delay = min(self.max_backoff, max(0.0, float(retry_after)))
+            except ValueError:
+                pass  # an HTTP date: keep our own backoff
+        return delay
+
+    def _one(self, prompt: str, max_new_tokens: int, stop: threading.Event | None = None) -> str:
+        """One completion, retried where a retry can help; gives up at once when ``stop`` is set."""
         body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": max_new_tokens,
                            "messages": [{"role": "user", "content": prompt}]}).encode("utf-8")
         headers = {"Content-Type": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        last: Exception | None = None
+        url = f"{self.base_url}/chat/completions"
+        last = ""
         for attempt in range(self.max_retries + 1):
-            req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body,
-                                         headers=headers, method="POST")
+            req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            retry_after = None
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    data = json.loads(resp.read().decode("utf-8"))
-                return data["choices"][0]["message"]["content"] or ""
+                with self._opener.open(req, timeout=self.timeout) as resp:
+                    raw = resp.read(_MAX_REPLY_BYTES + 1)
+                return self._content(raw)
             except urllib.error.HTTPError as e:
-                last = e
-                if e.code not in (408, 409, 429) and e.code < 500:
-                    detail = e.read().decode("utf-8", "replace")[:500]
-                    raise JudgeError(f"{self.base_url} answered HTTP {e.code}: {detail}") from e
-            except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as e:
-                last = e
+                if 300 <= e.code < 400:
+                    where = e.headers.get("Location", "?") if e.headers else "?"
+                    raise JudgeError(f"{url} answered HTTP {e.code} (a redirect to {where}); redirects are not "
+                                     "followed, so the API key never goes to another address: pass the final "
+                                     "endpoint as --judge-url") from None
+                if e.code not in _RETRY_STATUS and e.code < 500:
+                    detail = " ".join(e.read(500).decode("utf-8", "replace").split())
+                    raise JudgeError(f"{url} answered HTTP {e.code}: {detail}") from None
+                last = f"HTTP {e.code}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+            except urllib.error.URLError as e:
+                reason = e.reason
+                if not isinstance(reason, (TimeoutError, ConnectionError)):
+                    raise JudgeError(f"cannot reach {url}: {reason}") from None
+                last = f"{type(reason).__name__}: {reason}"
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as e:
+                last = f"{type(e).__name__}: {e}" if str(e) else f"{type(e).__name__} after {self.timeout:g} s"
             if attempt < self.max_retries:
-                time.sleep(min(2.0 ** attempt, 30.0))
-        raise JudgeError(f"{self.base_url}: no answer after {self.max_retries + 1} tries: {last}")
+                if stop is None:
+                    self._sleep(self._delay(attempt, retry_after))
+                elif stop.wait(self._delay(attempt, retry_after)):
+                    raise _NotSent  # another request failed for good: no point paying for a retry
+        raise JudgeError(f"{url}: no answer after {self.max_retries + 1} tries (last: {last})")
+
+    def _content(self, raw: bytes) -> str:
+        """The completion text of a chat-completions reply, or a JudgeError (not retried) saying why not."""
+        if len(raw) > _MAX_REPLY_BYTES:
+            raise JudgeError(f"{self.base_url} sent a reply over {_MAX_REPLY_BYTES} bytes; it is not a chat completion")
+        try:
+            content = json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
+            raise JudgeError(f"{self.base_url} answered something that is not a chat completion "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+        if content is None:
+            return ""
+        if not isinstance(content, str):
+            raise JudgeError(f"{self.base_url} answered a {type(content).__name__} as message content, not text")
+        return content
+
+    def iter_complete(self, prompts: list[str], max_new_tokens: int) -> Iterator[tuple[int, str]]:
+        """(index, completion) as each answer arrives (up to `max_workers` requests in flight).
+
+        After the first failure no new request starts and no retry is made; answers to those
+        already in flight are still yielded (they are paid for), then the failure is raised.
+        """
+        if len(prompts) <= 1 or self.max_workers <= 1:
+            for i, p in enumerate(prompts):
+                yield i, self._one(p, max_new_tokens)
+            return
+        stop = threading.Event()  # set by the first failure: no request starts after it
+
+        def task(prompt: str) -> str:
+            if stop.is_set():
+                raise _NotSent
+            try:
+                return self._one(prompt, max_new_tokens, stop)
+            except BaseException:
+                stop.set()
+                raise
+
+        pool = ThreadPoolExecutor(min(self.max_workers, len(prompts)))
+        try:
+            futures = {pool.submit(task, p): i for i, p in enumerate(prompts)}
+            error: BaseException | None = None
+            for fut in as_completed(futures):
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if isinstance(exc, _NotSent):
+                    continue
+                if exc is not None:
+                    if error is None:
+                        error = exc
+                        for other in futures:
+                            other.cancel()
+                    continue
+                yield futures[fut], fut.result()
+            if error is not None:
+                raise error
+        finally:
+            stop.set()  # interrupted (Ctrl-C): the requests in flight finish, none is retried
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def complete(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        if len(prompts) <= 1 or self.max_workers <= 1:
-            return [self._one(p, max_new_tokens) for p in prompts]
-        with ThreadPoolExecutor(self.max_workers) as pool:
-            return list(pool.map(lambda p: self._one(p, max_new_tokens), prompts))
+        out: list[str | None] = [None] * len(prompts)
+        for i, c in self.iter_complete(prompts, max_new_tokens):
+            out[i] = c
+        return out  # type: ignore[return-value]  # every index is filled, or iter_complete raised
