@@ -29,10 +29,10 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
 
 
 def make_grader(name: str, **kwargs: Any):
-    if name == "rules":
+    if name in ("rules", "rules-literal"):
         from .grading.rules import RuleGrader
 
-        return RuleGrader()
+        return RuleGrader() if name == "rules" else RuleGrader(related=None)
     if name.startswith("openai:"):
         from .grading.llm_judge import LLMJudge, OpenAIBackend
 
@@ -46,7 +46,7 @@ def make_grader(name: str, **kwargs: Any):
         judge_model = load_model(name.split(":", 1)[1])
         return LLMJudge(HFBackend(judge_model.hf, judge_model.tokenizer, id=f"hf:{judge_model.name}:{judge_model.fingerprint}"),
                         cache_path=kwargs.get("cache_path"))
-    raise ConfigError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
+    raise ConfigError(f"unknown grader {name!r}; use 'rules' ('rules-literal': no related concepts), 'hf:MODEL' (a local judge model: alias, path or HF id) "
                      "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
                      "base URL)")
 
