@@ -51,15 +51,6 @@ def make_grader(name: str, **kwargs: Any):
                      "base URL)")
 
 
-def _model_arg(manifest: dict) -> str | None:
-    src = manifest.get("model", {}).get("source", "")
-    if src.startswith("embedded:"):
-        return src.split(":", 1)[1]
-    if src.startswith(("path:", "hub:")):
-        return src.split(":", 1)[1]
-    return manifest.get("model", {}).get("name")
-
-
 class _JudgeChooser:
     """The paper's word_choice judge prompt behind the chooser interface."""
 
@@ -88,18 +79,19 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
         g = make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl")
         from .experiments import injected_thoughts_report as rep
 
+        from .grading import calibration_store
+
         grades = rep.grade_records(records, g)
-        summary = rep.summarize(records, grades, n_layers)
+        summary = rep.summarize(records, grades, n_layers, grader_name=g.name, calibration=calibration_store.load(g.name))
         table = rep.markdown_table(summary)
         written = rep.figures(records, grades, summary, fig_dir, png=png)
     elif exp == "thoughts_vs_text":
         from .experiments import thoughts_vs_text_report as rep
 
-        if grader == "rules":
+        if grader in ("rules", "rules-literal"):
             from .grading.word_choice import EmbeddingChooser
-            from .models import load_model
 
-            chooser = EmbeddingChooser(load_model(_model_arg(manifest)))
+            chooser = EmbeddingChooser()
         else:
             chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=run / "judge_cache.jsonl"))
         grades = rep.grade(records, chooser)

@@ -51,14 +51,21 @@ def model_dir() -> Path:
 class ConceptSimilarity:
     """Cosine similarity between short texts in all-MiniLM-L6-v2 space (embeddings cached by text)."""
 
-    name = f"minilm-l6-v2"
+    name = "minilm-l6-v2"
 
     def __init__(self, folder: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
         from transformers import AutoTokenizer, BertModel
+        from transformers.utils import logging as hf_logging
 
         path = Path(folder) if folder else model_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = BertModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 90 MB local load needs no progress bar in every report
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.model = BertModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         self.device, self.batch_size = device, batch_size
         self._cache: dict[str, torch.Tensor] = {}
 
