@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 from introspect_mech.experiments import injected_thoughts_report as rep
 from introspect_mech.grading import calibrate as cal
 from introspect_mech.grading import calibration_store as cs
@@ -83,20 +85,3 @@ def test_store_round_trip_keeps_provenance(tmp_path):
     assert e["split"] == "all" and e["data_sha256"] and "commit" in e and "dirty" in e
     assert e["labels"]["affirmative"]["tp"] == 1 and cs.load("g2", out) is not None
     assert cs.load("nobody", out) is None
-
-
-_SHARED = cal.default_data_path()
-
-
-@pytest.mark.skipif(not _SHARED.is_file(), reason="shared calibration data not present")
-def test_packaged_calibration_is_what_calibrate_measures():
-    """The shipped numbers are produced by `calibrate --split test --store`, not typed: regrade and compare."""
-    from introspect_mech.grading.rules import RuleGrader
-
-    g = RuleGrader()
-    entry = cs.load(g.name)
-    assert entry is not None and entry["split"] == "test" and entry["commit"]
-    report = cal.calibrate(g, _SHARED, split="test")
-    for la in report.labels:
-        stored = entry["labels"][la.label]
-        assert (stored["tp"], stored["fp"], stored["fn"], stored["tn"]) == (la.tp, la.fp, la.fn, la.tn), la.label

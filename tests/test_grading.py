@@ -604,7 +604,17 @@ def test_rule_grader_held_out_agreement_floor():
     """Regression floor on the held-out split (measured: coherent kappa 0.83, affirmative 0.71)."""
     rows = calibrate_mod.load_labelled(_SHARED, "test")
     assert len(rows) == 629 and all(calibrate_mod.split_of(r.request.response) == "test" for r in rows)
-    rep = calibrate_mod.calibrate(RuleGrader(), _SHARED, split="test")
+    grader = RuleGrader()
+    rep = calibrate_mod.calibrate(grader, _SHARED, split="test")
+    # The numbers the Exp 1 report prints beside its rates are exactly what calibrate measures
+    # (stored by `introspect-mech calibrate --split test --store`, never typed by hand).
+    from introspect_mech.grading import calibration_store
+
+    entry = calibration_store.load(grader.name)
+    assert entry is not None and entry["split"] == "test" and entry["commit"], "run calibrate --split test --store"
+    for la in rep.labels:
+        stored = entry["labels"][la.label]
+        assert (stored["tp"], stored["fp"], stored["fn"], stored["tn"]) == (la.tp, la.fp, la.fn, la.tn), la.label
     assert rep["coherent"].kappa > 0.75
     assert rep["affirmative"].kappa > 0.6
     assert rep["before_mention"].kappa > 0.6

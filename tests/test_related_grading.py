@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 from introspect_mech.errors import ConceptError
 from introspect_mech.grading.base import GradeRequest
 from introspect_mech.grading.rules import RuleGrader, candidate_phrases, word_pattern

@@ -53,7 +53,7 @@ class ConceptSimilarity:
 
     name = "minilm-l6-v2"
 
-    def __init__(self, folder: str | Path | None = None, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(self, folder: str | Path | None = None, device: str = "cpu", batch_size: int = 128) -> None:
         from transformers import AutoTokenizer, BertModel
         from transformers.utils import logging as hf_logging
 
@@ -79,7 +79,8 @@ class ConceptSimilarity:
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Unit vectors (len(texts) x 384); texts already seen come from the cache."""
-        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        # sorted by length so that a batch pads little (most texts are one or two words)
+        todo = sorted(dict.fromkeys(t for t in texts if t not in self._cache), key=len)
         for i in range(0, len(todo), self.batch_size):
             chunk = todo[i:i + self.batch_size]
             for t, v in zip(chunk, self._encode(chunk), strict=True):
