@@ -127,20 +127,20 @@ CASES: list[Case] = [
     Case("injection vector of the wrong dimension", None, "d_model", _mismatched_vector),
     Case("Exp 3 calibration file that is empty", lambda t: E3 + [_jsonl(t, "e.jsonl")], "no rows"),
     Case("Exp 3 labelled reply without `word`", lambda t: E3 + [_jsonl(
-        t, "w.jsonl", '{"response": "Sorry.", "label": "apology"}')], "`word` is missing"),
+        t, "w.jsonl", '{"response": "Sorry.", "label": "apology"}')], "'word' is missing"),
     Case("Exp 3 label in capitals (INTENT)", lambda t: E3 + [_jsonl(
         t, "l.jsonl", '{"word": "dust", "response": "I meant it.", "label": "INTENT"}')], "label must be one of"),
     Case("Exp 3 labelled file with a line that is not JSON", lambda t: E3 + [_jsonl(t, "g.jsonl", "garbage")],
          "not valid JSON"),
     Case("Exp 3 reply that is a number", lambda t: E3 + [_jsonl(
-        t, "n.jsonl", '{"word": "dust", "response": 5, "label": "intent"}')], "`response` is int"),
+        t, "n.jsonl", '{"word": "dust", "response": 5, "label": "intent"}')], "'response' is int"),
     Case("Exp 1 calibration file that is empty", lambda t: E1 + [_jsonl(t, "e1.jsonl")], "no rows"),
     Case('Exp 1 label given as the string "false"', lambda t: E1 + [_jsonl(
         t, "s.jsonl", _E1_ROW.format(concept='"dust"', labels='{"affirmative": "false"}'))], "not true/false/null"),
     Case("Exp 1 labels given as a list", lambda t: E1 + [_jsonl(
-        t, "li.jsonl", _E1_ROW.format(concept='"dust"', labels="[true]"))], "`labels` is list"),
+        t, "li.jsonl", _E1_ROW.format(concept='"dust"', labels="[true]"))], "'labels' is list"),
     Case("Exp 1 concept given as a number", lambda t: E1 + [_jsonl(
-        t, "c.jsonl", _E1_ROW.format(concept="5", labels='{"affirmative": true}'))], "`concept` is int"),
+        t, "c.jsonl", _E1_ROW.format(concept="5", labels='{"affirmative": true}'))], "'concept' is int"),
     Case('Exp 1 concept with no letters ("/")', lambda t: E1 + [_jsonl(
         t, "sl.jsonl", _E1_ROW.format(concept='"/"', labels='{"affirmative": true}'))], "no letter or digit"),
     Case('concept word with no letters ("-") for the rule grader', None, "no letters", _word_without_letters),

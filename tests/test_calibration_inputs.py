@@ -62,9 +62,9 @@ def test_any_order_row_compares_like_with_like(tmp_path):
 @pytest.mark.parametrize(("line", "needle"), [
     ('{"response": "x", "concept": "dust", "labels": {"affirmative": "false"}}', "not true/false/null"),  # 26
     ('{"response": "x", "concept": "dust", "labels": {"affirmative": 1}}', "not true/false/null"),
-    ('{"response": "x", "concept": "dust", "labels": [true]}', "`labels` is list"),  # 27
-    ('{"response": "x", "concept": 7, "labels": {}}', "`concept` is int"),  # 27
-    ('{"response": 3, "concept": "dust", "labels": {}}', "`response` is int"),
+    ('{"response": "x", "concept": "dust", "labels": [true]}', "'labels' is list"),  # 27
+    ('{"response": "x", "concept": 7, "labels": {}}', "'concept' is int"),  # 27
+    ('{"response": 3, "concept": "dust", "labels": {}}', "'response' is int"),
     ('{"response": "x", "concept": "/", "labels": {}}', "no letter or digit"),  # 48
     ("not json", "not valid JSON"),
     ("[1, 2]", "not an object"),
@@ -94,10 +94,10 @@ def test_exp1_empty_file_and_empty_split(tmp_path):
 
 @pytest.mark.parametrize(("lines", "needle"), [
     ([], "no rows"),
-    (['{"response": "Sorry.", "label": "apology"}'], "`word` is missing"),
+    (['{"response": "Sorry.", "label": "apology"}'], "'word' is missing"),
     (['{"word": "dust", "response": "I meant it.", "label": "INTENT"}'], "label must be one of"),
     (["garbage"], "not valid JSON"),
-    (['{"word": "dust", "response": 5, "label": "intent"}'], "`response` is int"),
+    (['{"word": "dust", "response": 5, "label": "intent"}'], "'response' is int"),
 ])
 def test_exp3_bad_files_are_refused(tmp_path, lines, needle):
     """#25: each used to be a KeyError / ValueError / JSONDecodeError / AttributeError, or rc 0 on empty."""

@@ -85,8 +85,8 @@ class LabelledRow:
 
 
 def _bad(p: Path, n: int, what: str) -> ArtifactError:
-    return ArtifactError(f"{p}:{n}: {what}. Each line must be a JSON object with a string `response`, "
-                         "optional string `prompt` and `concept`, and `labels` mapping label names to true/false/null")
+    return ArtifactError(f"{p}:{n}: {what}. Each line must be a JSON object with a string 'response', "
+                         "optional string 'prompt' and 'concept', and 'labels' mapping label names to true/false/null")
 
 
 def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
@@ -115,15 +115,15 @@ def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
                 raise _bad(p, n, f"a JSON {type(d).__name__}, not an object")
             response, prompt, concept, labels = d.get("response"), d.get("prompt"), d.get("concept"), d.get("labels")
             if not isinstance(response, str):
-                raise _bad(p, n, f"`response` is {type(response).__name__}, not a string")
+                raise _bad(p, n, f"'response' is {type(response).__name__}, not a string")
             if prompt is not None and not isinstance(prompt, str):
-                raise _bad(p, n, f"`prompt` is {type(prompt).__name__}, not a string")
+                raise _bad(p, n, f"'prompt' is {type(prompt).__name__}, not a string")
             if concept is not None and not isinstance(concept, str):
-                raise _bad(p, n, f"`concept` is {type(concept).__name__}, not a string")
+                raise _bad(p, n, f"'concept' is {type(concept).__name__}, not a string")
             if isinstance(concept, str) and not any(c.isalnum() for c in concept):
-                raise _bad(p, n, f"`concept` {concept!r} has no letter or digit (no reply could name it)")
+                raise _bad(p, n, f"'concept' {concept!r} has no letter or digit (no reply could name it)")
             if not isinstance(labels, dict):
-                raise _bad(p, n, f"`labels` is {type(labels).__name__}, not an object")
+                raise _bad(p, n, f"'labels' is {type(labels).__name__}, not an object")
             for k, v in labels.items():
                 if v is not None and not isinstance(v, bool):
                     raise _bad(p, n, f"label {k!r} is {v!r}, not true/false/null")

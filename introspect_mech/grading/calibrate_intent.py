@@ -56,7 +56,7 @@ def load_intent_labels(path: str | Path | None = None, split: str = "all") -> li
     if not p.is_file():
         raise MissingFileError(f"Exp 3 labelled replies not found at {p}; pass --data PATH (JSONL with id, word, "
                                "response, label in {intent, apology, neither})")
-    fix = "each line must be a JSON object with string `word` and `response` and `label` one of " + "/".join(LABELS3)
+    fix = "each line must be a JSON object with string 'word' and 'response' and 'label' one of " + "/".join(LABELS3)
     rows, n_read = [], 0
     with p.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -70,7 +70,7 @@ def load_intent_labels(path: str | Path | None = None, split: str = "all") -> li
                 raise ArtifactError(f"{p}:{n}: a JSON {type(d).__name__}, not an object; {fix}")
             for key in ("word", "response"):
                 if not isinstance(d.get(key), str):
-                    raise ArtifactError(f"{p}:{n}: `{key}` is {'missing' if key not in d else type(d[key]).__name__}, "
+                    raise ArtifactError(f"{p}:{n}: '{key}' is {'missing' if key not in d else type(d[key]).__name__}, "
                                         f"not a string; {fix}")
             if d.get("label") not in LABELS3:
                 raise ArtifactError(f"{p}:{n}: label must be one of {LABELS3} (lowercase), got {d.get('label')!r}")
