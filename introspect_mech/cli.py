@@ -252,12 +252,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.task == "exp3-intent":
         return _calibrate_exp3(args)
-    if args.grader != "rules":
+    if args.grader not in ("rules", "rules-literal"):
         raise ConfigError("Exp 1 calibration of a judge runs through `python -m introspect_mech.grading.calibrate "
                           "--grader openai ...`; `calibrate --task exp1` scores the offline rules")
     from .grading.calibrate import main as calibrate_main
 
-    argv = ["--split", args.split] + (["--data", args.data] if args.data else []) + (["--out", args.out] if args.out else [])
+    argv = (["--split", args.split, "--grader", args.grader] + (["--data", args.data] if args.data else [])
+            + (["--out", args.out] if args.out else []) + (["--store"] if args.store else []))
     return calibrate_main(argv)
 
 
@@ -274,8 +275,9 @@ def _calibrate_exp3(args: argparse.Namespace) -> int:
         rep = ci.calibrate_intent(judge.intended, args.grader, args.data, args.split, binary=True)
     agree = ci.annotator_agreement(args.data)
     print(rep.to_markdown())
-    print(f"Annotator agreement before adjudication (all {agree['n']} rows): {agree['agreement']:.3f}, "
-          f"3-way kappa {agree['kappa_3way']:.3f}, intent kappa {agree['kappa_intent']:.3f}")
+    if agree["n"]:  # only sets with two annotators' labels (label_a, label_b) have this
+        print(f"Annotator agreement before adjudication (all {agree['n']} rows): {agree['agreement']:.3f}, "
+              f"3-way kappa {agree['kappa_3way']:.3f}, intent kappa {agree['kappa_intent']:.3f}")
     if args.out:
         atomic_write_json(Path(args.out), {**rep.to_dict(), "annotator_agreement": agree})
     return 0
@@ -379,12 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="exp1", choices=["exp1", "exp3-intent"],
                    help="exp1: the shared externally graded Exp 1 set; exp3-intent: the packaged Exp 3 labels")
     p.add_argument("--grader", default="rules",
-                   help="'rules' (offline), or for exp3-intent a judge: 'hf:MODEL' or 'openai:MODEL'")
+                   help="'rules' (offline; 'rules-literal' without the related-concept step), or for "
+                        "exp3-intent a judge: 'hf:MODEL' or 'openai:MODEL'")
     p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
     p.add_argument("--cache", default=None, help="judge verdict cache (JSONL)")
     p.add_argument("--data", default=None, help="labelled JSONL (default: the task's own set)")
     p.add_argument("--split", default="test", choices=["test", "dev", "all"])
     p.add_argument("--out", default=None)
+    p.add_argument("--store", action="store_true",
+                   help="exp1: record recall/precision in the package, where the Exp 1 report reads them")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

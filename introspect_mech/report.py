@@ -53,10 +53,10 @@ def check_grader_name(name: str) -> str:
 
 
 def make_grader(name: str, **kwargs: Any):
-    if name == "rules":
+    if name in ("rules", "rules-literal"):
         from .grading.rules import RuleGrader
 
-        return RuleGrader()
+        return RuleGrader() if name == "rules" else RuleGrader(related=None)
     if name.startswith("openai:"):
         from .grading.llm_judge import LLMJudge, OpenAIBackend
 
@@ -70,18 +70,9 @@ def make_grader(name: str, **kwargs: Any):
         judge_model = load_model(name.split(":", 1)[1])
         return LLMJudge(HFBackend(judge_model.hf, judge_model.tokenizer, id=f"hf:{judge_model.name}:{judge_model.fingerprint}"),
                         cache_path=kwargs.get("cache_path"))
-    raise ConfigError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
+    raise ConfigError(f"unknown grader {name!r}; use 'rules' ('rules-literal': no related concepts), 'hf:MODEL' (a local judge model: alias, path or HF id) "
                      "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
                      "base URL)")
-
-
-def _model_arg(manifest: dict) -> str | None:
-    src = manifest.get("model", {}).get("source", "")
-    if src.startswith("embedded:"):
-        return src.split(":", 1)[1]
-    if src.startswith(("path:", "hub:")):
-        return src.split(":", 1)[1]
-    return manifest.get("model", {}).get("name")
 
 
 class _JudgeChooser:
@@ -120,18 +111,19 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
         g = make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl")
         from .experiments import injected_thoughts_report as rep
 
+        from .grading import calibration_store
+
         grades = rep.grade_records(records, g)
-        summary = rep.summarize(records, grades, n_layers)
+        summary = rep.summarize(records, grades, n_layers, grader_name=g.name, calibration=calibration_store.load(g.name))
         table = rep.markdown_table(summary)
         written = rep.figures(records, grades, summary, fig_dir, png=png)
     elif exp == "thoughts_vs_text":
         from .experiments import thoughts_vs_text_report as rep
 
-        if grader == "rules":
+        if grader in ("rules", "rules-literal"):
             from .grading.word_choice import EmbeddingChooser
-            from .models import load_model
 
-            chooser = EmbeddingChooser(load_model(_model_arg(manifest)))
+            chooser = EmbeddingChooser()
         else:
             chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl"))
         grades = rep.grade(records, chooser)

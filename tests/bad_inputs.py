@@ -217,6 +217,21 @@ def _truncated_model(tmp: Path) -> str:
         (dst / "model.safetensors").write_bytes(f.read(1_000_000))
     return str(dst)
 
+def _jsonl(tmp: Path, name: str, *lines: str) -> str:
+    """A labelled-data file with these lines (for the calibrate cases)."""
+    (tmp / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(tmp / name)
+
+
+def _word_without_letters(tmp: Path) -> None:
+    from introspect_mech.grading.rules import word_pattern
+
+    word_pattern("-")
+
+
+E3 = ["calibrate", "--task", "exp3-intent", "--data"]
+E1 = ["calibrate", "--split", "all", "--data"]
+_E1_ROW = '{{"response": "I detect a thought about dust.", "concept": {concept}, "labels": {labels}}}'
 
 S = ["steer", "--max-new-tokens", "2"]
 R = ["run", "injected-thoughts", "--no-progress", "--max-new-tokens", "2"]
@@ -346,6 +361,25 @@ CASES: list[Case] = [
     Case("judge endpoint that fails after some answers", None, "those 3 are cached", _judge_fails_midway,
          review=(61,)),
     Case("judge URL that serves a web page, not the API", None, "not a chat completion", _judge_not_an_api),
+    Case("Exp 3 calibration file that is empty", lambda t: E3 + [_jsonl(t, "e.jsonl")], "no rows", review=(25,)),
+    Case("Exp 3 labelled reply without `word`", lambda t: E3 + [_jsonl(
+        t, "w.jsonl", '{"response": "Sorry.", "label": "apology"}')], "'word' is missing", review=(25,)),
+    Case("Exp 3 label in capitals (INTENT)", lambda t: E3 + [_jsonl(
+        t, "l.jsonl", '{"word": "dust", "response": "I meant it.", "label": "INTENT"}')], "label must be one of", review=(25,)),
+    Case("Exp 3 labelled file with a line that is not JSON", lambda t: E3 + [_jsonl(t, "g.jsonl", "garbage")],
+         "not valid JSON", review=(25,)),
+    Case("Exp 3 reply that is a number", lambda t: E3 + [_jsonl(
+        t, "n.jsonl", '{"word": "dust", "response": 5, "label": "intent"}')], "'response' is int", review=(25,)),
+    Case("Exp 1 calibration file that is empty", lambda t: E1 + [_jsonl(t, "e1.jsonl")], "no rows"),
+    Case('Exp 1 label given as the string "false"', lambda t: E1 + [_jsonl(
+        t, "s.jsonl", _E1_ROW.format(concept='"dust"', labels='{"affirmative": "false"}'))], "not true/false/null", review=(26,)),
+    Case("Exp 1 labels given as a list", lambda t: E1 + [_jsonl(
+        t, "li.jsonl", _E1_ROW.format(concept='"dust"', labels="[true]"))], "'labels' is list", review=(27,)),
+    Case("Exp 1 concept given as a number", lambda t: E1 + [_jsonl(
+        t, "c.jsonl", _E1_ROW.format(concept="5", labels='{"affirmative": true}'))], "'concept' is int", review=(27,)),
+    Case('Exp 1 concept with no letters ("/")', lambda t: E1 + [_jsonl(
+        t, "sl.jsonl", _E1_ROW.format(concept='"/"', labels='{"affirmative": true}'))], "no letter or digit", review=(48,)),
+    Case('concept word with no letters ("-") for the rule grader', None, "no letters", _word_without_letters, review=(48,)),
 ]
 
 

@@ -11,7 +11,7 @@ from introspect_mech.experiments.intentional_control import IntentionalControl, 
 from introspect_mech.experiments.prefill_intent import PrefillIntent, PrefillIntentConfig
 from introspect_mech.experiments.thoughts_vs_text import ThoughtsVsText, ThoughtsVsTextConfig, distractors
 from introspect_mech.grading.intent import classify_intent
-from introspect_mech.grading.word_choice import EmbeddingChooser
+from introspect_mech.grading.word_choice import LMEmbeddingChooser
 
 from _real import smol  # noqa: F401
 
@@ -92,7 +92,7 @@ def test_intent_classifier():
 
 
 def test_embedding_chooser(smol):
-    ch = EmbeddingChooser(smol)
+    ch = LMEmbeddingChooser(smol)  # the former offline chooser, kept for comparison (MiniLM: test_related_grading)
     words = [w.lower() for w in protocol.concept_words()]
     hits = 0
     for i, w in enumerate(words):

@@ -91,6 +91,7 @@ def test_grader_grade_delegates_to_grade_many():
 # ------------------------------------------------------------------------------------------
 
 RULES = RuleGrader()
+LITERAL = RuleGrader(related=None)
 
 # The paper's own examples from the affirmative_correct_id grader prompt, with {word} = dust.
 PAPER_YES = [
@@ -178,7 +179,9 @@ def test_rules_affirmative(text):
     ],
 )
 def test_rules_word_variants(word, text, hit):
-    g = RULES.grade(req(text, word=word))
+    # literal matching (word boundaries, plurals); "stardust" may still count as related to dust
+    # for the default grader (see tests/test_related_grading.py)
+    g = LITERAL.grade(req(text, word=word))
     assert g.correct_id is hit
     assert g.raw["mentions_word"] is hit
 
@@ -189,9 +192,10 @@ def test_word_pattern_variants():
 
 
 def test_rules_aliases_are_opt_in():
+    # literal matching only (related=None): without the alias, "soil" is not "dust"
     text = "I notice an injected thought about soil."
-    assert RULES.grade(req(text)).correct_id is False
-    assert RuleGrader(aliases={"dust": ["soil"]}).grade(req(text)).correct_id is True
+    assert RuleGrader(related=None).grade(req(text)).correct_id is False
+    assert RuleGrader(aliases={"dust": ["soil"]}, related=None).grade(req(text)).correct_id is True
 
 
 def test_rules_control_trial_without_word():
@@ -587,7 +591,7 @@ def test_calibrate_cli_writes_report(tmp_path, capsys):
     out = tmp_path / "report.json"
     assert calibrate_mod.main(["--data", str(path), "--split", "all", "--out", str(out)]) == 0
     rep = json.loads(out.read_text(encoding="utf-8"))
-    assert rep["grader"] == "rules-v1" and rep["n_rows"] == 6
+    assert rep["grader"].startswith("rules-v2") and rep["n_rows"] == 6
     assert {la["label"]: la["agreement"] for la in rep["labels"]}["affirmative"] == 1.0
     assert "| affirmative | 6 |" in capsys.readouterr().out
 
@@ -600,7 +604,17 @@ def test_rule_grader_held_out_agreement_floor():
     """Regression floor on the held-out split (measured: coherent kappa 0.83, affirmative 0.71)."""
     rows = calibrate_mod.load_labelled(_SHARED, "test")
     assert len(rows) == 629 and all(calibrate_mod.split_of(r.request.response) == "test" for r in rows)
-    rep = calibrate_mod.calibrate(RuleGrader(), _SHARED, split="test")
+    grader = RuleGrader()
+    rep = calibrate_mod.calibrate(grader, _SHARED, split="test")
+    # The numbers the Exp 1 report prints beside its rates are exactly what calibrate measures
+    # (stored by `introspect-mech calibrate --split test --store`, never typed by hand).
+    from introspect_mech.grading import calibration_store
+
+    entry = calibration_store.load(grader.name)
+    assert entry is not None and entry["split"] == "test" and entry["commit"], "run calibrate --split test --store"
+    for la in rep.labels:
+        stored = entry["labels"][la.label]
+        assert (stored["tp"], stored["fp"], stored["fn"], stored["tn"]) == (la.tp, la.fp, la.fn, la.tn), la.label
     assert rep["coherent"].kappa > 0.75
     assert rep["affirmative"].kappa > 0.6
     assert rep["before_mention"].kappa > 0.6

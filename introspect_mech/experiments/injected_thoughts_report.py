@@ -111,13 +111,16 @@ def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int 
 def _held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> dict:
     """Choose the best (layer, strength) on one half of the concepts, read success on the other half."""
     per: dict[tuple, list[list[bool]]] = defaultdict(lambda: [[], []])
+    aff: dict[tuple, list[list[bool]]] = defaultdict(lambda: [[], []])
     for r, g in zip(records, grades):
         if r["condition"] == "injected" and g.success is not None:
             per[(r["layer"], r["strength"])][_fold(r["concept"])].append(bool(g.success))
+        if r["condition"] == "injected" and g.affirmative is not None:
+            aff[(r["layer"], r["strength"])][_fold(r["concept"])].append(bool(g.affirmative))
     if not per:
         return {}
     folds = []
-    pooled_k = pooled_n = 0
+    pooled_k = pooled_n = aff_k = aff_n = 0
     for sel in (0, 1):
         ev = 1 - sel
 
@@ -130,15 +133,45 @@ def _held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> di
         rate = Rate.from_bools(vals)
         pooled_k += rate.k
         pooled_n += rate.n
+        held_aff = Rate.from_bools(aff[best][ev])
+        aff_k += held_aff.k
+        aff_n += held_aff.n
         folds.append({"selected_on_fold": sel, "best_layer": best[0], "best_strength": best[1],
                       "selection_success": asdict(Rate.from_bools(per[best][sel])),
                       "held_out_success": asdict(rate)})
     pooled = Rate.of(pooled_k, pooled_n)
+    pooled_aff = Rate.of(aff_k, aff_n)
     return {"folds": folds, "pooled_held_out_success": asdict(pooled),
-            "pooled_net_detection": asdict(net_detection(pooled, fp)) if fp.n else None}
+            "pooled_net_detection": asdict(net_detection(pooled, fp)) if fp.n else None,
+            # detection claims alone (no identification), net of the same false positives: the
+            # number that does not depend on the grader's weak identification step
+            "pooled_held_out_affirmative": asdict(pooled_aff),
+            "pooled_net_affirmative": asdict(net_detection(pooled_aff, fp)) if fp.n and aff_n else None}
 
 
-def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int | None) -> dict:
+def grader_quality(grader_name: str | None, calibration: dict | None) -> dict:
+    """Recall and precision of the grader behind the success and affirmative rates (from the stored
+    calibration; see grading/calibration_store.py), and whether it is the offline rule grader."""
+    from ..grading import calibration_store as cs
+
+    out: dict[str, Any] = {"grader": grader_name, "offline": bool(grader_name and grader_name.startswith("rules")),
+                           "calibrated": calibration is not None}
+    if calibration is not None:
+        out["source"] = cs.describe(calibration)
+        for key, label in (("success", cs.SUCCESS_LABEL), ("success_any_order", cs.SUCCESS_ANY_ORDER_LABEL),
+                           ("affirmative", cs.AFFIRMATIVE_LABEL)):
+            q = cs.Quality.of(calibration, label)
+            out[key] = None if q is None else {"label": label, "recall": asdict(q.recall),
+                                               "precision": asdict(q.precision), "kappa": q.kappa, "text": q.short()}
+    return out
+
+
+def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int | None,
+              grader_name: str | None = None, calibration: dict | None = None) -> dict:
+    """Every rate of Exp 1, with the grader's measured recall and precision beside them.
+
+    `calibration` is the grader's stored calibration entry (`calibration_store.load(name)`), or
+    None when the grader was never calibrated (the summary then says so)."""
     rows = _cell_rows(records, grades, n_layers)
     control = [g for r, g in zip(records, grades) if r["condition"] == "control"]
     fp = Rate.from_bools(g.affirmative for g in control)
@@ -147,8 +180,9 @@ def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int |
                        "success_vs_assigned_word": _rate(g.success for g in control)}
     for row in rows:
         if row["condition"] == "injected" and fp.n:
-            s = row["success"]
+            s, a = row["success"], row["affirmative"]
             row["net_detection"] = asdict(net_detection(Rate.of(s["k"], s["n"]), fp))
+            row["net_affirmative"] = asdict(net_detection(Rate.of(a["k"], a["n"]), fp))
     injected = [r for r in rows if r["condition"] == "injected"]
     best_in_sample = max(injected, key=lambda r: (r["success"]["rate"] if r["success"]["n"] else -1), default=None)
     return {
@@ -162,6 +196,7 @@ def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int |
         "held_out": _held_out(records, grades, fp),
         "best_in_sample": ({k: best_in_sample[k] for k in ("layer", "strength", "depth", "success")}
                            if best_in_sample else None),
+        "grader_quality": grader_quality(grader_name, calibration),
     }
 
 
@@ -171,13 +206,46 @@ def _fmt(rate: dict | None) -> str:
     return f"{rate['rate']:.2f} [{rate['lo']:.2f}, {rate['hi']:.2f}] ({rate['k']}/{rate['n']})"
 
 
+def _diff(d: dict | None) -> str:
+    return "–" if not d else f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+
+
+def quality_lines(q: dict | None) -> list[str]:
+    """The grader's measured recall and precision, and a warning when the offline grader makes a success rate."""
+    if not q:
+        return []
+    if not q.get("calibrated"):
+        lines = [f"Grader `{q.get('grader')}` has no stored calibration: the recall and precision of these rates "
+                 "are unmeasured (run `introspect-mech calibrate --split test --store`)."]
+    else:
+        lines = [f"Grader `{q['grader']}`, measured against reference labels ({q['source']}): "
+                 f"success {q['success']['text'] if q.get('success') else '–'} "
+                 f"(reference: affirmative ∧ detection before the word ∧ correct id); "
+                 f"affirmative {q['affirmative']['text'] if q.get('affirmative') else '–'}."]
+    if q.get("offline"):
+        rec = (q.get("success") or {}).get("recall")
+        anyo = (q.get("success_any_order") or {}).get("recall")
+        lines.append(
+            "WARNING: the success rates below come from the offline rule grader"
+            + (f", whose measured recall for the paper's success label is {rec['k']}/{rec['n']}"
+               f" ({anyo['k']}/{anyo['n']} against the reference's success in any order)" if rec and anyo else
+               ", whose recall for the paper's success label is unmeasured")
+            + ": a low success rate is weak evidence that the model does not identify the thought. "
+            "Read net detection (affirmative − false positives), or grade with the paper's judge "
+            "(--grader hf:MODEL / openai:MODEL).")
+    return lines
+
+
 def markdown_table(summary: dict) -> str:
-    """The README table: injected cells next to their controls."""
+    """The README table: injected cells next to their controls, with the grader's measured quality."""
     cells = summary["cells"]
     by = {(r["condition"], r["layer"], r["strength"]): r for r in cells}
-    lines = ["| layer (depth) | strength | dose | success | affirmative | coherent | random vec. affirm. | "
-             "negated affirm. | scaling affirm. | yes-bias 'yes' |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = quality_lines(summary.get("grader_quality"))
+    if lines:
+        lines.append("")
+    lines += ["| layer (depth) | strength | dose | success | affirmative | net affirm. (− FP) | coherent | "
+              "random vec. affirm. | negated affirm. | scaling affirm. | yes-bias 'yes' |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (c for c in cells if c["condition"] == "injected"):
         k = (r["layer"], r["strength"])
         def other(cond, metric="affirmative"):
@@ -185,7 +253,8 @@ def markdown_table(summary: dict) -> str:
             return _fmt(o[metric]) if o else "–"
         lines.append(
             f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | "
-            f"{(r['mean_dose'] or 0):.2f} | {_fmt(r['success'])} | {_fmt(r['affirmative'])} | {_fmt(r['coherent'])} | "
+            f"{(r['mean_dose'] or 0):.2f} | {_fmt(r['success'])} | {_fmt(r['affirmative'])} | "
+            f"{_diff(r.get('net_affirmative'))} | {_fmt(r['coherent'])} | "
             f"{other('random_vector')} | {other('negated')} | {other('scaling')} | {other('yes_bias', 'says_yes')} |")
     c = summary["control"]
     lines.append("")
@@ -202,10 +271,25 @@ def markdown_table(summary: dict) -> str:
             f"(layer {f[0]['best_layer']}/strength {f[0]['best_strength']:g} and layer {f[1]['best_layer']}/"
             f"strength {f[1]['best_strength']:g}); success on the other half, pooled: "
             f"{_fmt(ho['pooled_held_out_success'])}"
-            + (f"; net of false positives: {ho['pooled_net_detection']['estimate']:+.2f} "
-               f"[{ho['pooled_net_detection']['lo']:+.2f}, {ho['pooled_net_detection']['hi']:+.2f}]."
-               if ho.get("pooled_net_detection") else "."))
+            + (f"; net of false positives: {_diff(ho['pooled_net_detection'])}" if ho.get("pooled_net_detection") else "")
+            + (f". Net detection on the same held-out trials: affirmative {_fmt(ho['pooled_held_out_affirmative'])}"
+               f" − false positives = {_diff(ho['pooled_net_affirmative'])}." if ho.get("pooled_net_affirmative") else "."))
+        q = summary.get("grader_quality") or {}
+        if q.get("success"):
+            lines.append(f"Success grader quality: {q['success']['text']}.")
     return "\n".join(lines)
+
+
+def figure_note(q: dict | None) -> dict[str, str]:
+    """A second title line per metric: the grader's measured recall and precision (or that it is unmeasured)."""
+    out = {"success": "", "affirmative": ""}
+    if not q:
+        return out
+    for key in out:
+        m = q.get(key)
+        out[key] = (f"<br><sup>grader {q['grader']}: {m['text']}</sup>" if m else
+                    f"<br><sup>grader {q['grader']}: recall and precision not measured</sup>")
+    return out
 
 
 def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, out_dir: Path, png: bool = True) -> dict:
@@ -216,11 +300,12 @@ def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, ou
     inj = [r for r in cells if r["condition"] == "injected"]
     fp = summary["control"]["false_positive"]
     written = {}
+    quality = figure_note(summary.get("grader_quality"))
     written["success_vs_layer"] = plots.save_figure(plots.rate_vs_layer(
-        inj, metric="success", title="Exp 1: detected and correctly identified (coherent) vs layer",
+        inj, metric="success", title="Exp 1: detected and correctly identified (coherent) vs layer" + quality["success"],
         baseline=fp, baseline_label="false positives (control)"), out_dir / "exp1_success_vs_layer", png=png)
     written["affirmative_vs_layer"] = plots.save_figure(plots.rate_vs_layer(
-        inj, metric="affirmative", title="Exp 1: claims to detect an injected thought vs layer",
+        inj, metric="affirmative", title="Exp 1: claims to detect an injected thought vs layer" + quality["affirmative"],
         baseline=fp, baseline_label="false positives (control)"), out_dir / "exp1_affirmative_vs_layer", png=png)
     ctl = [r for r in cells if r["condition"] in INJECTED_LIKE]
     written["controls_vs_layer"] = plots.save_figure(plots.facets_vs_layer(
@@ -228,7 +313,7 @@ def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, ou
         title="Exp 1 controls: affirmative rate vs layer — concept vs random / negated / scaling (95% CI)",
         baseline=fp, baseline_label="no injection"), out_dir / "exp1_controls_vs_layer", png=png, width=1200)
     written["heatmap"] = plots.save_figure(plots.heatmap(
-        inj, metric="success", title="Exp 1: success rate, layer × strength (95% CI)"),
+        inj, metric="success", title="Exp 1: success rate, layer × strength (95% CI)" + quality["success"]),
         out_dir / "exp1_success_heatmap", png=png)
     cats = [r for r in summary["by_category"]]
     pooled: dict[str, list[bool]] = defaultdict(list)
@@ -241,7 +326,8 @@ def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, ou
         cat_rows.append({"category": cat, "success": _rate(g.success for _, g in rs),
                          "affirmative": _rate(g.affirmative for _, g in rs)})
     fig = plots.bars_with_ci([dict(r, metric="success", value=r["success"]) for r in cat_rows], label="category",
-                             metric="success", title="Exp 1: success by concept category (all layers and strengths)")
+                             metric="success",
+                             title="Exp 1: success by concept category (all layers and strengths)" + quality["success"])
     fig.add_trace(plots.go.Bar(x=[r["category"] for r in cat_rows], y=[r["affirmative"]["rate"] for r in cat_rows],
                                name="affirmative", marker_color=plots.PALETTE[1]))
     written["by_category"] = plots.save_figure(fig, out_dir / "exp1_by_category", png=png)

@@ -9,17 +9,28 @@ Split: a fixed split by the SHA-256 of the response text (odd first byte -> "tes
 duplicate responses (968 unique of 1,310) always fall on the same side. The rule grader was
 tuned on "dev" only; "test" is the held-out figure to report.
 
-Label mapping (the source's `correct_id` is NOT conditional on `affirmative`):
+Label mapping (the source's `correct_id` is NOT conditional on `affirmative`, and the source
+judge does not apply the paper's order rule to it: "Justice." is affirmative and correct there):
 - correct_id: source correct_id vs our unconditional identification (`raw["identifies_word"]`,
   or `thinking_about_word` for graders without it).
 - correct_id|affirmative: source (affirmative AND correct_id) vs our `correct_id`, which is the
-  paper's affirmative_correct_id. A missing source correct_id counts as False when the source
-  affirmative is False (the conjunction is then False regardless), and is skipped otherwise.
+  paper's affirmative_correct_id (order rule included). A missing source correct_id counts as
+  False when the source affirmative is False (the conjunction is then False regardless), and is
+  skipped otherwise.
+- correct_id|affirmative,any_order: the same reference vs our affirmative AND identification in
+  any order -- the like-for-like comparison for the identification step itself.
 - correct_id|affirmative,before_mention: source (affirmative AND before_mention AND correct_id)
   vs our `correct_id` -- the closest reference to the paper's rule, which also requires the
-  detection claim to come no later than the word.
+  detection claim to come no later than the word. This is the row behind the Exp 1 success rate.
+- affirmative_correct_id: a single success label (e.g. a judge run with the paper's
+  affirmative_correct_id prompt) vs our `correct_id`.
+Rows whose reference has no value for a label are skipped for it; labels no row has are left out.
 
-Usage: python -m introspect_mech.grading.calibrate [--data PATH] [--split test|dev|all] [--out report.json]
+Input: one JSON object a line with `response` (string), `labels` (an object whose values are
+true, false or null -- strings such as "false" are refused, not read as True), optional
+`prompt` (string) and `concept` (string with a letter or digit, or null), optional `id`.
+
+Usage: python -m introspect_mech.grading.calibrate [--data PATH] [--split test|dev|all] [--out report.json] [--store]
 """
 
 from __future__ import annotations
@@ -35,14 +46,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingFileError
+from ..errors import ArtifactError, ConfigError, IntrospectError, MissingFileError
 from ..stats import Confusion
 from .base import Grader, GradeRequest, Grades
 
 DATA_ENV = "INTROSPECT_GRADING_DATA"
 DATA_RELATIVE = Path("shared/eval/grading/allied_llama31_claude-sonnet-4.jsonl")
 DEFAULT_LABELS = ("coherent", "affirmative", "correct_id", "correct_id|affirmative",
-                  "correct_id|affirmative,before_mention", "before_mention")
+                  "correct_id|affirmative,any_order", "correct_id|affirmative,before_mention", "before_mention",
+                  "affirmative_correct_id")
 SPLITS = ("test", "dev", "all")
 
 
@@ -72,37 +84,70 @@ class LabelledRow:
     labels: dict[str, bool]
 
 
+def _bad(p: Path, n: int, what: str) -> ArtifactError:
+    return ArtifactError(f"{p}:{n}: {what}. Each line must be a JSON object with a string 'response', "
+                         "optional string 'prompt' and 'concept', and 'labels' mapping label names to true/false/null")
+
+
 def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
-    """Read the labelled JSONL (fields: id, prompt, response, concept, labels)."""
+    """Read the labelled JSONL (fields: id, prompt, response, concept, labels), validating every line.
+
+    Why strict: a label "false" (a string) would be truthy, and a calibration that silently reads
+    it as True reports agreement with a reference that says the opposite."""
     p = Path(path)
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     if not p.is_file():
         raise MissingFileError(
             f"calibration data not found at {p}. Pass --data PATH (or set ${DATA_ENV}); the "
             f"shared copy lives at <workspace>/{DATA_RELATIVE}, beside the repository."
         )
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rows = []
+    rows, n_read = [], 0
     with p.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
+        for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            d = json.loads(line)
-            response = d.get("response") or ""
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise _bad(p, n, f"not valid JSON ({exc.msg})") from None
+            if not isinstance(d, dict):
+                raise _bad(p, n, f"a JSON {type(d).__name__}, not an object")
+            response, prompt, concept, labels = d.get("response"), d.get("prompt"), d.get("concept"), d.get("labels")
+            if not isinstance(response, str):
+                raise _bad(p, n, f"'response' is {type(response).__name__}, not a string")
+            if prompt is not None and not isinstance(prompt, str):
+                raise _bad(p, n, f"'prompt' is {type(prompt).__name__}, not a string")
+            if concept is not None and not isinstance(concept, str):
+                raise _bad(p, n, f"'concept' is {type(concept).__name__}, not a string")
+            if isinstance(concept, str) and not any(c.isalnum() for c in concept):
+                raise _bad(p, n, f"'concept' {concept!r} has no letter or digit (no reply could name it)")
+            if not isinstance(labels, dict):
+                raise _bad(p, n, f"'labels' is {type(labels).__name__}, not an object")
+            for k, v in labels.items():
+                if v is not None and not isinstance(v, bool):
+                    raise _bad(p, n, f"label {k!r} is {v!r}, not true/false/null")
+            n_read += 1
             if split != "all" and split_of(response) != split:
                 continue
-            concept = d.get("concept")
-            req = GradeRequest(prompt=d.get("prompt") or "", response=response,
-                               word=concept.lower() if concept else None)
-            labels = {k: bool(v) for k, v in (d.get("labels") or {}).items() if v is not None}
-            rows.append(LabelledRow(id=str(d.get("id", i)), request=req, labels=labels))
+            req = GradeRequest(prompt=prompt or "", response=response, word=concept.lower() if concept else None)
+            rows.append(LabelledRow(id=str(d.get("id", n)), request=req,
+                                    labels={k: v for k, v in labels.items() if v is not None}))
+    if not n_read:
+        raise ArtifactError(f"{p} has no rows: nothing to calibrate against (one JSON object a line)")
+    if not rows:
+        raise ArtifactError(f"{p}: none of its {n_read} rows is in split {split!r}; use --split all")
     return rows
+
+
+ANY_ORDER = "any_order"
 
 
 def _gold(label: str, labels: dict[str, bool]) -> bool | None:
     if label.startswith("correct_id|"):
         # A conjunction: False as soon as one known conjunct is False, unknown if one is missing.
-        conjuncts = [labels.get(c) for c in label.split("|", 1)[1].split(",")] + [labels.get("correct_id")]
+        names = [c for c in label.split("|", 1)[1].split(",") if c != ANY_ORDER] + ["correct_id"]
+        conjuncts = [labels.get(c) for c in names]
         if any(c is False for c in conjuncts):
             return False
         if any(c is None for c in conjuncts):
@@ -111,10 +156,19 @@ def _gold(label: str, labels: dict[str, bool]) -> bool | None:
     return labels.get(label)
 
 
+def _identifies(g: Grades) -> bool | None:
+    return g.raw.get("identifies_word", g.thinking_about_word)
+
+
 def _ours(label: str, g: Grades) -> bool | None:
     if label == "correct_id":
-        return g.raw.get("identifies_word", g.thinking_about_word)
-    if label.startswith("correct_id|"):
+        return _identifies(g)
+    if label == f"correct_id|affirmative,{ANY_ORDER}":
+        ident = _identifies(g)
+        if g.affirmative is False or ident is False:
+            return False
+        return None if g.affirmative is None or ident is None else True
+    if label.startswith("correct_id|") or label == "affirmative_correct_id":
         return g.correct_id
     if label == "refusal":
         return g.raw.get("denial")
@@ -211,15 +265,17 @@ def calibrate(
     report = CalibrationReport(grader=grader.name, data=str(path), split=split, n_rows=len(rows))
     for label in labels:
         pairs = [(_ours(label, g), _gold(label, r.labels)) for r, g in zip(rows, grades, strict=True)]
+        if all(gold is None for _, gold in pairs):
+            continue  # the data have no such label (e.g. a set labelled only affirmative_correct_id)
         report.labels.append(_agreement(label, pairs))
     return report
 
 
 def _make_grader(args: argparse.Namespace) -> Grader:
-    if args.grader == "rules":
+    if args.grader in ("rules", "rules-literal"):
         from .rules import RuleGrader
 
-        return RuleGrader()
+        return RuleGrader() if args.grader == "rules" else RuleGrader(related=None)
     from .llm_judge import LLMJudge, OpenAIBackend
 
     if not (args.base_url and args.model):
@@ -234,7 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=None, help=f"labelled JSONL (default: ../{DATA_RELATIVE})")
     ap.add_argument("--split", choices=SPLITS, default="test")
     ap.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
-    ap.add_argument("--grader", choices=("rules", "openai"), default="rules")
+    ap.add_argument("--grader", choices=("rules", "rules-literal", "openai"), default="rules",
+                    help="rules: the offline grader (related concepts by embedding); rules-literal: the word "
+                         "and its plural only (no model)")
+    ap.add_argument("--store", action="store_true",
+                    help="also record the result in the package (grading/data/grader_calibration.json), "
+                         "where the Exp 1 report reads the grader's recall and precision")
     ap.add_argument("--base-url", default=None)
     ap.add_argument("--model", default=None)
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
@@ -243,12 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = calibrate(_make_grader(args), args.data, split=args.split,
                            progress=lambda m: print(m, file=sys.stderr))
-    except FileNotFoundError as e:
+    except IntrospectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.to_markdown())
     if args.out:
         args.out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if args.store:
+        from . import calibration_store
+
+        print(f"stored in {calibration_store.store(report)}", file=sys.stderr)
     return 0
 
 

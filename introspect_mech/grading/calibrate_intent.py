@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingFileError
+from ..errors import ArtifactError, ConfigError, MissingFileError
 from ..stats import Confusion, wilson_interval
 from .calibrate import SPLITS, CalibrationReport, _agreement, split_of
 from .intent import classify_intent
@@ -49,23 +49,39 @@ def default_intent_data() -> Path:
 
 
 def load_intent_labels(path: str | Path | None = None, split: str = "all") -> list[IntentRow]:
+    """Read and validate the labelled replies; a bad line is a one-line error naming the line."""
     p = Path(path) if path else default_intent_data()
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {SPLITS}, got {split!r}")
     if not p.is_file():
         raise MissingFileError(f"Exp 3 labelled replies not found at {p}; pass --data PATH (JSONL with id, word, "
                                "response, label in {intent, apology, neither})")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    rows = []
+    fix = "each line must be a JSON object with string 'word' and 'response' and 'label' one of " + "/".join(LABELS3)
+    rows, n_read = [], 0
     with p.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            d = json.loads(line)
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ArtifactError(f"{p}:{n}: not valid JSON ({exc.msg}); {fix}") from None
+            if not isinstance(d, dict):
+                raise ArtifactError(f"{p}:{n}: a JSON {type(d).__name__}, not an object; {fix}")
+            for key in ("word", "response"):
+                if not isinstance(d.get(key), str):
+                    raise ArtifactError(f"{p}:{n}: '{key}' is {'missing' if key not in d else type(d[key]).__name__}, "
+                                        f"not a string; {fix}")
             if d.get("label") not in LABELS3:
-                raise ValueError(f"{p}:{n}: label must be one of {LABELS3}, got {d.get('label')!r}")
+                raise ArtifactError(f"{p}:{n}: label must be one of {LABELS3} (lowercase), got {d.get('label')!r}")
+            n_read += 1
             if split != "all" and split_of(d["response"]) != split:
                 continue
             rows.append(IntentRow(str(d.get("id", n)), d["word"], d["response"], d["label"]))
+    if not n_read:
+        raise ArtifactError(f"{p} has no rows: nothing to calibrate against ({fix})")
+    if not rows:
+        raise ArtifactError(f"{p}: none of its {n_read} rows is in split {split!r}; use --split all")
     return rows
 
 
