@@ -197,6 +197,7 @@ def test_every_html_file_of_the_run_escapes_the_payloads(reports, exp):
 @browser
 @pytest.mark.parametrize("exp", sorted(REACHES))
 def test_no_payload_runs_and_every_figure_renders(reports, exp):
+    """Cases 55-57: payloads in replies, categories, model names/paths and compared runs run no script."""
     page = reports[exp]
     n_figs = page.read_text(encoding="utf-8").count("class='fig'")
     assert n_figs >= 1

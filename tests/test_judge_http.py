@@ -110,6 +110,7 @@ def backend(url: str, **kw) -> OpenAIBackend:
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_a_redirect_is_refused_and_the_key_never_reaches_the_other_origin(servers, tmp_path, status):
+    """Case 60: no redirect is followed; the other origin never sees the key; nothing is cached."""
     other = servers(answer_yes)  # another origin (port) that would happily answer YES
 
     def redirect(index, h):
@@ -137,6 +138,7 @@ def test_a_redirect_is_refused_and_the_key_never_reaches_the_other_origin(server
 
 
 def test_a_failure_after_n_answers_keeps_the_n_verdicts_and_the_rerun_asks_only_the_rest(servers, tmp_path):
+    """Cases 58, 59, 61: paid verdicts survive a failure, a re-run asks only for the rest, the key is nowhere."""
     good = 7
 
     def flaky(index, h):

@@ -22,6 +22,8 @@ from introspect_mech.runner import run_sweep
 
 from test_decode_compact import TinySweep, _records
 
+from _real import smol  # noqa: F401
+
 TESTS = Path(__file__).parent
 REVIEW_CASES = range(1, 62)
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -31,14 +33,10 @@ KW = dict(batch_size=3, temperature=1.0, seed=5, progress=False)
 def _cases_named_in(text: str) -> set[int]:
     """Case numbers named as 'Case 9', 'Cases 3-4', 'Cases 8, 10', 'case 46' or review=(31,) / review=(12, 13)."""
     found: set[int] = set()
-    for m in re.finditer(r"[Cc]ases? ((?:\d+(?:\s*[-–]\s*\d+)?(?:,\s*|\s+and\s+)?)+)", text):
-        for part in re.split(r",\s*|\s+and\s+", m.group(1)):
-            part = part.strip()
-            if not part:
-                continue
-            a, _, b = re.split(r"\s*([-–])\s*", part) + [None, None] if "-" in part or "–" in part else (part, None, None)
-            lo, hi = int(a), int(b) if b else int(a)
-            found.update(range(lo, hi + 1))
+    for m in re.finditer(r"[Cc]ases? (\d+(?:\s*(?:[-–,]|and)\s*\d+)*)", text):
+        for part in re.split(r"\s*(?:,|and)\s*", m.group(1)):
+            lo, _, hi = re.sub(r"\s", "", part).replace("–", "-").partition("-")
+            found.update(range(int(lo), int(hi or lo) + 1))
     for m in re.finditer(r"review=\(([\d,\s]+)\)", text):
         found.update(int(x) for x in m.group(1).replace(" ", "").split(",") if x)
     return found
@@ -131,15 +129,42 @@ def test_vectors_with_dots_in_the_name_are_two_files(tmp_path):
     assert ConceptVectors.load(tmp_path / "run.v2.safetensors").words == ["origami"]
 
 
-def test_package_has_no_unsafe_calls():
+def _unsafe_calls(path: Path) -> list[str]:
+    """Calls that load pickles, run code from strings or shells, or turn on remote model code."""
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f"{getattr(f.value, 'id', '?')}.{f.attr}" if isinstance(
+            f, ast.Attribute) else "?"
+        kw = {k.arg: k.value for k in node.keywords}
+        true = lambda k: isinstance(kw.get(k), ast.Constant) and kw[k].value is True  # noqa: E731
+        weights_only = true("weights_only")
+        if name in ("eval", "exec", "os.system", "pickle.load", "pickle.loads", "yaml.load") \
+                or (name == "torch.load" and not weights_only) or true("shell") or true("allow_pickle") \
+                or true("trust_remote_code"):
+            hits.append(f"{path.name}:{node.lineno} {name}")
+    for node in ast.walk(ast.parse(path.read_text())):  # a default of trust_remote_code=True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+            defaults = node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+            for a, d in zip(args, defaults):
+                if a.arg == "trust_remote_code" and isinstance(d, ast.Constant) and d.value is True:
+                    hits.append(f"{path.name}:{node.lineno} default trust_remote_code=True")
+    return hits
+
+
+def test_package_has_no_unsafe_calls(tmp_path):
     """Case 54: no pickle loading, eval/exec, shell=True, os.system, unsafe yaml, allow_pickle or remote code on."""
     root = TESTS.parent
-    bad = re.compile(r"\bpickle\.load|torch\.load\(|\beval\(|\bexec\(|shell=True|os\.system\(|yaml\.load\(|"
-                     r"allow_pickle=True|trust_remote_code=True")
-    hits = [f"{p.relative_to(root)}:{i}" for p in list((root / "introspect_mech").rglob("*.py"))
-            + list((root / "analyses").rglob("*.py"))
-            for i, line in enumerate(p.read_text().splitlines(), 1) if bad.search(line)]
+    files = list((root / "introspect_mech").rglob("*.py")) + list((root / "analyses").rglob("*.py"))
+    hits = [h for p in files for h in _unsafe_calls(p)]
     assert not hits, hits
+    planted = tmp_path / "planted.py"  # the scan itself can find each kind
+    planted.write_text("import os, torch, subprocess\neval('1')\ntorch.load('x')\nsubprocess.run('ls', shell=True)\n"
+                       "f(trust_remote_code=True)\ndef g(trust_remote_code=True): pass\n")
+    assert len(_unsafe_calls(planted)) == 5
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,7 +194,7 @@ def test_report_ignores_a_nul_tail_and_handles_a_huge_response(tmp_path):
     response is reported without truncation."""
     from introspect_mech.report import write_report
 
-    huge = "dust " * 400_000  # 2 MB
+    huge = "dust " * 400_000  # 2 MB (graded on its first 20,000 characters, shown whole)
     recs = [_exp1(0), _exp1(1, response=huge), _exp1(2, "control", "No."), _exp1(3, "control", "No, nothing.")]
     run = _write_run(tmp_path / "run", recs, tail=b"\x00" * 8)
     before = (run / "results.jsonl").read_bytes()
@@ -206,22 +231,22 @@ def test_report_on_a_read_only_run_writes_elsewhere(tmp_path, monkeypatch):
     assert not writes and sorted(p.name for p in run.iterdir()) == ["manifest.json", "results.jsonl"]
 
 
-@pytest.mark.parametrize("concepts", ["🦄,../../etc/passwd,/,-,Ωmega"])
-def test_odd_concept_names_build_no_paths(tiny_model_of, tmp_path, concepts):
+@pytest.mark.integration
+def test_odd_concept_names_build_no_paths(smol, tmp_path):
     """Case 47: concept names with slashes, dots and emoji are data, never parts of a file path."""
     from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
     from introspect_mech.report import write_report
 
-    m = tiny_model_of("llama")
-    cfg = InjectedThoughtsConfig(layers=[1], strengths=[2.0], concepts=concepts, controls=("control",),
-                                 control_trials=2, max_new_tokens=3)
+    cfg = InjectedThoughtsConfig(layers=[0.5], strengths=[2.0], concepts="🦄,../../etc/passwd,/,-,Ωmega",
+                                 controls=("control",), control_trials=2, max_new_tokens=2)
     before = set(tmp_path.parent.iterdir())
     out = tmp_path / "run"
-    run_sweep(InjectedThoughts(m, cfg), m, out, **KW)
+    run_sweep(InjectedThoughts(smol, cfg), smol, out, **KW)
     write_report(out, png=False)
     assert set(tmp_path.parent.iterdir()) == before
     names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
     assert not any("passwd" in n or "🦄" in n or "Ωmega" in n for n in names)
+    assert "ωmega" in (out / "report.html").read_text()  # concepts are stored lower-cased
 
 
 def test_report_refuses_records_that_are_not_the_manifest_experiment(tmp_path):

@@ -31,6 +31,7 @@ def read(out: Path) -> list[dict]:
 
 
 def test_sigkill_then_resume(tmp_path):
+    """Case 2: SIGKILL mid-sweep, then resume: nothing lost or duplicated, equal to an uninterrupted run."""
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240

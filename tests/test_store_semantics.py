@@ -117,7 +117,7 @@ def test_one_writer_at_a_time_and_the_lock_dies_with_its_holder(tmp_path):
 
 
 def test_two_sweeps_into_one_folder(tiny_model_of, tmp_path):
-    """Case 8: while one sweep holds the folder, another one is refused and writes nothing."""
+    """Cases 8, 10: while one sweep holds the folder, another one (same or other settings) is refused."""
     m = tiny_model_of("llama")
     out = tmp_path / "run"
     with RunLock(out):

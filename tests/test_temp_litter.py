@@ -54,6 +54,7 @@ def _dot_files(folder: Path) -> list[str]:
 
 
 def test_png_temp_left_by_a_killed_report_is_removed_by_the_next_write(tmp_path):
+    """Case 5: a report killed while exporting a PNG leaves a temp file; the next write removes it."""
     target = tmp_path / "figures" / "exp1_success.png"
     w = Writer(f"""
         from pathlib import Path
@@ -135,6 +136,7 @@ def fake_embedded(tmp_path, monkeypatch):
 
 
 def test_export_folders_left_by_a_killed_export_are_removed_on_the_next_load(tmp_path, fake_embedded):
+    """Case 6: export folders of a killed first load are removed by the next load."""
     final = models.export_embedded("fake-model")
     models_dir = final.parent
     w = Writer(f"""
@@ -160,6 +162,7 @@ def test_export_folders_left_by_a_killed_export_are_removed_on_the_next_load(tmp
 
 
 def test_a_truncated_cached_export_is_exported_again(fake_embedded):
+    """Case 7: a truncated cached model.safetensors is exported again, not a traceback."""
     final = models.export_embedded("fake-model")
     weights = final / "model.safetensors"
     assert models.safetensors_problem(weights) is None

@@ -465,6 +465,9 @@ def coherence_problems(text: str) -> list[str]:
     return problems
 
 
+MAX_GRADED_CHARS = 20_000  # ~4,000 tokens; far beyond any reply the protocol asks for
+
+
 @dataclass
 class RuleGrader(Grader):
     """Transparent regex grader with an embedding step for "a closely related concept".
@@ -489,7 +492,9 @@ class RuleGrader(Grader):
         return [self._grade(r) for r in requests]
 
     def _grade(self, req: GradeRequest) -> Grades:
-        text = req.response
+        # Only the head of a reply is graded: the paper grades 100-token replies, and a runaway multi-MB reply
+        # (a broken or edited record) must not stall a report. The whole reply is still stored and shown.
+        text = req.response[:MAX_GRADED_CHARS]
         problems = coherence_problems(text)
         claims = find_claims(text)
         affirmative = bool(claims)
