@@ -18,6 +18,7 @@ from .interventions import DirectionAblation, HeadAblation, MLPAblation, Residua
 from .models import DEFAULT_MODEL, Model, load_model, wrap
 from .prompts import RenderedPrompt, Turn, encode_text, render
 from .record import RecordSpec, Recording, cosine_to, head_contributions
+from .steering import steer
 
 try:
     __version__ = version("introspect_mech")
@@ -27,5 +28,5 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "Architecture", "Batch", "DirectionAblation", "MLPAblation", "DEFAULT_MODEL", "Generation", "HeadAblation", "Injection", "IntrospectError", "Model",
     "RecordSpec", "Recording", "RenderedPrompt", "ResidualPatch", "Turn", "Window", "cosine_to", "encode_text",
-    "forward", "generate", "head_contributions", "load_model", "make_batch", "random_like", "render", "wrap",
+    "forward", "generate", "head_contributions", "load_model", "make_batch", "random_like", "render", "steer", "wrap",
 ]
