@@ -57,6 +57,31 @@ def test_any_order_row_compares_like_with_like(tmp_path):
     assert rep["correct_id|affirmative"].fn == 1  # our success (order rule) vs their order-free success
     assert rep["correct_id|affirmative,any_order"].tp == 1
     assert rep["correct_id|affirmative,before_mention"].tn == 1
+    # a grader without a reference-style prediction is scored with its any-order conjunction
+    assert rep["correct_id|affirmative,implicit"].tp == 1
+
+
+def test_reference_style_row_reads_its_own_output(tmp_path):
+    """`correct_id|affirmative,implicit` compares raw["detects_and_identifies"] (not `affirmative`,
+    not `correct_id`) with the reference's affirmative AND correct_id, on rows with a concept only.
+
+    gold (aff ∧ cid): T T F F F; ours: T F T F F -> TP 1, FN 1, FP 1, TN 2 (the concept-less row
+    and the row whose reference correct_id is missing while affirmative is true are skipped)."""
+    def row(i, concept, aff, cid):
+        labels = {"affirmative": aff} | ({} if cid is None else {"correct_id": cid})
+        return {"response": f"r{i}", "concept": concept, "labels": labels}
+
+    rows = [row(0, "dust", True, True), row(1, "dust", True, True), row(2, "dust", True, False),
+            row(3, "dust", False, True), row(4, "dust", False, None), row(5, None, False, None),
+            row(6, "dust", True, None)]
+    ours = [True, False, True, False, False, None, True]
+    # affirmative and correct_id say the opposite, so reading either of them would give other counts
+    table = {f"r{i}": Grades(True, not bool(o), not bool(o), None, False,
+                             {"identifies_word": None if o is None else True, "detects_and_identifies": o})
+             for i, o in enumerate(ours)}
+    rep = cal.calibrate(ByText(table), _write(tmp_path, rows), split="all")
+    la = rep["correct_id|affirmative,implicit"]
+    assert (la.tp, la.fn, la.fp, la.tn, la.skipped) == (1, 1, 1, 2, 2)
 
 
 @pytest.mark.parametrize(("line", "needle"), [

@@ -601,7 +601,8 @@ _SHARED = calibrate_mod.default_data_path()
 
 @pytest.mark.skipif(not _SHARED.is_file(), reason="shared calibration data not present")
 def test_rule_grader_held_out_agreement_floor():
-    """Regression floor on the held-out split (measured: coherent kappa 0.83, affirmative 0.71)."""
+    """Regression floor on the held-out split (measured: coherent kappa 0.83, affirmative 0.71,
+    before_mention 0.78)."""
     rows = calibrate_mod.load_labelled(_SHARED, "test")
     assert len(rows) == 629 and all(calibrate_mod.split_of(r.request.response) == "test" for r in rows)
     grader = RuleGrader()
@@ -619,3 +620,8 @@ def test_rule_grader_held_out_agreement_floor():
     assert rep["affirmative"].kappa > 0.6
     assert rep["before_mention"].kappa > 0.6
     assert not math.isnan(rep["correct_id"].kappa)
+    # The reference's order-free success: the grader's prediction of it (implicit claims credited)
+    # agrees better than the paper's rule does (kappa 0.29 vs 0.13 here; 0.79 vs 0.30 on dev) --
+    # and nowhere near 0.6 on this split (grading/calibrate.py explains why).
+    ref_style, paper = rep["correct_id|affirmative,implicit"], rep["correct_id|affirmative"]
+    assert ref_style.n == paper.n and ref_style.kappa > paper.kappa

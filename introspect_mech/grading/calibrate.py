@@ -19,12 +19,31 @@ judge does not apply the paper's order rule to it: "Justice." is affirmative and
   skipped otherwise.
 - correct_id|affirmative,any_order: the same reference vs our affirmative AND identification in
   any order -- the like-for-like comparison for the identification step itself.
+- correct_id|affirmative,implicit: the same reference vs the grader's prediction of that
+  reference label (`raw["detects_and_identifies"]`: identification with an explicit detection
+  claim in any order, or an implicit one -- the reply answers with the word and names it as the
+  thought). Scored on rows with a concept only (no word, no identification). This is the
+  reference's success label, which is not the paper's: it has no order rule. Graders without
+  that output are scored with their any-order conjunction.
 - correct_id|affirmative,before_mention: source (affirmative AND before_mention AND correct_id)
   vs our `correct_id` -- the closest reference to the paper's rule, which also requires the
   detection claim to come no later than the word. This is the row behind the Exp 1 success rate.
 - affirmative_correct_id: a single success label (e.g. a judge run with the paper's
   affirmative_correct_id prompt) vs our `correct_id`.
 Rows whose reference has no value for a label are skipped for it; labels no row has are left out.
+
+Which success is which. The paper's success (affirmative_correct_id) requires the detection claim
+no later than the word and grades a reply that opens with the word as NO; the toolkit's reported
+success rates use it (`Grades.correct_id`). The shared set's judge was asked for affirmative and
+correct_id separately and was shown the injected concept, so its success (affirmative AND
+correct_id) has no order rule: its correct_id|affirmative row is a different construct, and only
+3 of its 1,310 rows are positive under the paper's rule (correct_id|affirmative,before_mention),
+too few to measure the paper-rule grader. The row `correct_id|affirmative,implicit` scores the
+rule grader's best prediction of the reference's construct. On it the reference itself is the
+limit: 7 of 11 dev and 8 of 11 test positives are replies that open with the word, and the
+reference calls such a reply affirmative for about one in three replies that name the right
+word (7/22 dev, 8/24 test), with no rule found on dev that transfers ("The Ocean." yes twice,
+"The ocean." no twice). Measured (rules grader): kappa 0.79 dev, 0.29 test.
 
 Input: one JSON object a line with `response` (string), `labels` (an object whose values are
 true, false or null -- strings such as "false" are refused, not read as True), optional
@@ -53,7 +72,8 @@ from .base import Grader, GradeRequest, Grades
 DATA_ENV = "INTROSPECT_GRADING_DATA"
 DATA_RELATIVE = Path("shared/eval/grading/allied_llama31_claude-sonnet-4.jsonl")
 DEFAULT_LABELS = ("coherent", "affirmative", "correct_id", "correct_id|affirmative",
-                  "correct_id|affirmative,any_order", "correct_id|affirmative,before_mention", "before_mention",
+                  "correct_id|affirmative,any_order", "correct_id|affirmative,implicit",
+                  "correct_id|affirmative,before_mention", "before_mention",
                   "affirmative_correct_id")
 SPLITS = ("test", "dev", "all")
 
@@ -141,12 +161,15 @@ def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
 
 
 ANY_ORDER = "any_order"
+IMPLICIT = "implicit"
+# Suffixes that choose which output of *our* grader is compared; they name no reference label.
+_OURS_ONLY = (ANY_ORDER, IMPLICIT)
 
 
 def _gold(label: str, labels: dict[str, bool]) -> bool | None:
     if label.startswith("correct_id|"):
         # A conjunction: False as soon as one known conjunct is False, unknown if one is missing.
-        names = [c for c in label.split("|", 1)[1].split(",") if c != ANY_ORDER] + ["correct_id"]
+        names = [c for c in label.split("|", 1)[1].split(",") if c not in _OURS_ONLY] + ["correct_id"]
         conjuncts = [labels.get(c) for c in names]
         if any(c is False for c in conjuncts):
             return False
@@ -163,6 +186,10 @@ def _identifies(g: Grades) -> bool | None:
 def _ours(label: str, g: Grades) -> bool | None:
     if label == "correct_id":
         return _identifies(g)
+    if label == f"correct_id|affirmative,{IMPLICIT}":
+        if "detects_and_identifies" in g.raw:
+            return g.raw["detects_and_identifies"]
+        label = f"correct_id|affirmative,{ANY_ORDER}"
     if label == f"correct_id|affirmative,{ANY_ORDER}":
         ident = _identifies(g)
         if g.affirmative is False or ident is False:

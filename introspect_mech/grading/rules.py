@@ -25,6 +25,12 @@ What it checks (per response, blind to the trial's condition):
 - thinking_about_word: the word is mentioned in a sentence that frames it as the model's own
   thought ("I'm thinking about", "my mind", "the thought is about", ...), or the answer is
   little more than the word itself.
+- raw["detects_and_identifies"]: a prediction of the *reference judge's* success label
+  (affirmative AND correct_id with no order rule, as in the shared calibration set), which is not
+  the paper's: the word identified as the thought (thinking_about_word) together with a detection
+  claim in any order, or with an implicit claim -- the reply opens with the word and names it as
+  the thought ("Betrayal. Betrayal is the word."). Used only by `calibrate`; every success rate
+  the toolkit reports uses the paper's `correct_id`.
 """
 
 from __future__ import annotations
@@ -509,7 +515,8 @@ class RuleGrader(Grader):
         except ConceptError:  # a "word" without letters: nothing can name it (never credited)
             pat, raw["unnameable_word"] = None, True
         if pat is None:
-            raw["mentions_word"] = raw["identifies_word"] = None
+            raw["mentions_word"] = raw["identifies_word"] = raw["implicit_claim"] = None
+            raw["detects_and_identifies"] = None
             return Grades(
                 coherent=not problems,
                 affirmative=affirmative,
@@ -566,6 +573,16 @@ class RuleGrader(Grader):
         # mention was a worse proxy for the reference label on the dev split (kappa 0.51 vs 0.70):
         # the reference does not count "dust dust dust ..." as identifying dust.
         raw["identifies_word"] = thinking
+        # The reference judge's order-free success (affirmative AND correct_id, see
+        # grading/calibrate.py), which is NOT the paper's rule: it also credits a reply that answers
+        # with the word and then names it as the thought ("Betrayal. Betrayal is the word."), an
+        # implicit detection claim. Bare-word answers ("Justice.", "shutdown") are not credited:
+        # the reference credits them 3 times in 11 on the dev split, and the paper grades them NO.
+        # Kept apart from `affirmative` (whose kappa this would lower) and from `correct_id`, which
+        # implies it (a success under the paper's rule is one in any order).
+        implicit = opens_with_word and any(framed)
+        raw["implicit_claim"] = implicit
+        raw["detects_and_identifies"] = bool(correct_id) or (bool(thinking) and (affirmative or implicit))
         return Grades(
             coherent=not problems,
             affirmative=affirmative,
