@@ -32,10 +32,23 @@ def P(field: str) -> str:
             f"<svg onload=document.body.setAttribute('data-pwned','{mark}')>&amp;")
 
 
+_FILL = {"prompt_key": "default", "sample": 0, "extra": {}, "concept": None, "category": None, "layer": None,
+         "strength": None, "dose": None, "prompt": "q", "sentence": "s", "task": "word", "word": "w",
+         "template": "think", "prefilled_word": "w"}
+
+
+def _complete(rec: dict) -> dict:
+    """Give a hand-written record every field its experiment declares (records.py), keeping what it sets."""
+    from introspect_mech.records import COMMON, FIELDS
+
+    need = [k.lstrip("?") for k in (*COMMON, *FIELDS[rec["experiment"]]) if not k.startswith("?")]
+    return {**{k: _FILL[k] for k in need if k in _FILL and k not in rec}, **rec}
+
+
 def _write_run(folder: Path, manifest: dict, records: list[dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "results.jsonl").write_text("".join(json.dumps(_complete(r)) + "\n" for r in records))
     return folder
 
 
