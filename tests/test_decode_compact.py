@@ -35,8 +35,9 @@ from introspect_mech.prompts import render
 from introspect_mech.runner import Trial, TrialInput, run_sweep
 
 from _real import smol, smol_vectors  # noqa: F401
+from conftest import ALL_TINY_ARCHS
 
-ARCHS = ("llama", "gemma3", "qwen2", "gpt2")
+ARCHS = ALL_TINY_ARCHS  # conftest: the four original tiny architectures and mistral, qwen3, gemma2, phi3, olmo2
 tiny = pytest.mark.usefixtures("single_thread")
 
 TEXTS = (
