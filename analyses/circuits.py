@@ -8,7 +8,7 @@ p-value is the two-sided permutation p: (1 + #{|null| ≥ |effect|}) / (1 + n_nu
 
 Components:
 - ``Head(layer, head)``: the head's slice of the o_proj input;
-- ``MLP(layer)``: the MLP output;
+- ``MLP(layer)``: the MLP's write to the residual stream (its output; its post-norm's on Gemma 2/3, OLMo-2);
 - ``Direction(layer, vector)``: the residual stream's component along ``vector``.
 Interventions: ``zero``; ``mean`` (over ``reference`` prompts); ``patch`` (values from a
 counterfactual prompt batch of the same token layout).

@@ -10,8 +10,8 @@ and taking think − don't-think, splits the change of the gap at every layer in
 attention part and an MLP part. A negative MLP (or attention) part in the last layers
 is what "suppression" means operationally here. The projections are of raw writes
 (not cosines), so their sum per layer equals the change in the projection of the
-residual *along that layer's direction* (``delta``; exact for pre-norm blocks, approximate
-for Gemma 3's post-norm blocks).
+residual *along that layer's direction* (``delta``; exact on every block layout the toolkit
+has checked: the recorded writes are the post-norm outputs on Gemma 2/3 and OLMo-2; others are refused).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Contributions:
 
 def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16) -> tuple[Contributions, dict]:
     """One forward per batch with residual, attention and MLP outputs recorded at every layer."""
+    model.arch.require_additive_blocks("the thought-control decomposition")
     exp = IntentionalControl(model, IntentionalControlConfig(n_pairs=n_pairs, templates=("think", "dont_think"),
                                                              control_formats=False))
     exp.prepare(model)
@@ -92,6 +93,8 @@ def gap_from_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
 def run(models: Sequence[Any], *, runs: Sequence[str | Path] = (), n_pairs: int = 20, out_dir: str | Path = "figures/thought_control",
         png: bool = True) -> dict:
     t0 = time.perf_counter()
+    for m in models:  # refuse a block layout before any model's (long) pass, not after the first one
+        m.arch.require_additive_blocks("the thought-control decomposition")
     out = Path(out_dir)
     summary: dict = {"models": {}, "runs": [str(r) for r in runs]}
     contribs = {}

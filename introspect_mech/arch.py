@@ -8,7 +8,16 @@ a message, not in the middle of a sweep).
 
 Shapes come from the config and are GQA-safe: ``n_kv_heads`` may be smaller than
 ``n_heads``, and ``head_dim`` is read from the config when it is given explicitly
-(Gemma 3 sets it independently of ``d_model / n_heads``).
+(Gemma 2/3 and Qwen3 set it independently of ``d_model / n_heads``). Load-time validation
+checks them against the weights (o_proj's input is split into ``n_heads × head_dim`` per-head
+outputs, so a wrong ``head_dim`` would silently mis-slice every head).
+
+Blocks differ in how they write to the residual stream (``BlockLayout``): pre-norm blocks
+(Llama, Mistral, Qwen2/3, Phi-3, GPT-2) add the attention and MLP outputs themselves; Gemma 2/3
+("sandwich" norms) and OLMo-2 (post-norms) add the *normed* outputs. The accessor layer returns
+the module whose output is each sub-block's residual write, so that recorded attention/MLP
+writes add up to the layer's residual change for every verified layout, and analyses that rely
+on that sum call ``Architecture.require_additive_blocks`` (which refuses the others).
 """
 
 from __future__ import annotations
@@ -29,6 +38,56 @@ class ModuleLayout:
     final_norm: str  # the norm applied after the last block
     embed: str  # token embedding
     mlp: str = "mlp"  # attribute of a block: the MLP
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How a decoder block writes to the residual stream.
+
+    ``attn_write`` / ``mlp_write`` name the block attribute whose output is the attention / MLP
+    sub-block's write to the residual stream ("" means the attention / MLP module itself).
+    ``additive`` is True when ``residual_L − residual_{L−1} = attention write + MLP write``
+    exactly (checked for each verified model type by tests/test_interventions_tiny.py).
+    """
+
+    name: str
+    attn_write: str = ""
+    mlp_write: str = ""
+    additive: bool = True
+    note: str = ""
+
+
+PRE_NORM = BlockLayout("pre-norm", note="h += attn(norm(h)); h += mlp(norm(h))")
+PARALLEL = BlockLayout("parallel", note="h += attn(norm1(h)) + mlp(norm2(h))")
+SANDWICH_NORM = BlockLayout("sandwich-norm", "post_attention_layernorm", "post_feedforward_layernorm",
+                            note="h += post_norm(attn(norm(h))); h += post_norm(mlp(norm(h)))")
+POST_NORM = BlockLayout("post-norm", "post_attention_layernorm", "post_feedforward_layernorm",
+                        note="h += post_norm(attn(h)); h += post_norm(mlp(h))")
+POST_LN = BlockLayout("post-LN", additive=False,
+                      note="h = norm(h + attn(h)): the norm after the residual sum mixes the two writes")
+UNVERIFIED = BlockLayout("unverified", additive=False,
+                         note="no test has checked how this model type's blocks write to the residual stream")
+
+# Model types whose block layout is known and checked by a tiny-model test (exact decomposition).
+BLOCK_LAYOUTS: dict[str, BlockLayout] = {
+    "llama": PRE_NORM, "mistral": PRE_NORM, "qwen2": PRE_NORM, "qwen3": PRE_NORM, "phi3": PRE_NORM,
+    "gpt2": PRE_NORM,
+    "gemma2": SANDWICH_NORM, "gemma3_text": SANDWICH_NORM,
+    "gemma3": SANDWICH_NORM,  # the multimodal wrapper: the same Gemma3DecoderLayer as gemma3_text
+    "olmo2": POST_NORM,
+}
+
+
+def block_layout_of(model_type: str, config: Any = None) -> BlockLayout:
+    """The ``BlockLayout`` of a model type (``UNVERIFIED`` when no test covers it).
+
+    GPT-NeoX and OPT depend on the config: NeoX's parallel and sequential residuals both add
+    up; OPT with ``do_layer_norm_before=False`` (OPT-350m) normalizes after the residual sum."""
+    if model_type == "gpt_neox":
+        return PARALLEL if _cfg(config, "use_parallel_residual", default=True) else PRE_NORM
+    if model_type == "opt":
+        return PRE_NORM if _cfg(config, "do_layer_norm_before", default=True) else POST_LN
+    return BLOCK_LAYOUTS.get(model_type, UNVERIFIED)
 
 
 # Ordered from most to least common; the first layout whose paths all exist wins.
@@ -70,6 +129,15 @@ def _cfg(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+def _io_features(module: Any) -> tuple[int, int] | None:
+    """(input width, output width) of a Linear or a GPT-2 ``Conv1D``; None for anything else."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    if hasattr(module, "nx") and hasattr(module, "nf"):  # Conv1D stores [in, out]
+        return int(module.nx), int(module.nf)
+    return None
+
+
 @dataclass(frozen=True)
 class Architecture:
     """Shapes and module paths of one model; the only place that knows them."""
@@ -81,6 +149,11 @@ class Architecture:
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    block: BlockLayout | None = None  # None: looked up from model_type (``block_layout_of``)
+
+    def __post_init__(self) -> None:
+        if self.block is None:
+            object.__setattr__(self, "block", block_layout_of(self.model_type))
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -106,24 +179,80 @@ class Architecture:
         n_heads = int(_cfg(config, "num_attention_heads", "n_head"))
         n_kv = int(_cfg(config, "num_key_value_heads", "n_kv_head", default=n_heads))
         head_dim = int(_cfg(config, "head_dim", default=d_model // n_heads))
-        arch = cls(str(getattr(config, "model_type", "unknown")), layout, n_layers, d_model, n_heads, n_kv, head_dim)
+        model_type = str(getattr(config, "model_type", "unknown"))
+        arch = cls(model_type, layout, n_layers, d_model, n_heads, n_kv, head_dim, block_layout_of(model_type, config))
         arch._validate(module)
         return arch
 
     def _validate(self, module: Any) -> None:
+        """Check the module tree and the weight shapes against what the config says.
+
+        Why at load time: per-head outputs are o_proj's input reshaped to ``n_heads × head_dim``,
+        and recorded attention/MLP writes come from the block layout's modules; a model whose
+        weights disagree with its config, or whose block lacks a module its layout needs, must
+        fail here with the reason, not produce mis-sliced heads in the middle of a sweep."""
         layers = _get_path(module, self.layout.layers)
         if len(layers) != self.n_layers:
             raise ArchitectureError(
                 f"config says {self.n_layers} layers but {self.layout.layers} holds {len(layers)}"
             )
-        block = layers[0]
-        if not _has_path(block, self.layout.attn) or not _has_path(block, f"{self.layout.attn}.{self.layout.o_proj}"):
-            raise ArchitectureError(
-                f"block {type(block).__name__} has no {self.layout.attn}.{self.layout.o_proj}; "
-                "cannot record per-head outputs for this architecture"
-            )
         if self.n_heads % self.n_kv_heads:
             raise ArchitectureError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        heads = f"{self.n_heads} heads × head_dim {self.head_dim} = {self.n_heads * self.head_dim}"
+        for i, block in enumerate(layers):
+            where = f"{self.layout.layers}[{i}]"
+            if not _has_path(block, self.layout.attn) or not _has_path(block, f"{self.layout.attn}.{self.layout.o_proj}"):
+                raise ArchitectureError(
+                    f"block {type(block).__name__} ({where}) has no {self.layout.attn}.{self.layout.o_proj}; "
+                    "cannot record per-head outputs for this architecture"
+                )
+            if not _has_path(block, self.layout.mlp):
+                raise ArchitectureError(f"block {type(block).__name__} ({where}) has no {self.layout.mlp!r} module; "
+                                        "MLP recording and ablation need it")
+            for part, attr in (("attention", self.block.attn_write), ("MLP", self.block.mlp_write)):
+                if attr and not _has_path(block, attr):
+                    raise ArchitectureError(
+                        f"model_type {self.model_type!r} has {self.block.name} blocks, whose {part} write to the "
+                        f"residual stream is the output of {attr!r}, but {type(block).__name__} ({where}) has no such "
+                        "module; fix BLOCK_LAYOUTS in introspect_mech.arch for this model type")
+            attn = _get_path(block, self.layout.attn)
+            io = _io_features(getattr(attn, self.layout.o_proj))
+            if io is not None and io[0] != self.n_heads * self.head_dim:
+                raise ArchitectureError(
+                    f"{where}.{self.layout.attn}.{self.layout.o_proj} takes {io[0]} inputs but the config gives "
+                    f"{heads}: per-head outputs would be mis-sliced; set head_dim / num_attention_heads to match "
+                    "the weights")
+            if io is not None and io[1] != self.d_model:
+                raise ArchitectureError(f"{where}.{self.layout.attn}.{self.layout.o_proj} writes {io[1]} features but "
+                                        f"the config's hidden size is {self.d_model}")
+            if self.block is not UNVERIFIED:
+                self._validate_qkv(attn, where)
+
+    def _validate_qkv(self, attn: Any, where: str) -> None:
+        """q/k/v widths of verified model types, separate (q_proj, k_proj, v_proj) or fused
+        (Phi-3's ``qkv_proj``, GPT-2's ``c_attn``: [q | k | v] along the output). Only shape checks: nothing in the
+        toolkit reads q, k or v separately (QK features are derived from attention weights)."""
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        fused = q + 2 * kv
+        expected = {"q_proj": q, "k_proj": kv, "v_proj": kv,
+                    "qkv_proj": fused, "c_attn": fused, "query_key_value": fused}
+        for name, width in expected.items():
+            io = _io_features(getattr(attn, name, None))
+            if io is not None and io[1] != width:
+                raise ArchitectureError(
+                    f"{where}.{self.layout.attn}.{name} has {io[1]} outputs but the config ({self.n_heads} query heads, "
+                    f"{self.n_kv_heads} key/value heads, head_dim {self.head_dim}) implies {width}; the config does "
+                    "not describe these weights")
+
+    def require_additive_blocks(self, analysis: str) -> None:
+        """Refuse ``analysis`` (one that splits a layer's residual change into attention + MLP
+        writes) on a block layout where the two writes do not add up to that change."""
+        if not self.block.additive:
+            ok = sorted([t for t, b in BLOCK_LAYOUTS.items() if b.additive] + ["gpt_neox", "opt (pre-LN)"])
+            raise ArchitectureError(
+                f"{analysis} splits each layer's residual change into attention and MLP writes, but model_type "
+                f"{self.model_type!r} has {self.block.name} blocks ({self.block.note}); supported model types: "
+                f"{', '.join(ok)} (a new one needs a tested BlockLayout in introspect_mech.arch.BLOCK_LAYOUTS)")
 
     # ---- layer indices --------------------------------------------------------------
     def resolve_layer(self, layer: int | float | str) -> int:
@@ -182,6 +311,15 @@ class Architecture:
 
     def mlp(self, root: Any, i: int) -> Any:
         return _get_path(self.layer(root, i), self.layout.mlp)
+
+    def attn_write(self, root: Any, i: int) -> Any:
+        """The module whose output is the attention sub-block's write to the residual stream:
+        the attention module (pre-norm), or its post-norm (Gemma 2/3, OLMo-2)."""
+        return _get_path(self.layer(root, i), self.block.attn_write) if self.block.attn_write else self.attn(root, i)
+
+    def mlp_write(self, root: Any, i: int) -> Any:
+        """The module whose output is the MLP sub-block's write to the residual stream (see ``attn_write``)."""
+        return _get_path(self.layer(root, i), self.block.mlp_write) if self.block.mlp_write else self.mlp(root, i)
 
     def final_norm(self, root: Any) -> Any:
         return _get_path(root, self.layout.final_norm)

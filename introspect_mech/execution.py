@@ -2,8 +2,8 @@
 
 ``_touch_layers`` is the single place where a step (a trace, a generation prefill, or
 one KV-cached decode step) reads and edits modules. It visits layers in execution
-order and, inside a layer, o_proj input → attention output → layer output, which is
-the order nnsight 0.8 requires.
+order and, inside a layer, o_proj input → attention output (→ its post-norm) → MLP write →
+layer output, which is the order nnsight 0.8 requires.
 """
 
 from __future__ import annotations
@@ -64,21 +64,25 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
                 b, s, _ = xk.shape
                 store["heads"].setdefault(L, []).append(xk.detach().reshape(b, s, arch.n_heads, arch.head_dim).cpu())
         if (want_attn or want_comp) and L in rec_set:
-            a_out = arch.attn(nn, L).output
+            a_out = arch.attn(nn, L).output if want_attn or not arch.block.attn_write else None
             if want_attn:
                 w = a_out[1]
                 if w is None:
                     raise IntrospectError("attention weights are None: load the model with attention=True (eager attention)")
                 store["attn"].setdefault(L, []).append((w[:, :, -1:] if spec.last_token_only else w).detach().cpu())
-            if want_comp:
-                ao = a_out[0] if isinstance(a_out, tuple) else a_out
+            if want_comp:  # the attention write: the module's output, or its post-norm's (Gemma 2/3, OLMo-2)
+                ao = arch.attn_write(nn, L).output if arch.block.attn_write else a_out
+                ao = ao[0] if isinstance(ao, tuple) else ao
                 store["attn_out"].setdefault(L, []).append((ao[:, -1:] if spec.last_token_only else ao).detach().cpu())
         if L in plan.mlp_ablations or (want_comp and L in rec_set):
-            mlp = arch.mlp(nn, L)
+            mlp = arch.mlp_write(nn, L)  # the MLP's write to the residual stream (post-norm output where there is one)
             y = mlp.output
+            flat = y.ndim == 2  # OPT runs its MLP on tokens flattened to [B*S, d]
+            if flat:
+                y = y.reshape(plan.batch_size, -1, y.shape[-1])
             if L in plan.mlp_ablations:
                 y = plan.apply_mlp(L, y, prefill=(step == 0))
-                mlp.output = y
+                mlp.output = y.reshape(-1, y.shape[-1]) if flat else y
             if want_comp and L in rec_set:
                 store["mlp_out"].setdefault(L, []).append((y[:, -1:] if spec.last_token_only else y).detach().cpu())
         edits = L in plan.slots or L in plan.patches or L in plan.directions

@@ -38,7 +38,12 @@ class HeadAblation:
 
 @dataclass(frozen=True, eq=False)
 class MLPAblation:
-    """Replace the MLP output at ``layer`` by zero, a mean ``[d]``, or a per-position source ``[B, T, d]`` (patch)."""
+    """Replace the MLP's write to the residual stream at ``layer`` by zero, a mean ``[d]``, or a per-position
+    source ``[B, T, d]`` (patch).
+
+    The write is the MLP's output on pre-norm blocks and its post-norm's output on Gemma 2/3 and OLMo-2
+    (``Architecture.mlp_write``), the same tensor ``RecordSpec(components=True)`` records as ``mlp_out``,
+    so recorded means and patch sources go back where they came from."""
 
     layer: int
     mode: Literal["zero", "mean", "patch"] = "zero"
@@ -289,7 +294,7 @@ class InterventionPlan:
         return x
 
     def apply_mlp(self, layer: int, y: torch.Tensor, prefill: bool = True) -> torch.Tensor:
-        """Edit the MLP output ``y`` ``[B, S, d]`` for MLP ablations at ``layer``."""
+        """Edit the MLP write ``y`` ``[B, S, d]`` for MLP ablations at ``layer``."""
         y = y.clone()
         for ab in self.mlp_ablations[layer]:
             rows = slice(None) if ab.rows is None else list(ab.rows)

@@ -32,7 +32,9 @@ class RecordSpec:
     cosine_with: torch.Tensor | None = None
     logits: bool = True
     last_token_only: bool = False  # keep only the final position (concept-vector extraction): [B, 1, ...]
-    components: bool = False  # also record the attention block's and the MLP's outputs (their residual writes)
+    # also record the attention block's and the MLP's writes to the residual stream: their outputs on pre-norm
+    # blocks, the outputs of their post-norms on Gemma 2/3 and OLMo-2 (``Architecture.attn_write``/``mlp_write``)
+    components: bool = False
 
 
 @dataclass
@@ -45,8 +47,8 @@ class Recording:
     attention: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, H, T, T]
     head_outputs: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, H, head_dim]
     cosine: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, K]
-    attn_out: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, d] attention block output
-    mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, d] MLP output
+    attn_out: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, d] attention block's residual write
+    mlp_out: dict[int, torch.Tensor] = field(default_factory=dict)  # [B, T, d] MLP's residual write
     logits: torch.Tensor | None = None  # [B, T, vocab]
     doses: list[list[float | None]] = field(default_factory=list)
     ref_norms: dict[int, torch.Tensor] = field(default_factory=dict)  # [B] mean ‖h‖ at injection layers
@@ -84,8 +86,11 @@ def cosine_to(h: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
 def head_contributions(model: Any, layer: int, head_inputs: torch.Tensor) -> torch.Tensor:
     """Project per-head outputs ``[B, T, H, hd]`` through o_proj into ``[B, T, H, d]``.
 
-    Summing over heads (plus the o_proj bias, if any) gives the attention block's
-    output: each head's direct contribution to the residual stream.
+    Summing over heads (plus the o_proj bias, if any) gives the attention module's
+    output: on pre-norm blocks, each head's direct contribution to the residual stream.
+    On Gemma 2/3 and OLMo-2 the residual write is the post-attention norm *of that sum*
+    (``model.arch.block``), which no per-head sum reproduces; these are then contributions
+    to the attention output, before the norm.
     """
     proj = model.arch.o_proj(model.hf, layer)
     w = proj.weight

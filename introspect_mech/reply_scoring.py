@@ -8,8 +8,8 @@ position ids so that every reply starts right after the prompt. Measured ~3x few
 per trial; equal log-probs to one-row-per-reply (tested, atol 1e-4).
 
 Packing needs a model whose attention takes a custom 4D mask without sliding windows
-(Gemma 3's sliding layers would ignore it), so ``packing_supported`` gates it and callers
-fall back to one row per reply.
+(Gemma 2/3's sliding layers and Mistral's windowed layers would ignore it), so
+``packing_supported`` gates it and callers fall back to one row per reply.
 """
 
 from __future__ import annotations
@@ -47,10 +47,18 @@ def slice_batch(b: Batch, i: int, j: int) -> Batch:
 
 
 def packing_supported(model: Any) -> bool:
-    """A custom 4D mask bypasses sliding windows, so packing is only used without them."""
+    """A custom 4D mask bypasses sliding windows, so packing is only used without them.
+
+    A window shows in the config as ``layer_types`` with a sliding entry (Gemma 2/3, Qwen2/3), or,
+    where there are no ``layer_types``, as a ``sliding_window`` size that HF applies to every layer
+    (Mistral, Phi-3) unless ``use_sliding_window`` is set False."""
     cfg = model.config
-    layer_types = getattr(cfg, "layer_types", None) or ()
-    return not (getattr(cfg, "use_sliding_window", False) or "sliding_attention" in layer_types)
+    layer_types = getattr(cfg, "layer_types", None)
+    if layer_types:
+        return not any("sliding" in str(t) for t in layer_types)
+    if getattr(cfg, "use_sliding_window", None) is False:
+        return True
+    return not (getattr(cfg, "use_sliding_window", False) or getattr(cfg, "sliding_window", None) is not None)
 
 
 @dataclass

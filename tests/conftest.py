@@ -1,12 +1,18 @@
 """Shared fixtures.
 
-Tiny-model tier (TransformerLens-style): four architectures built from configs with random,
+Tiny-model tier (TransformerLens-style): nine architectures built from configs with random,
 seeded weights and a byte-level BPE tokenizer trained in memory on the protocol's own text.
 No Hub access, no files: the whole tier builds in about a second.
 
 * ``tiny_model`` — parametrized over llama (GQA), gemma3 (explicit head_dim, 1 KV head),
   qwen2 (q/k/v biases), gpt2 (Conv1D, absolute positions, o_proj bias); tokenizers
-  carry a ChatML chat template. ``tiny_model_of(arch)`` gives the same objects by name.
+  carry a ChatML chat template. ``tiny_model_of(arch)`` gives the same objects by name,
+  for these and for the architectures of ``EXTRA_ARCHS``.
+* ``EXTRA_ARCHS`` — mistral (sliding window on every layer), qwen3 (q/k norms, head_dim 24
+  so o_proj's input is 96 wide), gemma2 (sandwich norms, logit soft-capping, alternating
+  sliding/global layers), phi3 (fused ``qkv_proj`` and ``gate_up_proj``), olmo2 (post-norm
+  blocks, no pre-norms, q/k norms). ``tiny_model_any`` is parametrized over all nine
+  (``ALL_TINY_ARCHS``); modules that check every architecture use it.
 * ``tiny_raw_model`` — a Llama-shaped tiny model whose tokenizer has no chat template.
 * ``tiny_tokenizer`` / ``tiny_raw_tokenizer`` — the tokenizers alone (fresh objects).
 """
@@ -21,6 +27,10 @@ import pytest
 import torch
 
 TINY_ARCHS = ("llama", "gemma3", "qwen2", "gpt2")
+EXTRA_ARCHS = ("mistral", "qwen3", "gemma2", "phi3", "olmo2")
+ALL_TINY_ARCHS = TINY_ARCHS + EXTRA_ARCHS
+# block layouts that depend on the config, built only by tests/test_block_layouts_tiny.py (via tiny_model_of)
+LAYOUT_ARCHS = ("gpt_neox", "gpt_neox_sequential", "opt", "opt_post_ln")
 TINY_VOCAB = 384  # model vocab; the trained tokenizer's vocab is at most this
 TINY_SEED = 1234
 
@@ -105,7 +115,8 @@ def make_tiny_tokenizer(chat_template: bool = True):
 
 def tiny_config(arch: str, tokenizer):
     """A ~3-layer, d_model 64 config of the given architecture, with eager attention."""
-    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+    from transformers import (Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig,
+                              Olmo2Config, OPTConfig, Phi3Config, Qwen2Config, Qwen3Config)
 
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
@@ -124,6 +135,27 @@ def tiny_config(arch: str, tokenizer):
     elif arch == "gpt2":
         cfg = GPT2Config(vocab_size=TINY_VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=256,
                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, **ids)
+    elif arch == "mistral":
+        # a window of 8 on every layer binds on the test prompts (Mistral-7B-v0.1 used 4096)
+        cfg = MistralConfig(num_attention_heads=4, num_key_value_heads=2, sliding_window=8, **common)
+    elif arch == "qwen3":
+        cfg = Qwen3Config(num_attention_heads=4, num_key_value_heads=2, head_dim=24, **common)
+    elif arch == "gemma2":
+        cfg = Gemma2Config(num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           sliding_window=8, **common)
+    elif arch == "phi3":
+        cfg = Phi3Config(num_attention_heads=4, num_key_value_heads=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                         attention_dropout=0.0, **common)
+    elif arch == "olmo2":
+        cfg = Olmo2Config(num_attention_heads=4, num_key_value_heads=2, **common)
+    elif arch in ("gpt_neox", "gpt_neox_sequential"):
+        cfg = GPTNeoXConfig(num_attention_heads=4, use_parallel_residual=(arch == "gpt_neox"), hidden_dropout=0.0,
+                            attention_dropout=0.0, **common)
+    elif arch in ("opt", "opt_post_ln"):  # opt_post_ln: OPT-350m's norm after the residual sum
+        cfg = OPTConfig(vocab_size=TINY_VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=3, num_attention_heads=4,
+                        word_embed_proj_dim=64, max_position_embeddings=256, do_layer_norm_before=(arch == "opt"),
+                        dropout=0.0, attention_dropout=0.0, **ids)
     else:
         raise ValueError(arch)
     cfg._attn_implementation = "eager"
@@ -145,6 +177,8 @@ def build_tiny_hf(arch: str, tokenizer):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.15)
             elif "bias" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            elif arch in EXTRA_ARCHS:  # norm gains away from their init, so that a skipped (post-)norm shows
+                p.add_(torch.randn(p.shape, generator=g) * 0.2)
     return model.eval()
 
 
@@ -164,6 +198,12 @@ def _cached_tiny_model(arch: str, chat_template: bool = True):
 @pytest.fixture(scope="session", params=TINY_ARCHS)
 def tiny_model(request):
     """A wrapped tiny random model, one per architecture (ids: llama, gemma3, qwen2, gpt2)."""
+    return _cached_tiny_model(request.param)
+
+
+@pytest.fixture(scope="session", params=ALL_TINY_ARCHS)
+def tiny_model_any(request):
+    """``tiny_model`` over all nine architectures (ids: the four above, then mistral, qwen3, gemma2, phi3, olmo2)."""
     return _cached_tiny_model(request.param)
 
 

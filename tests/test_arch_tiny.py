@@ -1,4 +1,4 @@
-"""Architecture accessor layer on tiny random models of four architectures.
+"""Architecture accessor layer on tiny random models of nine architectures.
 
 Expected values come from how conftest builds each model (the config it was given) and
 from the actual weight shapes of the HF modules — never from ``Architecture`` itself.
@@ -16,13 +16,29 @@ from introspect_mech.errors import ArchitectureError, LayerError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_any):
+    """Every test here runs on all nine tiny architectures."""
+    return tiny_model_any
+
+
 # (n_layers, d_model, n_heads, n_kv_heads, head_dim) as conftest.tiny_config sets them
 EXPECTED_SHAPES = {
     "llama": (3, 64, 4, 2, 16),
     "gemma3_text": (3, 64, 4, 1, 32),
     "qwen2": (3, 64, 4, 2, 16),
     "gpt2": (3, 64, 4, 4, 16),
+    "mistral": (3, 64, 4, 2, 16),
+    "qwen3": (3, 64, 4, 2, 24),
+    "gemma2": (3, 64, 4, 2, 32),
+    "phi3": (3, 64, 4, 2, 16),
+    "olmo2": (3, 64, 4, 2, 16),
 }
+# how each block writes to the residual stream (read off the HF source of each DecoderLayer.forward)
+EXPECTED_BLOCKS = {"llama": "pre-norm", "gemma3_text": "sandwich-norm", "qwen2": "pre-norm", "gpt2": "pre-norm",
+                   "mistral": "pre-norm", "qwen3": "pre-norm", "gemma2": "sandwich-norm", "phi3": "pre-norm",
+                   "olmo2": "post-norm"}
 
 
 def _blocks(hf):
@@ -36,6 +52,9 @@ def _qkv_widths(hf) -> tuple[int, int, int]:
         qkv = block.attn.c_attn.weight.shape[1] // 3
         return qkv, qkv, block.attn.c_proj.weight.shape[0]
     a = block.self_attn
+    if hasattr(a, "qkv_proj"):  # Phi-3: fused [q | k | v] Linear; q and o_proj's input have the same width
+        o_in = a.o_proj.weight.shape[1]
+        return o_in, (a.qkv_proj.weight.shape[0] - o_in) // 2, o_in
     return a.q_proj.weight.shape[0], a.k_proj.weight.shape[0], a.o_proj.weight.shape[1]
 
 
@@ -66,6 +85,45 @@ def test_gemma3_head_dim_is_not_d_model_over_heads(tiny_model_of):
     assert arch.model_type == "gemma3_text"
     assert arch.head_dim == 32 and arch.d_model // arch.n_heads == 16
     assert arch.n_heads * arch.head_dim == 128 != arch.d_model
+
+
+def test_phi3_projections_are_fused(tiny_model_of):
+    """Phi-3 has one qkv_proj and one gate_up_proj: no q_proj/k_proj/v_proj, gate_proj or up_proj."""
+    hf = tiny_model_of("phi3").hf
+    a, mlp = hf.model.layers[0].self_attn, hf.model.layers[0].mlp
+    assert hasattr(a, "qkv_proj") and not any(hasattr(a, n) for n in ("q_proj", "k_proj", "v_proj"))
+    assert hasattr(mlp, "gate_up_proj") and not hasattr(mlp, "up_proj")
+    assert a.qkv_proj.weight.shape == ((4 + 2 * 2) * 16, 64)
+
+
+def test_mistral_sliding_window_binds(tiny_model_of):
+    """Non-vacuity of the Mistral tier: its window of 8 changes the logits of a longer prompt."""
+    from transformers import AutoModelForCausalLM
+
+    m = tiny_model_of("mistral")
+    ids = torch.tensor([m.tokenizer("The old clock on the wall ticked loudly, and the dust settled.")["input_ids"]])
+    assert ids.shape[1] > 2 * m.hf.config.sliding_window
+    cfg = type(m.hf.config).from_dict({**m.hf.config.to_dict(), "sliding_window": None})
+    full = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    full.load_state_dict(m.hf.state_dict())
+    with torch.no_grad():
+        a, b = m.hf(ids).logits, full(ids).logits
+    assert (a[0, :8] - b[0, :8]).abs().max() < 1e-5 and (a[0, -1] - b[0, -1]).abs().max() > 1e-3
+
+
+def test_block_layout(tiny_model):
+    """Each block's residual writes come from the module the HF forward adds: the attention / MLP module on
+    pre-norm blocks, post_attention_layernorm / post_feedforward_layernorm on Gemma 2/3 and OLMo-2."""
+    arch, hf = tiny_model.arch, tiny_model.hf
+    assert arch.block.name == EXPECTED_BLOCKS[arch.model_type] and arch.block.additive
+    for i in range(3):
+        block = _blocks(hf)[i]
+        if arch.block.name == "pre-norm":
+            assert arch.attn_write(hf, i) is arch.attn(hf, i) and arch.mlp_write(hf, i) is block.mlp
+        else:
+            assert arch.attn_write(hf, i) is block.post_attention_layernorm
+            assert arch.mlp_write(hf, i) is block.post_feedforward_layernorm
+    arch.require_additive_blocks("test")  # no refusal
 
 
 def test_module_access_is_the_real_module(tiny_model):
@@ -174,3 +232,69 @@ def test_heads_not_multiple_of_kv_heads_raises(tiny_model):
                            num_key_value_heads=3)
     with pytest.raises(ArchitectureError, match="multiple"):
         Architecture.from_model(tiny_model.hf, fake)
+
+
+# ---- load-time validation of broken layouts (fresh models: the session's tiny models stay intact) ---------------
+
+def _fresh(arch, tokenizer):
+    from conftest import build_tiny_hf
+
+    return build_tiny_hf(arch, tokenizer)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "olmo2", "gemma3"])
+def test_post_norm_block_without_its_post_norm_fails_at_load(tiny_tokenizer, arch):
+    from introspect_mech.models import wrap
+
+    hf = _fresh(arch, tiny_tokenizer)
+    del hf.model.layers[2].post_feedforward_layernorm
+    with pytest.raises(ArchitectureError, match=r"post_feedforward_layernorm.*layers\[2\]"):
+        wrap(hf, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma2", "mistral"])
+def test_config_head_dim_that_disagrees_with_o_proj_fails(tiny_tokenizer, arch):
+    """Per-head outputs are o_proj's input cut into n_heads × head_dim: a wrong head_dim must not load."""
+    hf = _fresh(arch, tiny_tokenizer)
+    cfg = hf.config
+    right = cfg.head_dim
+    cfg.head_dim = 16 if right != 16 else 8
+    with pytest.raises(ArchitectureError, match=rf"o_proj takes {4 * right} inputs.*head_dim {cfg.head_dim}"):
+        Architecture.from_model(hf, cfg)
+
+
+def test_phi3_fused_qkv_checked_against_kv_heads(tiny_tokenizer):
+    hf = _fresh("phi3", tiny_tokenizer)
+    cfg = SimpleNamespace(model_type="phi3", num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
+                          num_key_value_heads=4)  # the weights have 2 KV heads: qkv_proj is (4 + 2·2)·16 = 128 wide
+    with pytest.raises(ArchitectureError, match=r"qkv_proj has 128 outputs .* implies 192"):
+        Architecture.from_model(hf, cfg)
+    cfg.num_key_value_heads = 2
+    assert Architecture.from_model(hf, cfg).n_kv_heads == 2
+
+
+def test_block_without_o_proj_fails(tiny_tokenizer):
+    hf = _fresh("olmo2", tiny_tokenizer)
+    del hf.model.layers[1].self_attn.o_proj
+    with pytest.raises(ArchitectureError, match=r"layers\[1\]\) has no self_attn.o_proj"):
+        Architecture.from_model(hf, hf.config)
+
+
+def test_unverified_model_type_loads_but_decompositions_refuse(tiny_model_of):
+    """A model type without a tested BlockLayout (e.g. Granite, which scales each write by a residual
+    multiplier) still loads, records and intervenes; only the attention + MLP split is refused."""
+    hf = tiny_model_of("llama").hf
+    cfg = SimpleNamespace(model_type="granite", num_hidden_layers=3, hidden_size=64, num_attention_heads=4,
+                          num_key_value_heads=2)
+    arch = Architecture.from_model(hf, cfg)
+    assert arch.block.name == "unverified" and not arch.block.additive
+    assert arch.mlp_write(hf, 1) is hf.model.layers[1].mlp
+    with pytest.raises(ArchitectureError, match=r"^thought-control splits .*'granite' has unverified blocks") as e:
+        arch.require_additive_blocks("thought-control")
+    assert "\n" not in str(e.value) and "BLOCK_LAYOUTS" in str(e.value)
+
+
+def test_default_block_layout_follows_model_type():
+    assert Architecture("olmo2", KNOWN_LAYOUTS[0], 3, 64, 4, 2, 16).block.name == "post-norm"
+    assert Architecture("mistral", KNOWN_LAYOUTS[0], 3, 64, 4, 2, 16).block.name == "pre-norm"
+    assert Architecture("mystery", KNOWN_LAYOUTS[0], 3, 64, 4, 2, 16).block.name == "unverified"

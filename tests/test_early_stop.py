@@ -6,7 +6,8 @@ once saved its per-step store there, so any batch whose replies all ended early 
 ``UnboundLocalError`` — the first ``steer`` with an ordinary question, and every resume of a sweep
 batch that ended early. The suite never generated such a batch; these tests do, on every path:
 HF generate and the compact loop, greedy and sampled, with and without recording, on the four
-tiny architectures and on the real model (CLI ``steer`` and ``run_sweep``).
+original tiny architectures (greedy only on the five added ones) and on the real model (CLI
+``steer`` and ``run_sweep``).
 
 Tiny random models rarely emit their EOS token, so EOS is forced by declaring as EOS the tokens
 each row is known to produce at a given step (the reference run with the same seed).
@@ -27,6 +28,7 @@ from introspect_mech.inject import Injection, Window
 from introspect_mech.prompts import render
 from introspect_mech.record import RecordSpec
 
+from conftest import EXTRA_ARCHS
 from test_decode_compact import N, _injections, _prompts  # prompts known not to emit EOS in N steps
 
 ARCHS = ("llama", "gemma3", "qwen2", "gpt2")
@@ -107,6 +109,18 @@ def test_rows_stop_at_different_steps(tiny_model_of, arch, path, temperature, mo
         return
     assert got.new_tokens == expect
     assert got.doses == _run(path, m, prompts, injs, temperature, None, eos=eos).doses
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("arch", EXTRA_ARCHS)
+@pytest.mark.parametrize("path,with_record", [("hf", True), ("compact", False)])
+def test_added_architectures_stop_early(tiny_model_of, arch, path, with_record, monkeypatch):
+    """The five added architectures (Mistral/Gemma 2 sliding-window caches, Phi-3's fused projections, OLMo-2's
+    post-norms), greedy: every row stops at step 1, then rows stop at different steps. Sampling and stop_at=0
+    exercise no architecture-specific code, so they run on the original four only (keeps the tier fast)."""
+    test_all_rows_stop_at_the_same_early_step(tiny_model_of, arch, path, 0.0, with_record, 1, monkeypatch)
+    monkeypatch.undo()
+    test_rows_stop_at_different_steps(tiny_model_of, arch, path, 0.0, monkeypatch)
 
 
 @pytest.mark.usefixtures("single_thread")

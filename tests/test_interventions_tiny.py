@@ -10,6 +10,8 @@ from introspect_mech.interventions import DirectionAblation, MLPAblation
 from introspect_mech.prompts import render
 from introspect_mech.record import RecordSpec
 
+from conftest import ALL_TINY_ARCHS
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
@@ -31,7 +33,7 @@ def _ref_logits(model, ids, module, hook):
         h.remove()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ALL_TINY_ARCHS)
 def test_mlp_zero_ablation_matches_hook(tiny_model_of, arch):
     m = tiny_model_of(arch)
     p = _prompt(m)
@@ -42,7 +44,7 @@ def test_mlp_zero_ablation_matches_hook(tiny_model_of, arch):
     assert (got - clean).abs().max().item() > 1e-3
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ALL_TINY_ARCHS)
 def test_direction_projection_matches_hook(tiny_model_of, arch):
     m = tiny_model_of(arch)
     p = _prompt(m)
@@ -64,9 +66,10 @@ def test_direction_projection_matches_hook(tiny_model_of, arch):
     assert torch.allclose(rec2.residual_at(1, 0) @ un, torch.full((len(p),), 2.5), atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ALL_TINY_ARCHS)
 def test_components_sum_to_residual(tiny_model_of, arch):
-    """Pre-norm blocks: h_L = h_{L-1} + attn_out_L + mlp_out_L (Gemma 3's post-norms break this, so not tested)."""
+    """h_L = h_{L-1} + attn_out_L + mlp_out_L on every architecture: the recorded writes are the attention / MLP
+    outputs on pre-norm blocks and their post-norms' outputs on Gemma 2/3 (sandwich) and OLMo-2 (post-norm)."""
     m = tiny_model_of(arch)
     prompts = [_prompt(m), _prompt(m, "Hi")]
     rec = forward(m, prompts, record=RecordSpec(layers=[0, 1], components=True))

@@ -22,7 +22,17 @@ from introspect_mech.record import RecordSpec, head_contributions, o_proj_bias
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_any):
+    """Every test here runs on all nine tiny architectures (conftest's four plus mistral, qwen3, gemma2, phi3, olmo2)."""
+    return tiny_model_any
+
 TOL = 1e-5
+# KV-cached decode steps of a left-padded batch vs one unpadded row: attention sums run over other widths, so
+# float32 rounding differs; measured up to 7.6e-6 (llama) and 1.3e-5 (mistral) on values of magnitude up to ~20.
+# A wrong position, window or per-step injection moves them by more than 1e-2.
+STEP_TOL = 3e-5
 CHANGED = 1e-3  # an intervention that "changes the logits" moves some logit by more than this
 
 TEXTS = (
@@ -571,7 +581,7 @@ def _check_steps(gen, r, caps):
         assert maxdiff(steps[0][r, pad:], calls[0][0]) <= TOL, (r, L, 0)  # prefill [B, Tpad, d]
         for k in range(1, len(calls)):
             assert steps[k].shape[1] == 1  # one token per KV-cached step
-            assert maxdiff(steps[k][r], calls[k][0]) <= TOL, (r, L, k)
+            assert maxdiff(steps[k][r], calls[k][0]) <= STEP_TOL, (r, L, k)
 
 
 def test_generate_injection_through_generated_tokens(tiny_model, clean):

@@ -48,7 +48,8 @@ def _reference_logodds(m, x) -> float:
     return float(torch.logsumexp(s[:k], 0) - torch.logsumexp(s[k:], 0))
 
 
-@pytest.mark.parametrize("arch, packed", [("llama", True), ("qwen2", True), ("gemma3", False)])
+@pytest.mark.parametrize("arch, packed", [("llama", True), ("qwen2", True), ("gemma3", False), ("mistral", False),
+                                          ("gemma2", False), ("phi3", True), ("qwen3", True), ("olmo2", True)])
 def test_logit_measure_matches_hook_reference(tiny_model_of, arch, packed):
     m = tiny_model_of(arch)
     assert packing_supported(m) is packed
