@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import os
 import sys
 from dataclasses import dataclass
@@ -412,6 +413,6 @@ if __name__ == "__main__":
     for c in CASES:
         with tempfile.TemporaryDirectory() as d:
             code, msg = run_case(c, Path(d))
-        msg = msg.replace("|", "\\|")
+        msg = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", msg.replace(d, "TMP")).replace("|", "\\|")
         print(f"| {c.what} | `{msg[:300]}` |" if code == 2 else f"| {c.what} | UNEXPECTED exit {code}: {msg} |")
     sys.exit(0)
