@@ -195,6 +195,17 @@ def _generate_rows(model: Any, inputs: Sequence[TrialInput], temperature: float,
     return rows
 
 
+def _system_prompt(experiment: Experiment, model: Any) -> dict | None:
+    """The run's system-turn choice and the system text its prompts hold (None: no system turn)."""
+    from .prompts import resolve_system
+
+    cfg = experiment.config()
+    if "system" not in cfg:
+        return None
+    _, text = resolve_system(model.tokenizer, cfg["system"], cfg.get("fmt", "auto"))
+    return {"choice": cfg["system"], "rendered": text}
+
+
 def run_sweep(
     experiment: Experiment,
     model: Any,
@@ -250,6 +261,7 @@ def run_sweep(
         "seed": seed,
         "decode": decode,
         "protocol_hash": protocol.protocol_hash(),
+        "system_prompt": _system_prompt(experiment, model),
     }
     if old is not None:
         keys = ("experiment", "config", "batch_size", "temperature", "seed")
@@ -305,7 +317,7 @@ def run_sweep(
             doses = o.pop("doses", [])
             rec = {**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
                    "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
-                   "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
+                   "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt), "system_prompt": x.prompt.system,
                    "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
                                   for inj, d in zip(x.injections, doses)],
                    "dose": doses[0] if doses else None, **x.info, **o}

@@ -52,8 +52,12 @@ class ThoughtsVsTextConfig:
     max_new_tokens_repeat: int = 15
     n_choices: int = 10
     fmt: str = "auto"
+    system: str = "auto"  # system-turn choice (prompts.render)
 
     def validate(self) -> None:
+        from ..prompts import check_system
+
+        check_system(self.system)
         for s in self.strengths:
             check_strength(s)
         if not 1 <= self.n_sentences <= 50:
@@ -98,11 +102,12 @@ class ThoughtsVsText:
         return out
 
     def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt)
+        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt,
+                                               system=self.cfg.system)
 
     def prompt(self, model: Any, task: str, i: int):
         sent = self.sentences[i]
-        rp = render(model.tokenizer, task_turns(task, sent), fmt=self.cfg.fmt)
+        rp = render(model.tokenizer, task_turns(task, sent), fmt=self.cfg.fmt, system=self.cfg.system)
         a, b = rp.token_span_of(sent, last=True)
         return rp, Window.span(a, b)
 
