@@ -17,6 +17,11 @@ from typing import Any, Sequence
 from .errors import ConfigError, IntrospectError
 
 
+SYSTEM_HELP = ("system turn: 'auto' (default: none where the chat template allows it, else an explicit empty one), "
+               "'none' (refuse templates that insert their own), 'empty', 'template' (the template's own default, "
+               "e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM...'), or the system prompt's text")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="embedded alias (smollm2-135m-instruct [default], gemma-3-270m), local path or HF id")
@@ -52,7 +57,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     model = _load(args)
     t0 = time.perf_counter()
     cv = extract_concept_vectors(model, _words(args.words), layers=args.layers, cache=not args.no_cache,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, system=args.system, dedupe_baseline=args.dedupe_baseline)
     dt = time.perf_counter() - t0
     out = cv.save(args.out)
     how = "loaded from cache" if cv.meta.pop("loaded_from_cache", None) else f"extracted in {dt:.1f} s"
@@ -77,14 +82,14 @@ def cmd_steer(args: argparse.Namespace) -> int:
     if args.vectors:
         cv = ConceptVectors.load(args.vectors, model)
     else:
-        cv = extract_concept_vectors(model, [args.concept], layers=[layer])
+        cv = extract_concept_vectors(model, [args.concept], layers=[layer], system=args.system)
     vec = cv.get(args.concept, layer)
     if args.prompt is None:
-        p = exp1_prompt(model.tokenizer, fmt=args.format)
+        p = exp1_prompt(model.tokenizer, fmt=args.format, system=args.system)
         prompt, window = p.rendered, p.window
         where = f"from token {p.start} (the '\\n\\n' before 'Trial 1') through every generated token"
     else:
-        prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format)
+        prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format, system=args.system)
         window, where = Window.all(), "on every token"
     inj = Injection(vec, layer, args.strength, window, label=args.concept)
     gen = generate(model, [prompt, prompt], [None, inj], max_new_tokens=args.max_new_tokens,
@@ -109,6 +114,12 @@ def _floats(text: str) -> list[float]:
     return [check_strength(x) for x in text.split(",") if x.strip()]
 
 
+def _optional_strength(text: str) -> float | None:
+    from .inject import check_strength
+
+    return None if str(text).strip().lower() in ("none", "off") else check_strength(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import run_sweep
 
@@ -123,25 +134,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             concepts=args.concepts, n_concepts=args.n_concepts, trials=args.trials,
             control_trials=args.control_trials, controls=controls, control_per_cell=args.control_per_cell,
             yes_bias_per_cell=args.yes_bias_per_cell, alt_per_cell=args.alt_per_cell, variant=args.variant,
-            max_new_tokens=args.max_new_tokens or 100, fmt=args.format)
+            random_fixed_strength=_optional_strength(args.random_fixed_strength), control_seed=args.control_seed,
+            max_new_tokens=args.max_new_tokens or 100, fmt=args.format, system=args.system)
         exp = InjectedThoughts(model, cfg)
     elif args.experiment == "thoughts-vs-text":
         from .experiments.thoughts_vs_text import ThoughtsVsText, ThoughtsVsTextConfig
 
         exp = ThoughtsVsText(model, ThoughtsVsTextConfig(
             layers=[x for x in args.layers.split(",") if x.strip()], strengths=_floats(args.strengths or "1,2,4,8,16"),
-            n_sentences=args.n_pairs, fmt=args.format))
+            n_sentences=args.n_pairs, fmt=args.format, system=args.system))
     elif args.experiment == "prefill-intent":
         from .experiments.prefill_intent import PrefillIntent, PrefillIntentConfig, PrefillIntentLogits
 
         cfg = PrefillIntentConfig(layers=[x for x in args.layers.split(",") if x.strip()],
                                   strengths=_floats(args.strengths or "1,2,4,8,16"), n_pairs=args.n_pairs,
-                                  measure=args.measure, max_new_tokens=args.max_new_tokens or 20, fmt=args.format)
+                                  measure=args.measure, max_new_tokens=args.max_new_tokens or 20, fmt=args.format,
+                                  system=args.system)
         exp = (PrefillIntentLogits if args.measure == "logits" else PrefillIntent)(model, cfg)
     elif args.experiment == "intentional-control":
         from .experiments.intentional_control import IntentionalControl, IntentionalControlConfig
 
-        exp = IntentionalControl(model, IntentionalControlConfig(n_pairs=args.n_pairs, fmt=args.format))
+        exp = IntentionalControl(model, IntentionalControlConfig(n_pairs=args.n_pairs, fmt=args.format,
+                                                                 system=args.system))
     else:  # argparse restricts the choices; this guards programmatic calls
         raise IntrospectError(f"unknown experiment {args.experiment!r}")
     if args.batch_size != "auto" and not str(args.batch_size).lstrip("-").isdigit():
@@ -225,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output path (writes OUT.safetensors and OUT.json)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached vectors")
+    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
+    p.add_argument("--dedupe-baseline", action="store_true",
+                   help="average the 99 unique baseline words instead of the paper's published 100-entry list "
+                        "('Butterflies' twice); recorded in the vectors' metadata")
     p.set_defaults(func=cmd_vectors)
 
     p = sub.add_parser("steer", help="generate with an injected concept, next to the un-injected text")
@@ -240,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
@@ -260,10 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controls", default="all",
                    help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (or 'all')")
     p.add_argument("--control-per-cell", type=int, default=10, help="random/negated/scaling trials per cell")
-    p.add_argument("--yes-bias-per-cell", type=int, default=20)
+    p.add_argument("--yes-bias-per-cell", type=int, default=20,
+                   help="yes-bias questions per injected cell: 20 = all (default); fewer = a per-cell offset into "
+                        "the 20, each cell compared with the clean answers to the same questions")
+    p.add_argument("--random-fixed-strength", default="8",
+                   help="Exp 1: the paper's random-vector control, norm-matched to a concept vector at this "
+                        "strength, once per layer ('none' to skip); the cell-matched random control runs as well")
+    p.add_argument("--control-seed", type=int, default=0,
+                   help="Exp 1: seed of the concept draws for the per-cell controls")
     p.add_argument("--alt-per-cell", type=int, default=6)
     p.add_argument("--variant", default="2025", choices=["2025", "2026"])
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
+    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
