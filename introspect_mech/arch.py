@@ -183,6 +183,18 @@ class Architecture:
     def mlp(self, root: Any, i: int) -> Any:
         return _get_path(self.layer(root, i), self.layout.mlp)
 
+    def write_norms(self, root: Any, i: int) -> tuple[Any, Any]:
+        """Norms a block applies to its attention and MLP outputs *before* adding them to the residual
+        (post-norm blocks: Gemma 2/3, OLMo 2), as ``(attention, mlp)``; ``(None, None)`` for pre-norm blocks.
+
+        Why: on a post-norm block the residual change is ``norm_a(attn_out) + norm_m(mlp_out)``, so
+        attributing it to the raw attention and MLP outputs is wrong. Recognised by a
+        ``post_feedforward_layernorm`` (Llama's ``post_attention_layernorm`` is a *pre*-MLP norm)."""
+        block = self.layer(root, i)
+        if not hasattr(block, "post_feedforward_layernorm"):
+            return None, None
+        return getattr(block, "post_attention_layernorm", None), block.post_feedforward_layernorm
+
     def final_norm(self, root: Any) -> Any:
         return _get_path(root, self.layout.final_norm)
 
