@@ -272,10 +272,12 @@ def generate(
     with torch.no_grad(), _quiet_nnsight():
         with model.nn.generate(**kwargs, **model.trace_kwargs) as tracer:
             with tracer.invoke(batch.inputs(model.device)):
-                store = _new_store()
+                # saved *before* the loop: when every row stops at EOS before max_new_tokens, the statements
+                # after a bounded `tracer.iter` loop are never reached (nnsight 0.8), and a store saved
+                # there would not exist
+                store = nnsight.save(_new_store())
                 for step in tracer.iter[:max_new_tokens]:
                     _touch_layers(model, plan, record, batch, step, rec_layers, store)
-                store = nnsight.save(store)
             with tracer.invoke():
                 sequences = tracer.result.save()
     sequences = sequences.detach().cpu()
