@@ -257,9 +257,11 @@ def markdown_table(summary: dict) -> str:
     pooled = (summary.get("yes_bias") or {}).get("pooled")
     if pooled:
         d = pooled["difference"]
+        diff = ("–" if d["estimate"] != d["estimate"] else
+                f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")
         lines.append(f"Yes-bias, all injected cells pooled vs the clean answers to the same questions: "
                      f"{_fmt(pooled['injected'])} vs {_fmt(pooled['clean_same_questions'])}, difference "
-                     f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]; unparsed "
+                     f"{diff}; unparsed "
                      f"{pooled['injected']['unparsed']}/{pooled['injected']['asked']} injected, "
                      f"{pooled['clean_same_questions']['unparsed']}/{pooled['clean_same_questions']['asked']} clean.")
     ho = summary.get("held_out") or {}

@@ -108,9 +108,9 @@ def summarize(records: Sequence[dict]) -> dict:
                 c[k].append(v)
             if has_pct:
                 pm, plo, phi = _mean_ci([r["target_percentile"][L] for r in recs])
-                c["percentile"].append(pm)
-                c["percentile_lo"].append(plo)
-                c["percentile_hi"].append(phi)
+                c["percentile"].append(pm)  # a mean of values in [0, 1]: its interval is clipped to [0, 1]
+                c["percentile_lo"].append(max(0.0, plo) if plo == plo else plo)
+                c["percentile_hi"].append(min(1.0, phi) if phi == phi else phi)
                 if has_q:
                     c["above_q95"].append(asdict(Rate.from_bools(r["cos_target"][L] > r["cos_control_q95"][L]
                                                                  for r in recs)))
