@@ -35,7 +35,7 @@ from ..errors import ConceptError, ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, check_word, extract_concept_vectors
 from ..inject import Injection, Window, check_strength, random_like
-from ..prompts import Turn, render
+from ..prompts import Turn, render, resolve_system
 from ..runner import Trial, TrialInput
 from .exp1_prompt import exp1_prompt, exp1_turns
 
@@ -139,6 +139,7 @@ class InjectedThoughts:
 
     def __init__(self, model: Any, cfg: InjectedThoughtsConfig) -> None:
         cfg.validate()
+        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
         self.cfg = cfg
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.n_layers = model.arch.n_layers

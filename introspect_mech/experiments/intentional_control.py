@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..execution import forward
-from ..prompts import Turn, render
+from ..prompts import Turn, render, resolve_system
 from ..record import RecordSpec
 from ..runner import Trial, TrialInput
 
@@ -59,6 +59,7 @@ class IntentionalControl:
 
     def __init__(self, model: Any, cfg: IntentionalControlConfig) -> None:
         cfg.validate()
+        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
         self.cfg = cfg
         exp = protocol.experiment(NAME)
         self.templates = {k: exp["templates"][k] for k in cfg.templates}

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..inject import Injection, Window, check_strength
-from ..prompts import Turn, render
+from ..prompts import Turn, render, resolve_system
 from ..runner import Trial, TrialInput
 
 NAME = "prefill_intent"
@@ -77,6 +77,7 @@ class PrefillIntent:
 
     def __init__(self, model: Any, cfg: PrefillIntentConfig) -> None:
         cfg.validate()
+        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
         self.cfg = cfg
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.sentences = protocol.sentences()[: cfg.n_pairs]
