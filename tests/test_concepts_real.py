@@ -49,12 +49,17 @@ def test_matches_independent_recipe(smol, smol_vectors):
         "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTell me about dust<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_deduplicated_baseline_is_an_option_recorded_in_metadata(smol, smol_vectors):
-    cv = extract_concept_vectors(smol, ["dust"], layers=[12], dedupe_baseline=True, cache=False)
-    assert cv.meta["baseline_size"] == 99 and cv.meta["baseline_deduplicated"] is True
-    # 'Butterflies' weighs once instead of twice: the vectors differ, slightly
-    diff = (cv.get("dust", 12) - smol_vectors.get("dust", 12)).norm() / smol_vectors.get("dust", 12).norm()
-    assert 1e-4 < float(diff) < 0.05
+def test_deduplicated_baseline_is_an_option_recorded_in_metadata(smol):
+    base = ["Butterflies", "Apple", "butterflies"]  # a repeat, as in the published list
+    kw = dict(layers=[12], cache=False)
+    dup = extract_concept_vectors(smol, ["dust"], baseline=base, **kw)
+    ded = extract_concept_vectors(smol, ["dust"], baseline=base, dedupe_baseline=True, **kw)
+    ref = extract_concept_vectors(smol, ["dust"], baseline=["Butterflies", "Apple"], **kw)
+    assert dup.meta["baseline_size"] == 3 and dup.meta["baseline_deduplicated"] is False
+    assert ded.meta["baseline_size"] == 2 and ded.meta["baseline_deduplicated"] is True
+    assert dup.meta["baseline_unique_words"] == ded.meta["baseline_unique_words"] == 2
+    assert torch.allclose(ded.get("dust", 12), ref.get("dust", 12), atol=1e-5)  # the repeat is dropped
+    assert not torch.allclose(dup.get("dust", 12), ref.get("dust", 12), atol=1e-3)  # ... and it mattered
 
 
 def test_save_load_roundtrip_and_validation(smol, smol_vectors, tmp_path):
