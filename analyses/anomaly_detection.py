@@ -12,9 +12,14 @@ concepts share. It is compared against:
 
 Direction specificity: AUC when training on one strength and testing on another, and
 the cosine between probe directions of different concept folds. Causal test: project
-the probe direction out at the readout layers and measure the change in the Exp 1
-first-token yes-vs-no log-odds, against projecting out random directions (the
-harness's permutation null).
+the probe direction out at the readout layers after the injection layer, at the tokens
+from the injection window on (never the attention-sink token at position 0, whose
+residual norm is ~50-100x the others'), and measure the change in the Exp 1 first-token
+yes-vs-no log-odds. The null is drawn the way the hypothesis was made (``null``):
+"shuffled" (default) refits the same probe on the same rows with shuffled labels, 99
+times; "covariance" draws directions from the residual covariance at each layer;
+"isotropic" is the harness's uniform random directions (for comparison only). The
+p-value is centred on the null median, and the summary states the minimum attainable p.
 """
 
 from __future__ import annotations
@@ -32,14 +37,17 @@ import torch
 
 from introspect_mech import protocol
 from introspect_mech.concepts import extract_concept_vectors
+from introspect_mech.errors import ConfigError
 from introspect_mech.execution import forward
 from introspect_mech.inject import Injection, Window, random_like
 from introspect_mech.prompts import Turn, render
 from introspect_mech.record import RecordSpec
-from introspect_mech.stats import Rate
+from introspect_mech.stats import Rate, format_p
 from introspect_mech.store import atomic_write_json
 
-from .circuits import Direction, Hypothesis, LogitMetric, next_token_logodds, test_hypothesis
+from .circuits import Direction, Hypothesis, LogitMetric, covariance_directions, next_token_logodds, test_hypothesis
+
+NULLS = ("shuffled", "covariance", "isotropic")
 
 
 @dataclass
@@ -53,9 +61,16 @@ class AnomalyConfig:
     n_folds: int = 4
     causal_concepts: int = 12
     causal_strength: float = 8.0
-    n_null: int = 10
+    n_null: int = 99  # minimum attainable p = 1 / (1 + n_null) = 0.01
+    null: str = "shuffled"  # shuffled | covariance | isotropic (module docstring)
     batch_size: int = 32
     seed: int = 0
+
+    def validate(self) -> None:
+        if self.null not in NULLS:
+            raise ConfigError(f"null must be one of {', '.join(NULLS)}, got {self.null!r}")
+        if self.n_null < 1:
+            raise ConfigError("n_null must be >= 1 (the minimum attainable p is 1 / (1 + n_null))")
 
 
 def exp1_prompt_set(model: Any, n_trial_numbers: int) -> list[tuple[Any, Window, str]]:
@@ -202,8 +217,40 @@ def probe_layer(rows: Rows, L: int, folds: np.ndarray, strengths: list[float]) -
     }
 
 
-def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict) -> dict:
-    """Project the probe directions out at readout layers > the injection layer; metric = Exp 1 yes-vs-no log-odds."""
+def shuffled_probe_directions(rows: Rows, layers: list[int], n: int, seed: int) -> list[dict[int, np.ndarray]]:
+    """``n`` null probes: the same pipeline fitted on the same (clean + concept) rows with the labels
+    permuted (class sizes kept), one direction per layer per draw."""
+    kind = np.array(rows.kind)
+    train = np.isin(kind, ["clean", "concept"])
+    y = (kind[train] == "concept").astype(int)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ys = rng.permutation(y)
+        out.append({L: _direction(_probe().fit(rows.X[L][train], ys)) for L in layers})
+    return out
+
+
+def null_direction_sets(rows: Rows, layers: list[int], cfg: AnomalyConfig) -> tuple[list[list[Direction]] | None, str]:
+    """The null's direction sets for ``cfg.null`` (None: let the harness draw isotropic ones)."""
+    if cfg.null == "shuffled":
+        draws = shuffled_probe_directions(rows, layers, cfg.n_null, cfg.seed)
+        sets = [[Direction(L, torch.tensor(d[L], dtype=torch.float32), "shuffled-label probe") for L in layers]
+                for d in draws]
+        return sets, "probes refitted on the same rows with shuffled labels"
+    if cfg.null == "covariance":
+        kind = np.array(rows.kind)
+        train = np.isin(kind, ["clean", "concept"])
+        per = {L: covariance_directions(torch.from_numpy(rows.X[L][train]), cfg.n_null, cfg.seed + L) for L in layers}
+        sets = [[Direction(L, per[L][i].float(), "covariance") for L in layers] for i in range(cfg.n_null)]
+        return sets, "directions drawn from N(0, residual covariance) at each layer"
+    return None, "isotropic random directions"
+
+
+def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict,
+                rows: Rows | None = None) -> dict:
+    """Project the probe directions out at readout layers > the injection layer, at tokens from the
+    injection window on; metric = Exp 1 yes-vs-no log-odds; null per ``cfg.null``."""
     from introspect_mech.experiments.exp1_prompt import exp1_prompt
 
     p = exp1_prompt(model.tokenizer)
@@ -215,19 +262,27 @@ def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: 
     metric = LogitMetric(model, [p.rendered] * len(cw), next_token_logodds(yes, no), injections=injs,
                          batch_size=cfg.batch_size)
     clean = LogitMetric(model, [p.rendered], next_token_logodds(yes, no))()
-    comps = [Direction(L, torch.tensor(probes[L]["direction"], dtype=torch.float32), f"probe@{L}")
-             for L in sorted(probes) if L > inj_layer]
+    layers = [L for L in sorted(probes) if L > inj_layer]
+    comps = [Direction(L, torch.tensor(probes[L]["direction"], dtype=torch.float32), f"probe@{L}") for L in layers]
     if not comps:
         return {"skipped": "no readout layer after the injection layer"}
-    res = test_hypothesis(model, Hypothesis("project out probe directions", comps, "zero"), metric,
-                          n_null=cfg.n_null, seed=cfg.seed)
+    if cfg.null != "isotropic" and rows is None:
+        raise ValueError(f"the {cfg.null!r} null needs the probe's training rows")
+    null_sets, null_kind = null_direction_sets(rows, layers, cfg) if rows is not None else (None, "isotropic")
+    # from the injection window on: the sink token (position 0) and the untouched prefix keep their residual
+    hyp = Hypothesis("project out probe directions", comps, "zero", start=p.start)
+    res = test_hypothesis(model, hyp, metric, n_null=cfg.n_null, seed=cfg.seed, null_sets=null_sets,
+                          null_kind=null_kind)
     return {"metric": "log P(Yes) - log P(No) at the first answer token, Exp 1 prompt, concept injected",
+            "ablated_positions": f"unpadded positions >= {p.start} (the injection window's start) through the "
+                                 "readout token",
             "clean_prompt_logodds": clean, "injected_logodds": res.baseline,
             "injection_effect_on_metric": res.baseline - clean, **res.to_dict()}
 
 
 def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "figures/anomaly", png: bool = True) -> dict:
     cfg = cfg or AnomalyConfig()
+    cfg.validate()
     t0 = time.perf_counter()
     arch = model.arch
     inj = arch.resolve_layer(cfg.injection_layer)
@@ -242,8 +297,11 @@ def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "fig
     rows = collect(model, cfg, layers, inj, words, vectors)
     folds = _folds(rows, cfg.n_folds, cfg.seed)
     probes = {L: probe_layer(rows, L, folds, cfg.strengths) for L in layers}
-    causal = causal_test(model, cfg, inj, vectors, words, probes)
+    causal = causal_test(model, cfg, inj, vectors, words, probes, rows)
+    from introspect_mech.prompts import resolve_system
+
     summary = {"config": asdict(cfg), "model": model.describe(), "injection_layer": inj, "readout_layers": layers,
+               "system_prompt": resolve_system(model.tokenizer)[1],
                "n_rows": len(rows.kind), "rows_by_kind": {k: rows.kind.count(k) for k in sorted(set(rows.kind))},
                "probes": {str(L): {k: v for k, v in p.items() if k != "direction"} for L, p in probes.items()},
                "causal": causal, "seconds": time.perf_counter() - t0}
@@ -273,9 +331,11 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
     c = summary["causal"]
     if "null_effects" in c:
         fig2 = go.Figure()
-        fig2.add_trace(go.Box(y=c["null_effects"], name="random directions (null)", boxpoints="all"))
+        fig2.add_trace(go.Box(y=c["null_effects"], name=f"null: {c.get('null_kind', 'random directions')}",
+                              boxpoints="all"))
         fig2.add_trace(go.Scatter(x=["probe directions"], y=[c["effect"]], mode="markers", marker=dict(size=14),
-                                  name=f"probe directions (p={c['p_value']:.2f})"))
+                                  name=f"probe directions (p={c['p_value']:.3f}, min attainable "
+                                       f"{c.get('min_p', float('nan')):.3f})"))
         fig2.update_layout(title="Causal test: change in Exp 1 yes-vs-no log-odds when projecting out",
                            yaxis_title="Δ log-odds", template="plotly_white")
         written["causal"] = plots.save_figure(fig2, out / "anomaly_causal", png=png)
@@ -290,7 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-concepts", type=int, default=12)
     ap.add_argument("--strengths", default="2,4,8")
     ap.add_argument("--n-trial-numbers", type=int, default=8)
-    ap.add_argument("--n-null", type=int, default=10)
+    ap.add_argument("--n-null", type=int, default=99, help="null draws (minimum attainable p = 1/(1+n))")
+    ap.add_argument("--null", default="shuffled", choices=NULLS,
+                    help="shuffled-label probes (default), residual-covariance directions, or isotropic directions")
+    ap.add_argument("--n-random-concepts", type=int, default=3)
+    ap.add_argument("--causal-concepts", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures/anomaly")
     ap.add_argument("--no-png", action="store_true")
     a = ap.parse_args(argv)
@@ -299,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(a.model)
     cfg = AnomalyConfig(injection_layer=a.layer, readout_layers=a.readout.split(",") if a.readout else None,
                         n_concepts=a.n_concepts, strengths=[float(x) for x in a.strengths.split(",")],
-                        n_trial_numbers=a.n_trial_numbers, n_null=a.n_null)
+                        n_trial_numbers=a.n_trial_numbers, n_null=a.n_null, null=a.null,
+                        n_random_concepts=a.n_random_concepts, causal_concepts=a.causal_concepts, seed=a.seed)
     s = run(model, cfg, a.out, png=not a.no_png)
     for L in s["readout_layers"]:
         p = s["probes"][str(L)]
@@ -307,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
               f"random-vs-clean {p['auc_random_vs_clean']:.3f}, scaling-vs-clean {p['auc_scaling_vs_clean']:.3f}")
     c = s["causal"]
     if "effect" in c:
-        print(f"causal: projecting out probe directions changes yes-vs-no log-odds by {c['effect']:+.3f} "
-              f"(null {c['null_mean']:+.3f} ± {c['null_sd']:.3f}, p = {c['p_value']:.3f})")
+        print(f"causal: projecting out probe directions (from token {c['hypothesis']['start']} on) changes yes-vs-no "
+              f"log-odds by {c['effect']:+.3f} (null: {c['null_kind']}, median {c['null_median']:+.3f}, mean "
+              f"{c['null_mean']:+.3f} ± {c['null_sd']:.3f}; {format_p(c['p_value'], c['min_p'], c['n_null'])})")
     print(f"wrote {a.out}/anomaly_summary.json in {s['seconds']:.0f} s")
     return 0

@@ -4,7 +4,17 @@ a permutation null from random component sets of the same size, and a p-value.
 Why a null: in a 30-layer model almost any ablation moves a metric a little. "Ablating
 these 3 heads changes the apology log-odds by 0.4" means something only next to what
 ablating 3 *random* heads (same kinds, by default at the same layers) does. The
-p-value is the two-sided permutation p: (1 + #{|null| ≥ |effect|}) / (1 + n_null).
+p-value is a Monte-Carlo permutation p centred on the null (``stats.permutation_test``):
+(1 + #{|null − m| ≥ |effect − m|}) / (1 + n_null) with m the null median, or a pre-declared
+one-sided test; every result carries the minimum attainable p, 1 / (1 + n_null).
+
+The null must be drawn like the hypothesis: random heads for heads, and for a direction
+learnt from data (a probe) directions learnt the same way without the signal (shuffled-label
+probes, passed as ``null_sets``) or drawn from the residual covariance
+(``covariance_directions``), not isotropic random directions, which live mostly in dimensions
+the residual barely uses. A hypothesis acts only at positions ``>= start`` (its ``start``):
+the injection window or the readout position on, never the attention-sink token, whose
+residual norm (~25,000 on SmolLM2) makes any projection there a large, unrelated edit.
 
 Components:
 - ``Head(layer, head)``: the head's slice of the o_proj input;
@@ -25,6 +35,7 @@ import torch
 from introspect_mech.execution import forward
 from introspect_mech.interventions import DirectionAblation, HeadAblation, MLPAblation
 from introspect_mech.record import RecordSpec
+from introspect_mech.stats import Alternative, permutation_test
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,7 @@ class Hypothesis:
     name: str
     components: list[Component]
     intervention: Intervention = "zero"
+    start: int = 0  # first (unpadded) token position the interventions touch
 
     def describe(self) -> dict:
         out = []
@@ -64,7 +76,7 @@ class Hypothesis:
                 out.append({"kind": "direction", "layer": c.layer, "label": c.label})
             else:
                 out.append({"kind": type(c).__name__.lower(), **asdict(c)})
-        return {"name": self.name, "intervention": self.intervention, "components": out}
+        return {"name": self.name, "intervention": self.intervention, "start": self.start, "components": out}
 
 
 @dataclass
@@ -77,6 +89,10 @@ class HypothesisResult:
     p_value: float
     n_components: int
     hypothesis: dict = field(default_factory=dict)
+    min_p: float = float("nan")
+    null_median: float = float("nan")
+    alternative: str = "two-sided"
+    null_kind: str = ""
 
     @property
     def null_mean(self) -> float:
@@ -98,15 +114,34 @@ class HypothesisResult:
     def to_dict(self) -> dict:
         return {"name": self.name, "baseline": self.baseline, "intervened": self.intervened, "effect": self.effect,
                 "null_effects": self.null_effects, "null_mean": self.null_mean, "null_sd": self.null_sd,
-                "z_score": self.z_score, "p_value": self.p_value, "n_components": self.n_components,
+                "z_score": self.z_score, "p_value": self.p_value, "min_p": self.min_p,
+                "null_median": self.null_median, "p_alternative": self.alternative,
+                "p_method": ("two-sided, centred on the null median: (1 + #{|null - median| >= |effect - median|})"
+                             " / (1 + n_null)" if self.alternative == "two-sided" else
+                             f"one-sided ({self.alternative}), pre-declared"),
+                "null_kind": self.null_kind, "n_components": self.n_components,
                 "n_null": len(self.null_effects), "hypothesis": self.hypothesis}
+
+    @classmethod
+    def from_null(cls, name: str, baseline: float, value: float, null_effects: Sequence[float], n_components: int,
+                  hypothesis: dict, alternative: Alternative = "two-sided", null_kind: str = "") -> "HypothesisResult":
+        """The one place a hypothesis result gets its p-value (``stats.permutation_test``)."""
+        effect = value - baseline
+        t = permutation_test(effect, null_effects, alternative)
+        return cls(name, baseline, value, effect, list(null_effects), t.p_value, n_components, hypothesis,
+                   t.min_p, t.null_median, alternative, null_kind)
 
 
 class ComponentStats:
-    """Mean or counterfactual values of components, computed once per prompt set (cached per layer)."""
+    """Mean or counterfactual values of components, computed once per prompt set (cached per layer).
 
-    def __init__(self, model: Any, prompts: Sequence[Any], injections: Sequence[Any] | None = None) -> None:
+    Means average the real tokens at positions ``>= start`` (default 1: never the attention-sink
+    token, whose activations are outliers), to match hypotheses that act from ``start`` on."""
+
+    def __init__(self, model: Any, prompts: Sequence[Any], injections: Sequence[Any] | None = None,
+                 start: int = 1) -> None:
         self.model, self.prompts, self.injections = model, list(prompts), injections
+        self.start = start
         self._rec = None
 
     def _recording(self):
@@ -118,7 +153,7 @@ class ComponentStats:
 
     def _real_mask(self) -> torch.Tensor:
         b = self._recording().batch
-        return (b.positions(b.width, b.width) >= 0).float()
+        return (b.positions(b.width, b.width) >= self.start).float()
 
     def head_mean(self, layer: int) -> torch.Tensor:
         x = self._recording().head_outputs[layer]  # [B, T, H, hd]
@@ -144,8 +179,8 @@ class ComponentStats:
 
 
 def to_ablations(components: Sequence[Component], intervention: Intervention,
-                 stats: ComponentStats | None = None) -> list:
-    """Translate components + an intervention into the core's ablation specs."""
+                 stats: ComponentStats | None = None, start: int = 0) -> list:
+    """Translate components + an intervention into the core's ablation specs, acting at positions ``>= start``."""
     if intervention in ("mean", "patch") and stats is None:
         raise ValueError(f"intervention {intervention!r} needs reference/counterfactual prompts")
     heads: dict[int, list[int]] = {}
@@ -155,16 +190,17 @@ def to_ablations(components: Sequence[Component], intervention: Intervention,
             heads.setdefault(c.layer, []).append(c.head)
         elif isinstance(c, MLP):
             if intervention == "zero":
-                out.append(MLPAblation(c.layer, "zero"))
+                out.append(MLPAblation(c.layer, "zero", start=start))
             elif intervention == "mean":
-                out.append(MLPAblation(c.layer, "mean", stats.mlp_mean(c.layer)))
+                out.append(MLPAblation(c.layer, "mean", stats.mlp_mean(c.layer), start=start))
             else:
-                out.append(MLPAblation(c.layer, "patch", stats.mlp_values(c.layer)))
+                out.append(MLPAblation(c.layer, "patch", stats.mlp_values(c.layer), start=start))
         elif isinstance(c, Direction):
             if intervention == "zero":
-                out.append(DirectionAblation(c.layer, c.vector))
+                out.append(DirectionAblation(c.layer, c.vector, start=start))
             elif intervention == "mean":
-                out.append(DirectionAblation(c.layer, c.vector, value=stats.direction_mean(c.layer, c.vector)))
+                out.append(DirectionAblation(c.layer, c.vector, value=stats.direction_mean(c.layer, c.vector),
+                                             start=start))
             else:
                 raise ValueError("patching a residual direction from a counterfactual: use intervention='mean' with "
                                  "the counterfactual prompts as reference (sets the projection to their mean)")
@@ -172,11 +208,11 @@ def to_ablations(components: Sequence[Component], intervention: Intervention,
             raise TypeError(f"unknown component {c!r}")
     for layer, hs in heads.items():
         if intervention == "zero":
-            out.append(HeadAblation(layer, tuple(hs), "zero"))
+            out.append(HeadAblation(layer, tuple(hs), "zero", start=start))
         elif intervention == "mean":
-            out.append(HeadAblation(layer, tuple(hs), "mean", stats.head_mean(layer)))
+            out.append(HeadAblation(layer, tuple(hs), "mean", stats.head_mean(layer), start=start))
         else:
-            out.append(HeadAblation(layer, tuple(hs), "patch", stats.head_values(layer)))
+            out.append(HeadAblation(layer, tuple(hs), "patch", stats.head_values(layer), start=start))
     return out
 
 
@@ -252,10 +288,23 @@ def random_like_components(model: Any, components: Sequence[Component], rng: ran
             taken.add(cand)
             out.append(cand)
         elif isinstance(c, Direction):
+            # isotropic: the simplest null, but not one that matches a data-derived direction (module doc)
             g = torch.Generator().manual_seed(rng.randrange(2**31))
             v = torch.randn(c.vector.shape[0], generator=g, dtype=torch.float64).to(c.vector.dtype)
             out.append(Direction(c.layer, v * (c.vector.norm() / v.norm()), "random"))
     return out
+
+
+def covariance_directions(x: torch.Tensor, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` unit directions drawn from N(0, Σ) with Σ the covariance of the rows of ``x`` ``[N, d]``:
+    random directions that live where the residual actually varies, as a data-derived direction does."""
+    x = x.double()
+    xc = x - x.mean(0, keepdim=True)
+    g = torch.Generator().manual_seed(int(seed))
+    # Σ^{1/2} z for z ~ N(0, I) equals Xcᵀ w / √(N−1) with w ~ N(0, I_N): no d×d factorisation needed
+    w = torch.randn(n, x.shape[0], generator=g, dtype=torch.float64)
+    v = w @ xc / max(x.shape[0] - 1, 1) ** 0.5
+    return [r / r.norm() for r in v]
 
 
 def test_hypothesis(
@@ -268,21 +317,30 @@ def test_hypothesis(
     stats: ComponentStats | None = None,
     same_layers: bool = True,
     baseline: float | None = None,
+    null_sets: Sequence[Sequence[Component]] | None = None,
+    null_kind: str | None = None,
+    alternative: Alternative = "two-sided",
 ) -> HypothesisResult:
-    """Effect of ``hypothesis`` on ``metric`` vs ``n_null`` random component sets of the same size."""
+    """Effect of ``hypothesis`` on ``metric`` vs ``n_null`` random component sets of the same size.
+
+    ``null_sets``: the null's component sets, drawn by the caller to match how the hypothesis was
+    made (e.g. shuffled-label probe directions); then ``n_null`` is ``len(null_sets)``. Otherwise
+    ``random_like_components`` draws them (random heads / MLPs; isotropic directions)."""
     base = metric([]) if baseline is None else baseline
-    value = metric(to_ablations(hypothesis.components, hypothesis.intervention, stats))
-    effect = value - base
-    rng = random.Random(seed)
-    exclude = {c for c in hypothesis.components if not isinstance(c, Direction)}
-    null = []
-    for _ in range(n_null):
-        comps = random_like_components(model, hypothesis.components, rng, exclude, same_layers)
-        null.append(metric(to_ablations(comps, hypothesis.intervention, stats)) - base)
-    extreme = sum(abs(x) >= abs(effect) for x in null)
-    p = (1 + extreme) / (1 + len(null))
-    return HypothesisResult(hypothesis.name, base, value, effect, null, p, len(hypothesis.components),
-                            hypothesis.describe())
+    start = hypothesis.start
+    value = metric(to_ablations(hypothesis.components, hypothesis.intervention, stats, start))
+    if null_sets is None:
+        rng = random.Random(seed)
+        exclude = {c for c in hypothesis.components if not isinstance(c, Direction)}
+        null_sets = [random_like_components(model, hypothesis.components, rng, exclude, same_layers)
+                     for _ in range(n_null)]
+        kinds = {type(c).__name__ for c in hypothesis.components}
+        null_kind = null_kind or ("random " + "/".join(sorted(kinds)).lower()
+                                  + (" at the same layers" if same_layers else " at any layer")
+                                  + (" (isotropic directions)" if "Direction" in kinds else ""))
+    null = [metric(to_ablations(list(comps), hypothesis.intervention, stats, start)) - base for comps in null_sets]
+    return HypothesisResult.from_null(hypothesis.name, base, value, null, len(hypothesis.components),
+                                      hypothesis.describe(), alternative, null_kind or "caller-supplied")
 
 
 test_hypothesis.__test__ = False  # not a pytest test despite its name

@@ -35,15 +35,21 @@ is not a concordance head.
 Causal test (the ``analyses.circuits`` harness). Metric: mean intent-vs-apology log-odds (log Σ
 P(intent replies) − log Σ P(apology replies), teacher-forced, exactly Exp 3's logit measure) under
 matched injection — optionally also under none and their difference (``with_none``). Hypothesis:
-the top-k heads by change in (a); interventions ``zero`` (the harness's), ``mean`` (mean head output
-over the no-injection prompts) and ``patch`` (the head's output from the no-injection run of the
-same rows: the mediation test — how much of the injection's effect flows through these heads).
-Null: k random heads. By default (``null="downstream"``) they are drawn from the layers after the
-injection layer, where the hypothesis heads necessarily sit: under ``patch`` an upstream head is an
-exact no-op and would shrink the null; ``"any"`` / ``"same_layers"`` use the harness's own sampler
-(``test_hypothesis(same_layers=...)``). p is the harness's two-sided permutation p. The heads are
-picked on the same pairs by default; ``held_out`` runs the causal test on the next pairs of the
-protocol instead (selection on the test pairs' noise inflates the effect).
+the top-k heads by the paired change of ``rank_feature`` — by default (c), the QK concordance
+contrast the paper's mechanism proposes ("heads whose query at the prefilled word attends to the
+earlier intention"); (a) and (b) are options. Interventions ``zero`` (the harness's), ``mean``
+(mean head output over the no-injection prompts) and ``patch`` (the head's output from the
+no-injection run of the same rows: the mediation test — how much of the injection's effect flows
+through these heads). Every intervention acts from the sentence (the injection window) on, so the
+tokens before it, the attention sink among them, keep their values.
+Null: k random heads, 99 sets by default (minimum attainable p 0.01). By default
+(``null="same_layers"``) each is a random other head at the same layer as a hypothesis head (the
+harness's sampler): the null matches the hypothesis layer by layer. ``"downstream"`` draws from
+all layers after the injection layer (where the hypothesis heads necessarily sit: under ``patch``
+an upstream head is an exact no-op and would shrink the null); ``"any"`` from every layer. p is
+the harness's permutation p, centred on the null median. The heads are picked on the same pairs by
+default; ``held_out`` runs the causal test on the next pairs of the protocol instead (selection on
+the test pairs' noise inflates the effect).
 
 Speed. The four replies of a pair share the prompt, so by default they are *packed* into one row:
 prompt, then each reply, with a 4D attention mask under which a reply sees the prompt and its own
@@ -77,6 +83,7 @@ from introspect_mech.prompts import RenderedPrompt, encode_text
 from introspect_mech.record import RecordSpec
 from introspect_mech.reply_scoring import (PackedBatch, ReplyLayout, build_reply_layout, packing_supported,
                                            score_replies, slice_batch)
+from introspect_mech.stats import format_p
 
 FEATURES = ("attn_word", "attn_sentence", "qk_sentence")
 FEATURE_TITLES = {
@@ -215,7 +222,7 @@ class AttentionFeatures:
 
     def change(self, feature: str, level: float = 0.95, a: str = "matched", b: str = "none") -> dict[str, np.ndarray]:
         """Mean paired change ``a − b`` per (layer, head) with a t interval over pairs (``[L, H]`` arrays)."""
-        from scipy import stats
+        from introspect_mech.stats import t_quantile
 
         d = self.diff(feature, a, b).numpy()
         n = d.shape[0]
@@ -223,7 +230,7 @@ class AttentionFeatures:
         if n > 1:
             sd = d.std(0, ddof=1)
             se = sd / math.sqrt(n)
-            half = stats.t.ppf(0.5 + level / 2, n - 1) * se
+            half = t_quantile(level, n - 1) * se
             with np.errstate(divide="ignore", invalid="ignore"):
                 t = np.where(se > 0, mean / np.where(se > 0, se, 1.0), 0.0)
         else:
@@ -464,12 +471,14 @@ def causal_test(
     intervention: str = "zero",
     n_null: int = 20,
     seed: int = 0,
-    null: str = "downstream",
+    null: str = "same_layers",
     stats: Any = None,
     baseline: dict[str, torch.Tensor] | None = None,
+    start: int = 0,
 ) -> dict:
-    """Intervene on ``heads`` vs ``n_null`` random head sets of the same size; one result per quantity
-    the metric measures (``HypothesisResult.to_dict()`` each), plus the null head sets."""
+    """Intervene on ``heads`` (at positions ``>= start``) vs ``n_null`` random head sets of the same size;
+    one result per quantity the metric measures (``HypothesisResult.to_dict()`` each), plus the null
+    head sets."""
     if intervention not in INTERVENTIONS:
         raise ValueError(f"intervention must be one of {INTERVENTIONS}")
     if null not in NULLS:
@@ -478,31 +487,31 @@ def causal_test(
     if stats is None and intervention == "patch":
         stats = metric.patch_source()
     if stats is None and intervention == "mean":
-        stats = ComponentStats(model, [it.prompt for it in metric.items])
-    hyp = Hypothesis(f"top-{len(heads)} heads ({intervention})", list(heads), intervention)
+        stats = ComponentStats(model, [it.prompt for it in metric.items], start=max(start, 1))
+    hyp = Hypothesis(f"top-{len(heads)} heads ({intervention})", list(heads), intervention, start=start)
     base_pp = baseline if baseline is not None else metric.per_pair([])
     base = IntentLogOdds.quantities(base_pp)
     metric.history.clear()
+    null_kind = {"downstream": "random heads from the layers after the injection layer",
+                 "same_layers": "random other heads at the hypothesis heads' layers",
+                 "any": "random heads at any layer"}[null]
     if null == "downstream":
-        metric(to_ablations(hyp.components, intervention, stats))
-        for comps in downstream_null(model, heads, metric.layer, n_null, seed):
-            metric(to_ablations(comps, intervention, stats))
+        test_hypothesis(model, hyp, metric, stats=stats, baseline=base[metric.quantity],
+                        null_sets=downstream_null(model, heads, metric.layer, n_null, seed), null_kind=null_kind)
     else:
         test_hypothesis(model, hyp, metric, n_null=n_null, seed=seed, stats=stats,
-                        same_layers=(null == "same_layers"), baseline=base[metric.quantity])
+                        same_layers=(null == "same_layers"), baseline=base[metric.quantity], null_kind=null_kind)
     hist = list(metric.history)
     results = {}
     for q, name in QUANTITIES.items():
         if q not in base:
             continue
-        value = hist[0][q]
         nulls = [h[q] - base[q] for h in hist[1:]]
-        effect = value - base[q]
-        p = (1 + sum(abs(x) >= abs(effect) for x in nulls)) / (1 + len(nulls))
-        results[name] = HypothesisResult(hyp.name, base[q], value, effect, nulls, p, len(heads),
-                                         hyp.describe()).to_dict()
-    return {"intervention": intervention, "null": null, "primary": QUANTITIES[metric.quantity],
-            "results": results, "null_head_sets": [h["heads"] for h in hist[1:]]}
+        results[name] = HypothesisResult.from_null(hyp.name, base[q], hist[0][q], nulls, len(heads), hyp.describe(),
+                                                   null_kind=null_kind).to_dict()
+    return {"intervention": intervention, "null": null, "null_kind": null_kind, "start": start,
+            "primary": QUANTITIES[metric.quantity], "results": results,
+            "null_head_sets": [h["heads"] for h in hist[1:]]}
 
 
 # ---------------------------------------------------------------------------------------
@@ -593,7 +602,8 @@ def causal_figure(causal: dict[str, dict]):
                       row=1, col=col)
         fig.add_trace(go.Scatter(x=["random head sets"], y=[r["effect"]], mode="markers+text", name="top-k heads",
                                  marker=dict(color="#d62728", size=15, symbol="diamond"),
-                                 text=[f"p={r['p_value']:.2f}"], textposition="middle right", showlegend=(col == 1),
+                                 text=[f"p={r['p_value']:.3f} (min {r.get('min_p', float('nan')):.3f})"],
+                                 textposition="middle right", showlegend=(col == 1),
                                  legendgroup="hyp"), row=1, col=col)
         fig.add_hline(y=0, line=dict(color="black", width=1), row=1, col=col)
         fig.update_xaxes(showticklabels=False, row=1, col=col)
@@ -637,15 +647,11 @@ def redraw(out_dir: str | Path, png: bool = True) -> dict:
 
 
 def _interval(x: torch.Tensor, level: float = 0.95) -> dict:
-    from scipy import stats
+    """Mean over pairs with a t interval (``stats.mean_interval``), in this module's key names."""
+    from introspect_mech.stats import mean_interval
 
-    v = x.double().numpy()
-    n = len(v)
-    m = float(v.mean())
-    if n < 2:
-        return {"mean": m, "ci_low": float("nan"), "ci_high": float("nan"), "n": n}
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
-    return {"mean": m, "ci_low": m - half, "ci_high": m + half, "n": n}
+    d = mean_interval(x.double().tolist(), level)
+    return {"mean": d["mean"], "ci_low": d["lo"], "ci_high": d["hi"], "n": d["n"]}
 
 
 def run(
@@ -655,12 +661,12 @@ def run(
     injection_layer: int | float | str = 0.5,
     strength: float = 8,
     k: int = 5,
-    n_null: int = 20,
+    n_null: int = 99,
     out_dir: str | Path = "figures/concordance",
     png: bool = True,
     interventions: Sequence[str] = ("zero", "patch"),
-    null: str = "downstream",
-    rank_feature: str = "attn_word",
+    null: str = "same_layers",
+    rank_feature: str = "qk_sentence",
     with_none: bool = False,
     causal_pairs: int | None = None,
     held_out: bool = False,
@@ -683,6 +689,8 @@ def run(
         raise ValueError(f"unknown intervention(s) {sorted(bad)}; choose from {INTERVENTIONS}")
     if rank_feature not in FEATURES:
         raise ValueError(f"rank_feature must be one of {FEATURES}")
+    if null not in NULLS:
+        raise ValueError(f"null must be one of {NULLS}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     L = model.arch.resolve_layer(injection_layer)
@@ -726,19 +734,24 @@ def run(
         ctx_other = IntentLogOdds(model, other_items, L, s, conditions=("matched",), batch_size=batch_size).per_pair([])
 
     hyp_heads = [Head(d["layer"], d["head"]) for d in tops[rank_feature]]
+    # every pair shares the prompt up to the sentence, so this is the sentence's first token in every row
+    start = min(it.sentence[0] for it in c_items)
     causal = {}
     for interv in interventions:
         causal[interv] = causal_test(model, metric, hyp_heads, intervention=interv, n_null=n_null, seed=seed,
-                                     null=null, baseline=baseline)
+                                     null=null, baseline=baseline, start=start)
     timing["causal_s"] = time.time() - t
 
     summary = {
         "config": {"model": model.name, "fingerprint": model.fingerprint, "n_pairs": n_pairs,
                    "injection_layer": L, "strength": s, "k": k, "n_null": n_null, "null": null,
-                   "interventions": list(interventions), "rank_feature": rank_feature, "with_none": with_none,
+                   "interventions": list(interventions), "rank_feature": rank_feature,
+                   "rank_feature_title": FEATURE_TITLES[rank_feature], "ablation_start": start,
+                   "min_attainable_p": 1 / (1 + n_null), "with_none": with_none,
                    "causal_pairs": len(c_items), "causal_pair_indices": causal_idx, "held_out": held_out,
                    "seed": seed, "packed_replies": metric.packed,
                    "answer_position": "last prompt token (the start of the reply)",
+                   "system_prompt": all_items[0].prompt.system,
                    "n_layers": model.arch.n_layers, "n_heads": model.arch.n_heads,
                    "pairs": [{"sentence": exp.sentences[i], "prefilled_word": exp.prefill[i],
                               "other_word": exp.other[i]} for i in range(n_total)]},
@@ -773,13 +786,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layer", default="0.5", help="injection layer (index or depth fraction)")
     ap.add_argument("--strength", type=float, default=8)
     ap.add_argument("--k", type=int, default=5, help="heads in the hypothesis and per-feature top list")
-    ap.add_argument("--n-null", type=int, default=20, help="random head sets in the null distribution")
+    ap.add_argument("--n-null", type=int, default=99,
+                    help="random head sets in the null distribution (minimum attainable p = 1/(1+n))")
     ap.add_argument("--interventions", default="zero,patch", help=f"comma list of {', '.join(INTERVENTIONS)}")
-    ap.add_argument("--null", default="downstream", choices=NULLS,
-                    help="where null heads come from: layers after the injection (default), any layer, or the "
-                         "hypothesis heads' layers")
-    ap.add_argument("--rank-feature", default="attn_word", choices=FEATURES,
-                    help="the feature whose top-k heads form the causal hypothesis")
+    ap.add_argument("--null", default="same_layers", choices=NULLS,
+                    help="where null heads come from: the hypothesis heads' layers (default), layers after the "
+                         "injection, or any layer")
+    ap.add_argument("--rank-feature", default="qk_sentence", choices=FEATURES,
+                    help="the feature whose top-k heads form the causal hypothesis (default: the QK concordance "
+                         "contrast, the paper's proposed mechanism)")
     ap.add_argument("--with-none", action="store_true",
                     help="also score the no-injection rows under every ablation (injection effect; twice the cost)")
     ap.add_argument("--causal-pairs", type=int, default=None,
@@ -816,10 +831,13 @@ def main(argv: list[str] | None = None) -> int:
             o = d.get("other_change")
             print(f"  L{d['layer']}H{d['head']} {d['mean_change']:+.4f} [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]"
                   + (f"; {o['mean']:+.4f} [{o['ci_low']:+.4f}, {o['ci_high']:+.4f}]" if o else ""))
+    print(f"hypothesis: top-{a.k} heads by {FEATURE_TITLES[s['config']['rank_feature']]} "
+          f"({s['config']['rank_feature']}): {s['hypothesis_heads']}; interventions from token "
+          f"{s['config']['ablation_start']} (the sentence) on")
     for interv, c in s["causal"].items():
         for name, r in c["results"].items():
-            print(f"{interv} {name}: effect {r['effect']:+.3f} (null {r['null_mean']:+.3f} ± {r['null_sd']:.3f}, "
-                  f"n={r['n_null']}, p = {r['p_value']:.3f})")
+            print(f"{interv} {name}: effect {r['effect']:+.3f} (null: {r['null_kind']}, median {r['null_median']:+.3f}, "
+                  f"mean {r['null_mean']:+.3f} ± {r['null_sd']:.3f}; {format_p(r['p_value'], r['min_p'], r['n_null'])})")
     print(f"wrote {a.out}/concordance_summary.json in {s['seconds']:.0f} s")
     return 0
 

@@ -17,6 +17,11 @@ from typing import Any, Sequence
 from .errors import ConfigError, IntrospectError
 
 
+SYSTEM_HELP = ("system turn: 'auto' (default: none where the chat template allows it, else an explicit empty one), "
+               "'none' (refuse templates that insert their own), 'empty', 'template' (the template's own default, "
+               "e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM...'), or the system prompt's text")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="embedded alias (smollm2-135m-instruct [default], gemma-3-270m), local path or HF id")
@@ -57,7 +62,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     model = _load(args)
     t0 = time.perf_counter()
     cv = extract_concept_vectors(model, _words(args.words), layers=args.layers, cache=not args.no_cache,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, system=args.system, dedupe_baseline=args.dedupe_baseline)
     dt = time.perf_counter() - t0
     out = cv.save(args.out)
     how = "loaded from cache" if cv.meta.pop("loaded_from_cache", None) else f"extracted in {dt:.1f} s"
@@ -93,14 +98,14 @@ def cmd_steer(args: argparse.Namespace) -> int:
     if args.vectors:
         cv = ConceptVectors.load(args.vectors, model)
     else:
-        cv = extract_concept_vectors(model, [args.concept], layers=[layer])
+        cv = extract_concept_vectors(model, [args.concept], layers=[layer], system=args.system)
     vec = cv.get(args.concept, layer)
     if args.prompt is None:
-        p = exp1_prompt(model.tokenizer, fmt=args.format)
+        p = exp1_prompt(model.tokenizer, fmt=args.format, system=args.system)
         prompt, window = p.rendered, p.window
         where = f"from token {p.start} (the '\\n\\n' before 'Trial 1') through every generated token"
     else:
-        prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format)
+        prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format, system=args.system)
         window, where = Window.all(), "on every token"
     inj = Injection(vec, layer, args.strength, window, label=args.concept)
     if model.context_length and len(prompt) + args.max_new_tokens > model.context_length:
@@ -148,14 +153,17 @@ RUN_OPTIONS: dict[str, dict[str, str]] = {
                           "n_concepts": "n_concepts", "trials": "trials", "control_trials": "control_trials",
                           "controls": "controls", "control_per_cell": "control_per_cell",
                           "yes_bias_per_cell": "yes_bias_per_cell", "alt_per_cell": "alt_per_cell",
-                          "variant": "variant", "max_new_tokens": "max_new_tokens"},
+                          "variant": "variant", "max_new_tokens": "max_new_tokens",
+                          "random_fixed_strength": "random_fixed_strength", "control_seed": "control_seed"},
     "thoughts-vs-text": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_sentences"},
     "prefill-intent": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_pairs", "measure": "measure",
                        "max_new_tokens": "max_new_tokens"},
     "intentional-control": {"n_pairs": "n_pairs"},
 }
 _CONVERT = {"layers": lambda v: _items(v, "--layers"), "strengths": _floats,
-            "controls": lambda v: None if v == "all" else tuple(_items(v, "--controls"))}
+            "controls": lambda v: None if v == "all" else tuple(_items(v, "--controls")),
+            "random_fixed_strength": lambda v: _KEEP_NONE if _optional_strength(v) is None else _optional_strength(v)}
+_KEEP_NONE = object()  # an option whose value is None on purpose ('none'), unlike an option not given
 
 
 def _experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -181,13 +189,15 @@ def _experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
                           f"{', '.join('--' + k.replace('_', '-') for k in allowed)}, --format)")
     if args.experiment == "prefill-intent" and args.measure == "logits" and args.max_new_tokens is not None:
         raise ConfigError("prefill-intent --measure logits generates nothing; remove --max-new-tokens")
-    kw: dict[str, Any] = {"fmt": args.format}
+    kw: dict[str, Any] = {"fmt": args.format, "system": args.system}
     for opt, fld in allowed.items():
         v = getattr(args, opt)
         if v is None:
             continue
         v = _CONVERT.get(opt, lambda x: x)(v)
-        if v is not None:
+        if v is _KEEP_NONE:
+            kw[fld] = None
+        elif v is not None:
             kw[fld] = v
     cfg = cfg_cls(**kw)
     cfg.validate()
@@ -200,6 +210,12 @@ def _batch_size(text: str) -> int | str:
     if not text.strip().isdigit():
         raise ConfigError(f"--batch-size must be an integer >= 1 or 'auto', got {text!r}")
     return int(text)
+
+
+def _optional_strength(text: str) -> float | None:
+    from .inject import check_strength
+
+    return None if str(text).strip().lower() in ("none", "off") else check_strength(text)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -307,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output path (writes OUT.safetensors and OUT.json)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--no-cache", action="store_true", help="do not reuse cached vectors")
+    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
+    p.add_argument("--dedupe-baseline", action="store_true",
+                   help="average the 99 unique baseline words instead of the paper's published 100-entry list "
+                        "('Butterflies' twice); recorded in the vectors' metadata")
     p.set_defaults(func=cmd_vectors)
 
     p = sub.add_parser("steer", help="generate with an injected concept, next to the un-injected text")
@@ -322,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
     p.set_defaults(func=cmd_steer)
 
     p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
@@ -343,10 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controls", default=None,
                    help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (default all)")
     p.add_argument("--control-per-cell", type=int, default=None, help="random/negated/scaling trials per cell (10)")
-    p.add_argument("--yes-bias-per-cell", type=int, default=None, help="(default 20)")
+    p.add_argument("--yes-bias-per-cell", type=int, default=None,
+                   help="yes-bias questions per injected cell: 20 = all (default); fewer = a per-cell offset into "
+                        "the 20, each cell compared with the clean answers to the same questions")
+    p.add_argument("--random-fixed-strength", default=None,
+                   help="Exp 1: the paper's random-vector control, norm-matched to a concept vector at this "
+                        "strength (default 8), once per layer ('none' to skip); the cell-matched random control "
+                        "runs as well")
+    p.add_argument("--control-seed", type=int, default=None,
+                   help="Exp 1: seed of the concept draws for the per-cell controls (default 0)")
     p.add_argument("--alt-per-cell", type=int, default=None, help="(default 6)")
     p.add_argument("--variant", default=None, choices=["2025", "2026"])
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
+    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)

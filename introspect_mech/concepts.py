@@ -60,10 +60,10 @@ def _artefact_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
     return base, base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
 
 
-def concept_prompt(tokenizer: Any, word: str, fmt: str = "auto") -> RenderedPrompt:
+def concept_prompt(tokenizer: Any, word: str, fmt: str = "auto", system: str = "auto") -> RenderedPrompt:
     """The paper's extraction prompt for one word, lowercased, with the generation prompt."""
     template = protocol.load_protocol()["concept_vector"]["prompt_turns"][0]["content"]
-    return render(tokenizer, [Turn("user", template.format(word=check_word(word).lower()))], fmt=fmt)
+    return render(tokenizer, [Turn("user", template.format(word=check_word(word).lower()))], fmt=fmt, system=system)
 
 
 def _hash_list(items: Iterable[str]) -> str:
@@ -209,21 +209,35 @@ def extract_concept_vectors(
     *,
     layers: Any = None,
     baseline: Sequence[str] | None = None,
+    dedupe_baseline: bool = False,
     fmt: str = "auto",
+    system: str = "auto",
     batch_size: int = 64,
     cache: bool = True,
 ) -> ConceptVectors:
-    """Mean-subtraction concept vectors for ``words`` (default: the paper's 50) at ``layers`` (default: all)."""
+    """Mean-subtraction concept vectors for ``words`` (default: the paper's 50) at ``layers`` (default: all).
+
+    ``baseline`` defaults to the paper's published 100-entry list (``protocol.baseline_words``);
+    ``dedupe_baseline`` drops repeated words (case-insensitive) first. ``system`` is the system-turn
+    choice (``prompts.render``). Both are recorded in the vectors' metadata and in the cache key."""
+    from .prompts import check_system, resolve_system
+
     words = [check_word(w) for w in (protocol.concept_words() if words is None else words)]
     if not words:
         raise ConceptError("no concept words given")
     baseline = [check_word(w) for w in (protocol.baseline_words() if baseline is None else baseline)]
+    if dedupe_baseline:
+        seen: set[str] = set()
+        baseline = [w for w in baseline if not (w.lower() in seen or seen.add(w.lower()))]
     if not baseline:
         raise ConceptError("the baseline word list is empty")
+    check_system(system)
     layer_ids = model.arch.resolve_layers(layers)
     fmt_used = "chat" if (fmt == "chat" or (fmt == "auto" and model.has_chat_template)) else "raw"
+    _, system_text = resolve_system(model.tokenizer, system, fmt_used)
     key = {"v": FORMAT_VERSION, "method": "mean_subtraction", "words": [w.lower() for w in words],
-           "baseline": _hash_list(w.lower() for w in baseline), "layers": layer_ids, "fmt": fmt_used}
+           "baseline": _hash_list(w.lower() for w in baseline), "layers": layer_ids, "fmt": fmt_used,
+           "system": system_text}
     path = _cache_path(model, key)
     if cache and _artefact_paths(path)[1].exists():
         try:
@@ -232,7 +246,7 @@ def extract_concept_vectors(
             return cv
         except (ArtifactError, VectorError):
             pass  # a stale or corrupt cache entry is simply recomputed
-    prompts = [concept_prompt(model.tokenizer, w, fmt) for w in words + baseline]
+    prompts = [concept_prompt(model.tokenizer, w, fmt, system) for w in words + baseline]
     acts, mean_norms = _last_token_residuals(model, prompts, layer_ids, batch_size)
     concept_acts, base_acts = acts[: len(words)], acts[len(words):]
     vectors = concept_acts - base_acts.mean(0, keepdim=True)
@@ -246,6 +260,10 @@ def extract_concept_vectors(
         "word_case": "lower",
         "baseline_hash": key["baseline"],
         "baseline_size": len(baseline),
+        "baseline_unique_words": len({w.lower() for w in baseline}),
+        "baseline_deduplicated": bool(dedupe_baseline),
+        "system_choice": system,
+        "system_prompt": system_text,
         "protocol_hash": protocol.protocol_hash(),
     }
     cv = ConceptVectors([w.lower() for w in words], layer_ids, vectors, meta, mean_norms)
@@ -261,6 +279,7 @@ def extract_contrastive(
     name: str,
     layers: Any = None,
     fmt: str = "auto",
+    system: str = "auto",
     batch_size: int = 64,
 ) -> ConceptVectors:
     """A contrastive direction: mean last-token residual of the positive prompts minus the negative ones.
@@ -273,7 +292,7 @@ def extract_contrastive(
 
     def rp(x: Any) -> RenderedPrompt:
         turns = [Turn("user", x)] if isinstance(x, str) else x
-        return render(model.tokenizer, turns, fmt=fmt)
+        return render(model.tokenizer, turns, fmt=fmt, system=system)
 
     layer_ids = model.arch.resolve_layers(layers)
     pos = [rp(p) for p, _ in pairs]
@@ -281,5 +300,6 @@ def extract_contrastive(
     acts, mean_norms = _last_token_residuals(model, pos + neg, layer_ids, batch_size)
     vec = acts[: len(pos)].mean(0) - acts[len(pos):].mean(0)
     meta = {"method": "contrastive", "model_name": model.name, "model_fingerprint": model.fingerprint,
-            "prompt_format": pos[0].fmt, "n_pairs": len(pairs), "protocol_hash": protocol.protocol_hash()}
+            "prompt_format": pos[0].fmt, "n_pairs": len(pairs), "protocol_hash": protocol.protocol_hash(),
+            "system_choice": system, "system_prompt": pos[0].system}
     return ConceptVectors([name.lower()], layer_ids, vec[None], meta, mean_norms)

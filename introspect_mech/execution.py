@@ -57,7 +57,7 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
             op = arch.o_proj(nn, L)
             x = op.input
             if L in plan.ablations:
-                x = plan.apply_heads(L, x, prefill=(step == 0))
+                x = plan.apply_heads(L, x, prefill=(step == 0), positions=batch.positions(x.shape[1], batch.width + step))
                 op.input = x
             if want_heads and L in rec_set:
                 xk = x[:, -1:] if spec.last_token_only else x
@@ -81,7 +81,7 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
             if flat:
                 y = y.reshape(plan.batch_size, -1, y.shape[-1])
             if L in plan.mlp_ablations:
-                y = plan.apply_mlp(L, y, prefill=(step == 0))
+                y = plan.apply_mlp(L, y, prefill=(step == 0), positions=batch.positions(y.shape[1], batch.width + step))
                 mlp.output = y.reshape(-1, y.shape[-1]) if flat else y
             if want_comp and L in rec_set:
                 store["mlp_out"].setdefault(L, []).append((y[:, -1:] if spec.last_token_only else y).detach().cpu())

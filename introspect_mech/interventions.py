@@ -26,7 +26,9 @@ class HeadAblation:
     """Replace the output of ``heads`` at ``layer`` (the o_proj input slice) by zero or a mean.
 
     ``mean`` is ``[n_heads, head_dim]`` (e.g. from ``record.mean_head_inputs``) for mode "mean".
-    ``rows=None`` applies to every row of the batch.
+    ``rows=None`` applies to every row of the batch. Only unpadded positions ``>= start`` are edited:
+    a causal test should leave the tokens before the intervention window (the attention sink among
+    them) as they are.
     """
 
     layer: int
@@ -34,12 +36,13 @@ class HeadAblation:
     mode: Literal["zero", "mean", "patch"] = "zero"
     mean: torch.Tensor | None = None  # mode "mean": [n_heads, head_dim]; mode "patch": [B, T, n_heads, head_dim]
     rows: tuple[int, ...] | None = None
+    start: int = 0
 
 
 @dataclass(frozen=True, eq=False)
 class MLPAblation:
     """Replace the MLP's write to the residual stream at ``layer`` by zero, a mean ``[d]``, or a per-position
-    source ``[B, T, d]`` (patch).
+    source ``[B, T, d]`` (patch), at unpadded positions ``>= start``.
 
     The write is the MLP's output on pre-norm blocks and its post-norm's output on Gemma 2/3 and OLMo-2
     (``Architecture.mlp_write``), the same tensor ``RecordSpec(components=True)`` records as ``mlp_out``,
@@ -49,6 +52,7 @@ class MLPAblation:
     mode: Literal["zero", "mean", "patch"] = "zero"
     value: torch.Tensor | None = None
     rows: tuple[int, ...] | None = None
+    start: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -274,39 +278,64 @@ class InterventionPlan:
                 h[p.row, cols[0]] = p.vector.to(h.dtype)
         return h
 
-    def apply_heads(self, layer: int, x: torch.Tensor, prefill: bool = True) -> torch.Tensor:
-        """Edit the o_proj input ``x`` ``[B, S, n_heads*head_dim]`` for head ablations at ``layer``."""
+    @staticmethod
+    def _where(start: int, rows: tuple[int, ...] | None, positions: torch.Tensor | None, shape: tuple[int, int],
+               device: torch.device) -> torch.Tensor:
+        """``[B, S, 1]`` bool: the (row, token) cells an ablation edits."""
+        b, s = shape
+        m = torch.ones(b, s, dtype=torch.bool, device=device)
+        if start:
+            if positions is None:
+                raise ValueError("an ablation with start > 0 needs the tokens' positions")
+            m = positions.to(device) >= start
+        if rows is not None:
+            keep = torch.zeros(b, dtype=torch.bool, device=device)
+            keep[list(rows)] = True
+            m = m & keep[:, None]
+        return m[..., None]
+
+    def apply_heads(self, layer: int, x: torch.Tensor, prefill: bool = True,
+                    positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Edit the o_proj input ``x`` ``[B, S, n_heads*head_dim]`` for head ablations at ``layer``
+        (``positions``: the tokens' unpadded positions ``[B, S]``, needed for ablations with ``start``)."""
         hd = self.arch.head_dim
         x = x.clone()
         for ab in self.ablations[layer]:
-            rows = slice(None) if ab.rows is None else list(ab.rows)
+            where = self._where(ab.start, ab.rows, positions, tuple(x.shape[:2]), x.device)
             for h in ab.heads:
                 sl = slice(h * hd, (h + 1) * hd)
                 if ab.mode == "zero":
-                    x[rows, :, sl] = 0
+                    new = torch.zeros_like(x[:, :, sl])
                 elif ab.mode == "mean":
-                    x[rows, :, sl] = ab.mean[h].to(x.dtype)
+                    new = ab.mean[h].to(device=x.device, dtype=x.dtype).expand_as(x[:, :, sl])
                 elif prefill:  # patch: source values cover the prompt positions (the prefill step)
                     if tuple(ab.mean.shape[:2]) != tuple(x.shape[:2]):
                         raise ValueError(f"head patch source has shape {tuple(ab.mean.shape[:2])} but the batch is "
                                          f"{tuple(x.shape[:2])}: patch values must come from a batch with the same padding")
-                    x[rows, :, sl] = ab.mean[rows, :, h].to(x.dtype)
+                    new = ab.mean[:, :, h].to(device=x.device, dtype=x.dtype)
+                else:
+                    continue
+                x[:, :, sl] = torch.where(where, new, x[:, :, sl])
         return x
 
-    def apply_mlp(self, layer: int, y: torch.Tensor, prefill: bool = True) -> torch.Tensor:
+    def apply_mlp(self, layer: int, y: torch.Tensor, prefill: bool = True,
+                  positions: torch.Tensor | None = None) -> torch.Tensor:
         """Edit the MLP write ``y`` ``[B, S, d]`` for MLP ablations at ``layer``."""
         y = y.clone()
         for ab in self.mlp_ablations[layer]:
-            rows = slice(None) if ab.rows is None else list(ab.rows)
+            where = self._where(ab.start, ab.rows, positions, tuple(y.shape[:2]), y.device)
             if ab.mode == "zero":
-                y[rows] = 0
+                new = torch.zeros_like(y)
             elif ab.mode == "mean":
-                y[rows] = ab.value.to(y.dtype)
+                new = ab.value.to(device=y.device, dtype=y.dtype).expand_as(y)
             elif prefill:
                 if tuple(ab.value.shape[:2]) != tuple(y.shape[:2]):
                     raise ValueError(f"MLP patch source has shape {tuple(ab.value.shape[:2])} but the batch is "
                                      f"{tuple(y.shape[:2])}: patch values must come from a batch with the same padding")
-                y[rows] = ab.value[rows].to(y.dtype)
+                new = ab.value.to(device=y.device, dtype=y.dtype)
+            else:
+                continue
+            y = torch.where(where, new, y)
         return y
 
     def dose_norm_mask(self, positions: torch.Tensor) -> torch.Tensor:

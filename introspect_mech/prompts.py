@@ -6,6 +6,15 @@ tokens fall — one merges ``.\n\n`` into a single token, another splits ``\n\n`
 chat templates add their own newlines. We render the text once, tokenize it with an
 offset mapping, and map a character span to the tokens that overlap it. That rule is
 the same on every tokenizer and is asserted exactly in the tests.
+
+System prompt: an explicit choice, recorded with every prompt (``RenderedPrompt.system``).
+The paper's prompts have no system turn, but some chat templates add one silently when
+none is given: SmolLM2's inserts "You are a helpful AI assistant named SmolLM, trained by
+Hugging Face". ``system="auto"`` (the default) renders no system turn where the template
+allows that, and an explicit *empty* system turn where the template would otherwise insert
+its default (the closest to "none" such a template can render). ``"none"`` insists on no
+system turn and refuses templates that insert one; ``"template"`` keeps the template's own
+behaviour; any other string is used as the system turn's text.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from .errors import ChatTemplateError, ConfigError, WindowError
 
 PromptFormat = Literal["auto", "chat", "raw"]
 RAW_ROLES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+SYSTEM_CHOICES = ("auto", "none", "empty", "template")
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class RenderedPrompt:
     offsets: tuple[tuple[int, int], ...]
     fmt: str
     turns: tuple[Turn, ...] = field(default=())
+    system: str | None = None  # text of the system turn actually rendered ("" empty); None: no system turn
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -145,6 +156,73 @@ def _template_expects_bos(tokenizer: Any) -> bool:
     return bos_id is not None and len(ids) > 0 and ids[0] == bos_id
 
 
+def template_default_system(tokenizer: Any) -> str | None:
+    """The system text a chat template inserts when the conversation has no system turn, or None.
+
+    Measured, not guessed: render one user turn alone and the same turn after a sentinel system
+    turn; if the lone rendering has the sentinel's frame (system header before, system close and
+    user header after) around some text, that text is what the template inserts."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return None
+    key = (id(tokenizer), str(template))
+    if key not in _DEFAULT_SYSTEM_CACHE:
+        _DEFAULT_SYSTEM_CACHE[key] = _measure_default_system(tokenizer)
+    return _DEFAULT_SYSTEM_CACHE[key]
+
+
+_DEFAULT_SYSTEM_CACHE: dict[tuple[int, str], str | None] = {}
+
+
+def _measure_default_system(tokenizer: Any) -> str | None:
+    u, sent = "\x00USER\x00", "\x00SYSTEM\x00"
+    try:
+        lone = tokenizer.apply_chat_template([{"role": "user", "content": u}], tokenize=False,
+                                             add_generation_prompt=False)
+        with_sys = tokenizer.apply_chat_template([{"role": "system", "content": sent}, {"role": "user", "content": u}],
+                                                 tokenize=False, add_generation_prompt=False)
+    except Exception:  # a template that rejects system turns cannot insert one either  # noqa: BLE001
+        return None
+    if sent not in with_sys or u not in lone or u not in with_sys:
+        return None
+    pre_lone = lone[:lone.index(u)]
+    head, _, tail = with_sys[:with_sys.index(u)].partition(sent)
+    if not tail or not pre_lone.startswith(head) or not pre_lone.endswith(tail) or len(pre_lone) < len(head) + len(tail):
+        return None
+    return pre_lone[len(head):len(pre_lone) - len(tail)]
+
+
+def check_system(system: Any) -> str:
+    if not isinstance(system, str):
+        raise ConfigError(f"system must be a string ({', '.join(SYSTEM_CHOICES)} or the system prompt's text), "
+                          f"got {type(system).__name__}")
+    return system
+
+
+def resolve_system(tokenizer: Any, system: str = "auto", fmt: PromptFormat = "auto") -> tuple[str | None, str | None]:
+    """``(text passed as a system turn or None, system text the rendered prompt will hold or None)``.
+
+    The second item is what ``RenderedPrompt.system`` records: for ``"template"`` on SmolLM2 it is
+    the template's default text, although no system turn is passed."""
+    check_system(system)
+    kind = resolve_format(tokenizer, fmt)
+    default = template_default_system(tokenizer) if kind == "chat" else None
+    if system == "template":
+        return None, default
+    if system in ("auto", "none"):
+        if default is None:
+            return None, None
+        if system == "none":
+            raise ChatTemplateError(
+                f"this chat template inserts its own system turn ({default!r}) when none is given, so 'no system "
+                "turn' cannot be rendered; use system='empty' (an explicit empty system turn), 'template' (keep "
+                "the template's default) or your own text")
+        return "", ""
+    if system == "empty":
+        return ("", "") if kind == "chat" else (None, None)  # the raw format has nothing to render for it
+    return system, system
+
+
 def render(
     tokenizer: Any,
     turns: Iterable[Any],
@@ -152,11 +230,13 @@ def render(
     add_generation_prompt: bool = True,
     prefill: str | None = None,
     fmt: PromptFormat = "auto",
+    system: str = "auto",
 ) -> RenderedPrompt:
     """Render role/content turns with the model's chat template (or the paper's raw format).
 
     ``prefill`` starts the assistant's reply with the given text (teacher forcing), as
     Experiments 3 and 4 need; the rendered text then ends inside the assistant turn.
+    ``system`` chooses the system turn (module docstring); a system turn among ``turns`` wins.
     """
     turns = turns_from(turns)
     if not turns:
@@ -165,8 +245,14 @@ def render(
         if not isinstance(t.content, str):
             raise WindowError(f"turn content must be a string, got {type(t.content).__name__}")
     kind = resolve_format(tokenizer, fmt)
+    if turns[0].role == "system":
+        recorded: str | None = turns[0].content
+    else:
+        passed, recorded = resolve_system(tokenizer, system, kind)
+        if passed is not None:
+            turns = [Turn("system", passed)] + turns
     text = _chat_text(tokenizer, turns, add_generation_prompt, prefill) if kind == "chat" else _raw_text(
         turns, add_generation_prompt, prefill
     )
     rp = encode_text(tokenizer, text, kind)
-    return RenderedPrompt(rp.text, rp.input_ids, rp.offsets, kind, tuple(turns))
+    return RenderedPrompt(rp.text, rp.input_ids, rp.offsets, kind, tuple(turns), recorded)

@@ -281,6 +281,17 @@ def _check_context(experiment: Experiment, model: Any, trials: Sequence[Trial]) 
                               f"{max(1, ctx - len(x.prompt))}")
 
 
+def _system_prompt(experiment: Experiment, model: Any) -> dict | None:
+    """The run's system-turn choice and the system text its prompts hold (None: no system turn)."""
+    from .prompts import resolve_system
+
+    cfg = experiment.config()
+    if "system" not in cfg:
+        return None
+    _, text = resolve_system(model.tokenizer, cfg["system"], cfg.get("fmt", "auto"))
+    return {"choice": cfg["system"], "rendered": text}
+
+
 def run_sweep(
     experiment: Experiment,
     model: Any,
@@ -401,11 +412,12 @@ def run_sweep(
                     new.append({**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
                                 "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
                                 "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
+                                "system_prompt": x.prompt.system,
                                 "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
                                                for inj, d in zip(x.injections, doses)],
                                 "dose": doses[0] if doses else None, **x.info, **o})
                 if not manifest_written:
-                    _write_manifest(mpath, settings, key, model)
+                    _write_manifest(mpath, settings, key, model, _system_prompt(experiment, model))
                     manifest_written = True
                 store.append(new)
                 done.update(r["trial_id"] for r in new)
@@ -420,8 +432,8 @@ def run_sweep(
     return RunResult(out, len(trials), n_before, generated, time.perf_counter() - t0)
 
 
-def _write_manifest(path: Path, settings: dict, key: str, model: Any) -> None:
-    manifest = {**settings, "run_key": key, "model": model.describe(),
+def _write_manifest(path: Path, settings: dict, key: str, model: Any, system_prompt: dict | None) -> None:
+    manifest = {**settings, "run_key": key, "model": model.describe(), "system_prompt": system_prompt,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "environment": {"python": sys.version.split()[0], "torch": torch.__version__,
                                 "platform": platform.platform(), "package_version": settings["package_version"]}}

@@ -23,3 +23,10 @@ def test_bad_input(case, tmp_path):
     assert "Traceback" not in msg
     # validated before touching disk: a refused run leaves no manifest behind, so the corrected command works
     assert not (tmp_path / "r" / "manifest.json").exists()
+
+
+def test_a_refused_system_choice_writes_nothing(tmp_path):
+    """Options are validated before the run folder is created."""
+    case = next(c for c in CASES if c.what.startswith("system 'none'"))
+    code, msg = run_case(case, tmp_path)
+    assert code == 2 and not (tmp_path / "r").exists(), msg

@@ -24,7 +24,10 @@ def test_paper_words_all_layers(smol, smol_vectors):
     assert cv.layers == list(range(30))
     assert torch.isfinite(cv.vectors).all()
     assert cv.meta["method"] == "mean_subtraction" and cv.meta["model_fingerprint"] == smol.fingerprint
-    assert cv.meta["baseline_size"] == 99  # 100 published, 'Butterflies' listed twice
+    # the published list: 100 entries, 'Butterflies' twice; no system turn beyond SmolLM2's forced empty one
+    assert cv.meta["baseline_size"] == 100 and cv.meta["baseline_unique_words"] == 99
+    assert cv.meta["baseline_deduplicated"] is False
+    assert cv.meta["system_choice"] == "auto" and cv.meta["system_prompt"] == ""
 
 
 def test_matches_independent_recipe(smol, smol_vectors):
@@ -35,11 +38,28 @@ def test_matches_independent_recipe(smol, smol_vectors):
         with torch.no_grad():
             hs = smol.hf(torch.tensor([p.input_ids]), output_hidden_states=True).hidden_states
         return hs[layer + 1][0, -1]
-    base = torch.stack([last(w) for w in protocol.baseline_words()]).mean(0)
+    published = protocol.load_protocol()["baseline_words"]  # as published: 100 entries
+    assert len(published) == 100 and published.count("Butterflies") == 2
+    base = torch.stack([last(w) for w in published]).mean(0)
     ref = last("Dust") - base
     assert (smol_vectors.get("dust", layer) - ref).abs().max().item() < 1e-3
-    # the prompt is the paper's, with the word lowercased and the generation prompt appended
-    assert concept_prompt(smol.tokenizer, "Dust").text.endswith("Tell me about dust<|im_end|>\n<|im_start|>assistant\n")
+    # the prompt is the paper's, with the word lowercased and the generation prompt appended, and an
+    # explicit empty system turn (SmolLM2's template would otherwise insert its own default system prompt)
+    assert concept_prompt(smol.tokenizer, "Dust").text == (
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTell me about dust<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_deduplicated_baseline_is_an_option_recorded_in_metadata(smol):
+    base = ["Butterflies", "Apple", "butterflies"]  # a repeat, as in the published list
+    kw = dict(layers=[12], cache=False)
+    dup = extract_concept_vectors(smol, ["dust"], baseline=base, **kw)
+    ded = extract_concept_vectors(smol, ["dust"], baseline=base, dedupe_baseline=True, **kw)
+    ref = extract_concept_vectors(smol, ["dust"], baseline=["Butterflies", "Apple"], **kw)
+    assert dup.meta["baseline_size"] == 3 and dup.meta["baseline_deduplicated"] is False
+    assert ded.meta["baseline_size"] == 2 and ded.meta["baseline_deduplicated"] is True
+    assert dup.meta["baseline_unique_words"] == ded.meta["baseline_unique_words"] == 2
+    assert torch.allclose(ded.get("dust", 12), ref.get("dust", 12), atol=1e-5)  # the repeat is dropped
+    assert not torch.allclose(dup.get("dust", 12), ref.get("dust", 12), atol=1e-3)  # ... and it mattered
 
 
 def test_save_load_roundtrip_and_validation(smol, smol_vectors, tmp_path):

@@ -173,7 +173,7 @@ def test_causal_harness_gives_effects_and_p_values(llama_exp):
         r = res["results"]["intent_logodds_matched"]
         assert r["n_null"] == 3 and r["p_value"] in (0.25, 0.5, 0.75, 1.0) and math.isfinite(r["effect"])
         assert set(res["results"]) == {"intent_logodds_matched", "intent_logodds_none", "injection_effect"}
-        assert all(L > INJ_LAYER for s in res["null_head_sets"] for L, _h in s)
+        assert all(L in (1, 2) for s in res["null_head_sets"] for L, _h in s)  # same layers as the heads
         assert all(sorted(map(tuple, s)) != sorted((h.layer, h.head) for h in heads) for s in res["null_head_sets"])
         if interv == "patch":  # the no-injection run is the patch source: none rows do not move
             assert res["results"]["intent_logodds_none"]["effect"] == pytest.approx(0, abs=1e-6)
@@ -207,6 +207,17 @@ def test_run_writes_summary_and_figures_on_a_tiny_model(tiny_model_of, tmp_path)
         assert (tmp_path / f"{name}.html").exists()
     assert (tmp_path / "concordance_features.npz").exists() and s["seconds"] > 0
     assert d["config"]["causal_pair_indices"] == [0, 1]
+    # defaults: heads ranked by the QK concordance contrast (named), same-layer random heads, interventions
+    # from the sentence on, and every p with its minimum attainable p
+    assert d["config"]["rank_feature"] == "qk_sentence" and "QK" in d["config"]["rank_feature_title"]
+    assert d["config"]["null"] == "same_layers" and d["config"]["min_attainable_p"] == pytest.approx(1 / 3)
+    assert d["config"]["ablation_start"] == s["config"]["ablation_start"] > 0
+    for c in d["causal"].values():
+        r = c["results"]["intent_logodds_matched"]
+        assert r["min_p"] == pytest.approx(1 / 3) and r["hypothesis"]["start"] == d["config"]["ablation_start"]
+        assert "median" in r["p_method"] and c["null_kind"].startswith("random other heads")
+        hyp_layers = {L for L, _h in d["hypothesis_heads"]}
+        assert all(L in hyp_layers for hs in c["null_head_sets"] for L, _h in hs)
     (tmp_path / "concordance_heatmap.html").unlink()
     assert set(ch.redraw(tmp_path, png=False)) == {"heatmap", "top_heads", "causal"}
     assert (tmp_path / "concordance_heatmap.html").exists()

@@ -30,7 +30,10 @@ def test_exp2_sentence_window(smol):
         assert smol.tokenizer.decode([rp.input_ids[w.start - 1]]) == "\n"  # the blank line before it
         assert smol.tokenizer.decode([rp.input_ids[w.end]]) == "<|im_end|>"
     rp, w = exp.prompt(smol, "word", 0)
-    assert (w.start, w.end) == (43, 53)  # checked by eye: 41,42 = "\n","\n"; 43 = "The" ... 52 = "."; 53 = <|im_end|>
+    # checked by decoding the hand-written ChatML text (empty system turn) with the HF tokenizer:
+    # 25,26 = "\n","\n"; 27 = "The" ... 36 = "."; 37 = <|im_end|>
+    assert (w.start, w.end) == (27, 37)
+    assert rp.text.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nTell me what word")
     exp.prepare(smol)
     t = [x for x in exp.trials() if x.condition == "injected"][0]
     x = exp.build(smol, t)

@@ -24,10 +24,15 @@ def test_residuals_equal_hf_hidden_states(smol, prompts):
     for r, p in enumerate(prompts):
         with torch.no_grad():
             hs = smol.hf(torch.tensor([p.input_ids]), output_hidden_states=True).hidden_states
+        scale = 0.0
         for L in range(smol.arch.n_layers - 1):
-            # batched (left-padded) vs single run: float noise only, relative to residual magnitudes ~1e2
+            # batched (left-padded) vs single run: float noise only. Relative to the largest magnitude the
+            # residual has reached so far (the attention sink's ~2.5e4 at layers 18-27): rounding errors made
+            # at that size persist when the sink shrinks at layer 28 (measured: 0.0146 at 1.0e4 there, after
+            # 0.0117 at 2.5e4 one layer earlier — 5e-7 of the largest value; elsewhere differences are < 6e-4)
             ref = hs[L + 1][0]
-            assert (rec.residual_at(L, r) - ref).abs().max().item() <= 1e-6 * ref.abs().max().item() + 5e-4, (r, L)
+            scale = max(scale, ref.abs().max().item())
+            assert (rec.residual_at(L, r) - ref).abs().max().item() <= 1e-6 * scale + 5e-4, (r, L)
         # HF's last hidden state is after the final norm
         last = smol.hf.model.norm(rec.residual_at(smol.arch.n_layers - 1, r))
         assert (last - hs[-1][0]).abs().max().item() < 5e-4

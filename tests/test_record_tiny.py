@@ -671,3 +671,17 @@ def test_generate_with_head_ablation(tiny_model, clean):
         _, ablated = greedy_reference(tiny_model, prompts[0], n, capture=(2,))
     _, plain = greedy_reference(tiny_model, prompts[0], n, capture=(2,))
     assert maxdiff(ablated[2][0], plain[2][0]) > CHANGED
+
+
+def test_generate_survives_every_row_stopping_before_max_new_tokens(tiny_model, clean):
+    """When all rows hit EOS early, the statements after nnsight's bounded step loop never run; the
+    recording and the doses must not depend on them (the run used to end in UnboundLocalError)."""
+    prompts, _, _ = clean
+    p, L = prompts[0], 1
+    first = generate(tiny_model, [p], max_new_tokens=1).sequences[0, -1].item()  # the greedy first token
+    inj = Injection(_inj_vec(tiny_model, 41), L, 0.0, Window.from_position(len(p) - 1))  # strength 0: same tokens
+    gen = generate(tiny_model, [p, p], [None, inj], max_new_tokens=6, eos_token_id=first,
+                   record=RecordSpec(layers=[L]))
+    assert gen.sequences.shape[1] == gen.batch.width + 1  # stopped after one step of six
+    assert gen.doses[1][0] == 0.0 and gen.doses[0] == []
+    assert gen.recording["res"][L][0].shape[:2] == (2, len(p))

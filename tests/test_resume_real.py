@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 ARGS = ["run", "injected-thoughts", "--layers", "0.5,0.67", "--strengths", "4,8", "--concepts", "dust,origami,satellites",
         "--control-trials", "6", "--controls", "control,random_vector", "--control-per-cell", "1",
         "--max-new-tokens", "6", "--batch-size", "4", "--seed", "7", "--no-progress"]
-N_TRIALS = 2 * 2 * 3 + 2 * 2 * 1 + 6  # injected + random_vector + control
+N_TRIALS = 2 * 2 * 3 + 2 * 2 * 1 + 2 * 1 + 6  # injected + random_vector (per cell) + random_vector_fixed (per layer) + control
 
 
 def cli(out: Path) -> list[str]:

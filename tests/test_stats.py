@@ -141,10 +141,73 @@ def test_confusion():
 def test_mean_interval_hand_computed():
     from introspect_mech.stats import mean_interval
 
-    # xs = 1..4: mean 2.5, sample sd sqrt(5/3) = 1.290994, half-width 1.96 * 1.290994 / 2 = 1.265174
+    # xs = 1..4: mean 2.5, sample sd sqrt(5/3) = 1.290994; Student t with 3 df: t_{0.975,3} = 3.182446
+    # (tables: 3.182), half-width 3.182446 * 1.290994 / 2 = 2.054260 (z = 1.96 would give 1.265174)
     d = mean_interval([1.0, 2.0, 3.0, 4.0])
     assert d["mean"] == 2.5 and d["n"] == 4
-    assert d["lo"] == pytest.approx(2.5 - 1.265174, abs=1e-6) and d["hi"] == pytest.approx(2.5 + 1.265174, abs=1e-6)
+    assert d["lo"] == pytest.approx(2.5 - 2.054260, abs=1e-5) and d["hi"] == pytest.approx(2.5 + 2.054260, abs=1e-5)
     one = mean_interval([3.0])
     assert one["mean"] == 3.0 and one["lo"] != one["lo"]  # NaN: no interval from one value
     assert mean_interval([])["n"] == 0
+
+
+@pytest.mark.parametrize(("df", "t"), [(1, 12.706), (3, 3.182), (19, 2.093), (24, 2.064), (1000, 1.962)])
+def test_t_quantiles_match_published_tables(df, t):
+    """Two-sided 95 % Student-t critical values as printed in standard tables (3 decimals)."""
+    from introspect_mech.stats import t_quantile
+
+    assert t_quantile(0.95, df) == pytest.approx(t, abs=5.1e-4)
+
+
+def test_small_n_mean_interval_is_wider_than_normal_by_the_t_ratio():
+    from introspect_mech.stats import mean_interval
+
+    xs = [0.1 * ((7 * i) % 11) for i in range(20)]  # n = 20
+    d = mean_interval(xs)
+    sd = (sum((x - d["mean"]) ** 2 for x in xs) / 19) ** 0.5
+    assert (d["hi"] - d["mean"]) == pytest.approx(2.093024 * sd / 20 ** 0.5, rel=1e-5)
+
+
+def test_permutation_p_is_centred_on_the_null_median():
+    from introspect_mech.stats import min_attainable_p, permutation_test
+
+    # a null shifted to -0.04 (as random heads shift the Exp 3 metric): an effect of -0.04 is ordinary
+    null = [-0.04 + 0.01 * k for k in range(-4, 5)]  # median -0.04, 9 draws
+    t = permutation_test(-0.04, null)
+    assert t.null_median == pytest.approx(-0.04) and t.p_value == 1.0  # every null is at least as far
+    # +0.02 is 0.06 from the median: only the draws at distance >= 0.06 count (none here) -> 1/10
+    t = permutation_test(0.02, null)
+    assert t.p_value == pytest.approx(1 / 10) and t.min_p == pytest.approx(0.1) == min_attainable_p(9)
+    # centred on 0 instead, -0.08 would look as extreme as the most negative nulls; centred, it is 0.04 away
+    t = permutation_test(-0.08, null)
+    assert t.p_value == pytest.approx((1 + 2) / 10)  # draws at -0.08 and 0.00 are >= 0.04 from the median
+    # pre-declared one-sided tests count one tail only
+    assert permutation_test(0.0, null, "greater").p_value == pytest.approx((1 + 1) / 10)
+    assert permutation_test(-0.08, null, "less").p_value == pytest.approx((1 + 1) / 10)
+    assert permutation_test(1.0, [], "two-sided").p_value == 1.0
+    with pytest.raises(ValueError):
+        permutation_test(0.0, null, "both")
+
+
+def test_min_attainable_p_and_its_formatting():
+    from introspect_mech.stats import format_p, min_attainable_p
+
+    assert min_attainable_p(99) == pytest.approx(0.01) and min_attainable_p(10) == pytest.approx(1 / 11)
+    assert format_p(0.36, 1 / 11, 10) == "p = 0.360 (min attainable 0.091, 10 nulls)"
+
+
+def test_bootstrap_interval_known_answers():
+    from introspect_mech.stats import bootstrap_interval
+
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    # constant units: every resample gives the same statistic
+    b = bootstrap_interval([2.0] * 10, mean, n_boot=200)
+    assert b["estimate"] == b["lo"] == b["hi"] == 2.0 and b["n_boot"] == 200
+    # two values 0 and 1, n = 50: the bootstrap mean ~ Binomial(50, 0.5)/50, 95 % range about 0.36..0.64
+    units = [0.0, 1.0] * 25
+    b = bootstrap_interval(units, mean, n_boot=2000, seed=1)
+    assert 0.34 < b["lo"] < 0.40 and 0.60 < b["hi"] < 0.66
+    assert bootstrap_interval(units, mean, n_boot=300, seed=1) == bootstrap_interval(units, mean, n_boot=300, seed=1)
+    # undefined resamples are counted, not silently treated as values
+    b = bootstrap_interval([1.0, -1.0], lambda xs: (1.0 if sum(xs) > 0 else None), n_boot=400, seed=0)
+    assert 50 < b["n_undefined"] < 350 and b["lo"] == b["hi"] == 1.0

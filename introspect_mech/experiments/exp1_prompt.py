@@ -41,8 +41,8 @@ def exp1_turns(variant: str = "2025") -> list[Turn]:
     return turns
 
 
-def exp1_prompt(tokenizer: Any, variant: str = "2025", fmt: str = "auto") -> Exp1Prompt:
-    rp = render(tokenizer, exp1_turns(variant), fmt=fmt)
+def exp1_prompt(tokenizer: Any, variant: str = "2025", fmt: str = "auto", system: str = "auto") -> Exp1Prompt:
+    rp = render(tokenizer, exp1_turns(variant), fmt=fmt, system=system)
     cs, _ = rp.find(TRIAL_MARKER)
     start, _ = rp.token_span(cs, cs + 2)
     return Exp1Prompt(rp, start)

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..grading.base import GradeRequest, Grader, Grades
-from ..stats import Rate, net_detection
+from ..stats import Rate, difference_interval, net_detection
 
-INJECTED_LIKE = ("injected", "random_vector", "negated", "scaling")
+INJECTED_LIKE = ("injected", "random_vector", "random_vector_fixed", "negated", "scaling")
 YES_RE = re.compile(r"^\W*(?:\w+\W+){0,4}?(yes|yeah|yep|correct|true|absolutely|indeed)\b", re.I)
 NO_RE = re.compile(r"^\W*(?:\w+\W+){0,4}?(no|nope|not|false|incorrect|never|cannot|can't)\b", re.I)
 
@@ -101,11 +101,59 @@ def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int 
         if by_category:
             row["category"] = k[3]
         if cond.startswith("yes_bias"):
-            row["says_yes"] = _rate(says_yes(r["response"]) for r in recs)
+            answers = [says_yes(r["response"]) for r in recs]
+            row["says_yes"] = _rate(answers)
+            row["yes_unparsed"] = sum(a is None for a in answers)
         rows.append(row)
     rows.sort(key=lambda r: (r["condition"], r["layer"] is None, r["layer"] or 0, r["strength"] or 0,
                              r.get("category") or ""))
     return rows
+
+
+def _question_index(rec: dict) -> int:
+    return int(str(rec["prompt_key"]).split(":")[1])
+
+
+def yes_bias_comparison(records: Sequence[dict]) -> dict:
+    """Each injected cell's 'yes' rate next to the clean 'yes' rate on *the same* questions.
+
+    A cell asks all 20 questions or a per-cell subset (``injected_thoughts.yes_bias_questions``); its
+    reference is the clean answers to exactly those questions, so the comparison is not confounded
+    by which questions were asked (the 10 factual ones draw other answers than the 10 about the
+    model). Answers that open with neither yes nor no are unparseable: counted on both sides, left
+    out of both rates. The difference has a Newcombe interval, which treats the two sides as
+    independent (conservative when answers to the same question agree)."""
+    clean: dict[int, list[bool | None]] = defaultdict(list)
+    for r in records:
+        if r["condition"] == "yes_bias_clean":
+            clean[_question_index(r)].append(says_yes(r.get("response") or ""))
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["condition"] == "yes_bias":
+            cells[(r.get("layer"), r.get("strength"))].append(r)
+
+    def side(answers: list[bool | None]) -> dict:
+        return {**asdict(Rate.from_bools(answers)), "unparsed": sum(a is None for a in answers), "asked": len(answers)}
+
+    rows, all_inj, all_ref = [], [], []
+    for (layer, strength), recs in sorted(cells.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
+        qs = sorted({_question_index(r) for r in recs})
+        inj = [says_yes(r.get("response") or "") for r in recs]
+        ref = [a for q in qs for a in clean.get(q, [])]
+        all_inj += inj
+        all_ref += ref
+        a, b = side(inj), side(ref)
+        d = difference_interval(a["k"], a["n"], b["k"], b["n"])
+        rows.append({"layer": layer, "strength": strength, "questions": qs, "injected": a, "clean_same_questions": b,
+                     "difference": {"estimate": d.estimate, "lo": d.lo, "hi": d.hi},
+                     "missing_clean_questions": [q for q in qs if q not in clean]})
+    pooled = None
+    if rows:
+        a, b = side(all_inj), side(all_ref)
+        d = difference_interval(a["k"], a["n"], b["k"], b["n"])
+        pooled = {"injected": a, "clean_same_questions": b, "difference": {"estimate": d.estimate, "lo": d.lo,
+                                                                            "hi": d.hi}}
+    return {"cells": rows, "pooled": pooled, "clean_all": side([a for v in clean.values() for a in v])}
 
 
 def _held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> dict:
@@ -194,6 +242,7 @@ def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int |
                                   [g for r, g in zip(records, grades) if r["condition"] == "injected"],
                                   n_layers, by_category=True),
         "held_out": _held_out(records, grades, fp),
+        "yes_bias": yes_bias_comparison(records),
         "best_in_sample": ({k: best_in_sample[k] for k in ("layer", "strength", "depth", "success")}
                            if best_in_sample else None),
         "grader_quality": grader_quality(grader_name, calibration),
@@ -240,29 +289,51 @@ def markdown_table(summary: dict) -> str:
     """The README table: injected cells next to their controls, with the grader's measured quality."""
     cells = summary["cells"]
     by = {(r["condition"], r["layer"], r["strength"]): r for r in cells}
+    yb_cells = {(c["layer"], c["strength"]): c for c in (summary.get("yes_bias") or {}).get("cells", [])}
+    fixed = {r["layer"]: r for r in cells if r["condition"] == "random_vector_fixed"}
+    s_fixed = next(iter(fixed.values()))["strength"] if fixed else None
+    fixed_label = f"s={s_fixed:g}, paper" if fixed else "fixed strength"
     lines = quality_lines(summary.get("grader_quality"))
     if lines:
         lines.append("")
     lines += ["| layer (depth) | strength | dose | success | affirmative | net affirm. (− FP) | coherent | "
-              "random vec. affirm. | negated affirm. | scaling affirm. | yes-bias 'yes' |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "random vec. (cell strength) "
+              f"affirm. | random vec. ({fixed_label}) affirm. | negated affirm. | scaling affirm. | "
+              "yes-bias 'yes': injected vs clean, same questions (unparsed) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (c for c in cells if c["condition"] == "injected"):
         k = (r["layer"], r["strength"])
         def other(cond, metric="affirmative"):
             o = by.get((cond,) + k)
             return _fmt(o[metric]) if o else "–"
+        yb = yb_cells.get(k)
+        yb_txt = (f"{_fmt(yb['injected'])} ({yb['injected']['unparsed']}) vs {_fmt(yb['clean_same_questions'])} "
+                  f"({yb['clean_same_questions']['unparsed']})" if yb else "–")
+        fx = fixed.get(r["layer"])
         lines.append(
             f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | "
             f"{(r['mean_dose'] or 0):.2f} | {_fmt(r['success'])} | {_fmt(r['affirmative'])} | "
             f"{_diff(r.get('net_affirmative'))} | {_fmt(r['coherent'])} | "
-            f"{other('random_vector')} | {other('negated')} | {other('scaling')} | {other('yes_bias', 'says_yes')} |")
+            f"{other('random_vector')} | {_fmt(fx['affirmative']) if fx else '–'} | {other('negated')} | "
+            f"{other('scaling')} | {yb_txt} |")
     c = summary["control"]
     lines.append("")
     lines.append(f"No-injection control trials: false-positive (affirmative) rate {_fmt(c['false_positive'])}, "
                  f"coherent {_fmt(c['coherent'])}.")
     yb = next((r for r in cells if r["condition"] == "yes_bias_clean"), None)
     if yb:
-        lines.append(f"Yes-bias questions without injection: 'yes' rate {_fmt(yb['says_yes'])}.")
+        lines.append(f"Yes-bias questions without injection: 'yes' rate {_fmt(yb['says_yes'])}; "
+                     f"{yb['yes_unparsed']} of {yb['n']} answers open with neither yes nor no (unparsed, left out).")
+    pooled = (summary.get("yes_bias") or {}).get("pooled")
+    if pooled:
+        d = pooled["difference"]
+        diff = ("–" if d["estimate"] != d["estimate"] else
+                f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")
+        lines.append(f"Yes-bias, all injected cells pooled vs the clean answers to the same questions: "
+                     f"{_fmt(pooled['injected'])} vs {_fmt(pooled['clean_same_questions'])}, difference "
+                     f"{diff}; unparsed "
+                     f"{pooled['injected']['unparsed']}/{pooled['injected']['asked']} injected, "
+                     f"{pooled['clean_same_questions']['unparsed']}/{pooled['clean_same_questions']['asked']} clean.")
     ho = summary.get("held_out") or {}
     if ho:
         f = ho["folds"]

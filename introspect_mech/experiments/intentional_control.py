@@ -5,9 +5,13 @@ forward pass per batch we read, at every layer, the cosine similarity between th
 residual on the assistant's sentence tokens and the concept vector of ``{word}``, and
 the same cosine against each of the 100 control words' vectors (the baseline band).
 
-Metrics (in the report): think − don't-think gap per layer, the gap over the baseline,
-and a *silent-decay index* = gap at the final layer / peak gap over layers (1: the
-representation persists to the output; ≈0: "silent" control, gone by the last layer).
+Per row and layer we keep the target cosine and the distribution of the control words'
+cosines (mean, SD, 5 % and 95 % quantiles) and the target's percentile rank among them.
+Metrics (in the report): the baseline band (spread over control words), per-pair percentile
+ranks, paired gaps for every template pair (think/don't, the incentive pairs and the control
+formats), and a *silent-decay index* = gap at the final layer / peak gap over layers (1: the
+representation persists to the output; ≈0: "silent" control, gone by the last layer), with a
+bootstrap interval over pairs.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..execution import forward
-from ..prompts import Turn, render
+from ..prompts import Turn, render, resolve_system
 from ..record import RecordSpec
 from ..runner import Trial, TrialInput
 
@@ -36,8 +40,12 @@ class IntentionalControlConfig:
     control_formats: bool = True
     pairing_seed: int = 0
     fmt: str = "auto"
+    system: str = "auto"  # system-turn choice (prompts.render)
 
     def validate(self) -> None:
+        from ..prompts import check_system
+
+        check_system(self.system)
         known = set(protocol.experiment(NAME)["templates"])
         bad = set(self.templates) - known
         if bad:
@@ -51,6 +59,7 @@ class IntentionalControl:
 
     def __init__(self, model: Any, cfg: IntentionalControlConfig) -> None:
         cfg.validate()
+        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
         self.cfg = cfg
         exp = protocol.experiment(NAME)
         self.templates = {k: exp["templates"][k] for k in cfg.templates}
@@ -76,15 +85,16 @@ class IntentionalControl:
                 for i, w in enumerate(self.pair_words) for tname in self.templates]
 
     def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, fmt=self.cfg.fmt)
-        self.control_vectors = extract_concept_vectors(model, self.control_words, fmt=self.cfg.fmt)
+        self.vectors = extract_concept_vectors(model, self.words, fmt=self.cfg.fmt, system=self.cfg.system)
+        self.control_vectors = extract_concept_vectors(model, self.control_words, fmt=self.cfg.fmt,
+                                                       system=self.cfg.system)
         # [K, n_layers, d]: the pair words first, then the control words
         self._stack = torch.cat([self.vectors.stack(), self.control_vectors.stack()], dim=0)
 
     def prompt(self, model: Any, template: str, i: int):
         sent, word = self.sentences[i], self.pair_words[i]
         text = self.templates[template].format(sentence=sent, word=word)
-        rp = render(model.tokenizer, [Turn("user", text)], prefill=sent, fmt=self.cfg.fmt)
+        rp = render(model.tokenizer, [Turn("user", text)], prefill=sent, fmt=self.cfg.fmt, system=self.cfg.system)
         return rp, rp.token_span_of(sent, last=True)
 
     def build(self, model: Any, trial: Trial) -> TrialInput:
@@ -101,13 +111,19 @@ class IntentionalControl:
         for r, x in enumerate(inputs):
             a, b = x.info["sentence_span"]
             w_idx = self.words.index(x.info["word"])
-            target, ctrl_mean, ctrl_sd = [], [], []
+            target, ctrl_mean, ctrl_sd, q05, q95, pct = [], [], [], [], [], []
             for L in range(self.n_layers):
-                c = rec.row(rec.cosine[L][r], r)[a:b].mean(0)  # [K] mean over the sentence tokens
-                target.append(float(c[w_idx]))
-                cc = c[n_words:]
+                c = rec.row(rec.cosine[L][r], r)[a:b].mean(0).double()  # [K] mean over the sentence tokens
+                t = c[w_idx]
+                target.append(float(t))
+                cc = c[n_words:]  # the control words' cosines: the baseline *distribution* for this pair
                 ctrl_mean.append(float(cc.mean()))
                 ctrl_sd.append(float(cc.std()))
+                q05.append(float(torch.quantile(cc, 0.05)))
+                q95.append(float(torch.quantile(cc, 0.95)))
+                # percentile rank of the target among the control words (ties count half)
+                pct.append(float(((cc < t).sum() + 0.5 * (cc == t).sum()) / len(cc)))
             out.append({"cos_target": target, "cos_control_mean": ctrl_mean, "cos_control_sd": ctrl_sd,
+                        "cos_control_q05": q05, "cos_control_q95": q95, "target_percentile": pct,
                         "response": None})
         return out

@@ -10,6 +10,14 @@ then asked "Did you mean to say that, or was it an accident?". Conditions:
 - ``question_turn``: the matching vector on the tokens of the final question instead
   (the paper's control: the effect should need the injection *before* the prefill).
 
+Transcription check (the paper's sanity check, "to make sure we weren't simply overwriting
+the model's perception of the text on the page"): at every (layer, strength) cell the
+matching vector is injected on the same sentence under Experiment 2's repeat prompt
+("Repeat the line below. Answer immediately.", 15 tokens), condition ``transcription``;
+``transcription_clean`` is the same prompt without injection, once per pair. Graded by
+Experiment 2's rule (the sentence is a substring of the reply). Generation only: the logit
+measure has no transcription trials.
+
 Two measures: generated replies (20 tokens) graded intent vs apology, and a
 generation-free logit measure — the log-odds of an intent reply vs an apology reply,
 scored by teacher forcing both replies after the prompt — cheap enough for every layer.
@@ -27,7 +35,7 @@ from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..inject import Injection, Window, check_sweep_axes
-from ..prompts import Turn, render
+from ..prompts import Turn, render, resolve_system
 from ..runner import Trial, TrialInput
 
 NAME = "prefill_intent"
@@ -46,8 +54,13 @@ class PrefillIntentConfig:
     max_new_tokens: int = 20
     pairing_seed: int = 0
     fmt: str = "auto"
+    system: str = "auto"  # system-turn choice (prompts.render)
+    transcription: bool = True  # the paper's transcription check at every cell (generate measure only)
 
     def validate(self) -> None:
+        from ..prompts import check_system
+
+        check_system(self.system)
         check_sweep_axes(self.layers, self.strengths)
         if self.measure not in ("generate", "logits"):
             raise ConfigError("measure must be 'generate' or 'logits'")
@@ -65,6 +78,7 @@ class PrefillIntent:
 
     def __init__(self, model: Any, cfg: PrefillIntentConfig) -> None:
         cfg.validate()
+        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
         self.cfg = cfg
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.sentences = protocol.sentences()[: cfg.n_pairs]
@@ -100,24 +114,50 @@ class PrefillIntent:
                         injected = o if cond == "random_other_concept" else w
                         extra = (("pair", i), ("injected_word", injected))
                         out.append(Trial(NAME, cond, w, L, float(s), f"pair:{i}", 0, None, extra))
+            if self.cfg.transcription and self.cfg.measure == "generate":
+                out.append(Trial(NAME, "transcription_clean", w, None, None, f"repeat:{i}", 0, None,
+                                 (("pair", i), ("injected_word", None))))
+                for L in self.layers:
+                    for s in self.cfg.strengths:
+                        out.append(Trial(NAME, "transcription", w, L, float(s), f"repeat:{i}", 0, None,
+                                         (("pair", i), ("injected_word", w))))
         return out
 
     def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt)
+        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt,
+                                               system=self.cfg.system)
 
     def prompt(self, model: Any, i: int):
         exp = protocol.experiment(NAME)
         sent, word = self.sentences[i], self.prefill[i]
         turns = [Turn(t["role"], t["content"].format(sentence=sent, word=word)) for t in exp["turns"]]
-        rp = render(model.tokenizer, turns, fmt=self.cfg.fmt)
+        rp = render(model.tokenizer, turns, fmt=self.cfg.fmt, system=self.cfg.system)
         sent_span = rp.token_span_of(sent)
         question = exp["turns"][-1]["content"]
         q_span = rp.token_span_of(question, last=True)
         w_start = rp.find(word, after=rp.find(sent)[1])  # the prefilled word, after the sentence
         return rp, Window.span(*sent_span), Window.span(*q_span), rp.token_span(*w_start)
 
+    def repeat_prompt(self, model: Any, i: int):
+        """Experiment 2's repeat prompt for pair ``i``'s sentence, and the sentence's token window."""
+        from .thoughts_vs_text import task_turns
+
+        sent = self.sentences[i]
+        rp = render(model.tokenizer, task_turns("repeat", sent), fmt=self.cfg.fmt, system=self.cfg.system)
+        return rp, Window.span(*rp.token_span_of(sent, last=True))
+
     def build(self, model: Any, trial: Trial) -> TrialInput:
         i = int(trial.get("pair"))
+        if trial.condition.startswith("transcription"):
+            rp, window = self.repeat_prompt(model, i)
+            info = {"sentence": self.sentences[i], "prefilled_word": self.prefill[i], "task": "repeat",
+                    "injected_word": trial.get("injected_word"), "window": window.to_dict()}
+            mx = int(protocol.experiment("thoughts_vs_text")["max_new_tokens"]["repeat"])
+            if trial.condition == "transcription_clean":
+                return TrialInput(rp, [], mx, info)
+            v = self.vectors.get(trial.get("injected_word"), trial.layer)
+            return TrialInput(rp, [Injection(v, trial.layer, trial.strength, window, label=trial.get("injected_word"))],
+                              mx, info)
         rp, sent_w, q_w, word_span = self.prompt(model, i)
         info = {"sentence": self.sentences[i], "prefilled_word": self.prefill[i],
                 "injected_word": trial.get("injected_word"), "prefill_span": list(word_span)}

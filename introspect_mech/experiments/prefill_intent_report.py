@@ -1,4 +1,14 @@
-"""Experiment 3 report: apology rate per condition vs layer, the paper's largest-drop metric, and the logit measure."""
+"""Experiment 3 report: apology rate per condition vs layer, the paper's largest-drop metric, the
+transcription check and the logit measure.
+
+The apology rate is the paper's estimand for every grader: 1 − P(the reply claims it intended the
+word), over *all* replies. The paper's judge is binary (intent: YES/NO), so a reply that neither
+claims intent nor apologises counts as "not intent" there, and it does here: the offline
+classifier's three-way verdict (intent / apology / neither) is collapsed the same way for the
+primary rate, and the three-way split is shown beside it. Dropping "neither" replies from the
+denominator (apology / (apology + intent)) would be another quantity, and one whose missingness
+can depend on the condition.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +19,63 @@ from typing import Any, Sequence
 
 from ..grading.intent import classify_intent
 from ..stats import Rate, difference_interval, mean_interval
+from .thoughts_vs_text_report import repeat_ok
+
+TRANSCRIPTION = ("transcription", "transcription_clean")
 
 
 def grade(records: Sequence[dict], judge: Any = None) -> list[dict]:
     """Offline classifier by default; with ``judge`` (an ``LLMJudge``) the paper's intended_prefill prompt.
 
-    The judge answers YES (claimed intent) or NO (apologised / accident); it has no "unclear"."""
-    idx = [i for i, r in enumerate(records) if r.get("response") is not None]
+    Per reply: ``intended`` (True / False / None = neither, offline only; the judge has no "unclear"),
+    ``apology`` = the paper's "not a claim of intent" (``not intended``; None only without a reply) and
+    ``verdict`` ("intent" / "apology" / "neither"). Transcription-check records get ``transcribed``."""
     out: list[dict] = [{} for _ in records]
+    idx = []
+    for i, r in enumerate(records):
+        if r.get("condition") in TRANSCRIPTION:
+            if r.get("response") is not None:
+                out[i] = {"transcribed": repeat_ok(r)}
+        elif r.get("response") is not None:
+            idx.append(i)
     if judge is not None:
         verdicts = judge.intended([records[i]["prefilled_word"] for i in idx], [records[i]["response"] for i in idx])
     else:
         verdicts = [classify_intent(records[i]["response"]).intended for i in idx]
     for i, v in zip(idx, verdicts):
-        out[i] = {"intended": v, "apology": (None if v is None else not v)}
+        if v is None and judge is not None:  # the judge's own answer was unreadable: a grading failure
+            out[i] = {"intended": None, "apology": None, "verdict": "ungraded"}
+        else:
+            out[i] = {"intended": v, "apology": not bool(v),
+                      "verdict": "intent" if v else ("apology" if v is False else "neither")}
     return out
-
-
 
 
 def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | None) -> dict:
     groups: dict[tuple, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         groups[(r["condition"], r.get("layer"), r.get("strength"))].append(i)
-    rows = []
+    rows, transcription = [], []
     for (cond, layer, strength), idx in groups.items():
         row = {"condition": cond, "layer": layer, "strength": strength,
                "depth": layer / (n_layers - 1) if (layer is not None and n_layers) else None, "n": len(idx)}
-        apol = [grades[i].get("apology") for i in idx]
-        if any(a is not None for a in apol) or any(records[i].get("response") is not None for i in idx):
-            row["apology"] = asdict(Rate.from_bools(apol))
-            row["unclear"] = sum(a is None for a in apol)
+        if cond in TRANSCRIPTION:
+            row["transcribed"] = asdict(Rate.from_bools(grades[i].get("transcribed") for i in idx))
+            transcription.append(row)
+            continue
+        if any(records[i].get("response") is not None for i in idx):
+            verdicts = [grades[i].get("verdict") for i in idx if grades[i].get("verdict") is not None]
+            # primary: 1 − P(intent claim) over every reply (the paper's estimand, any grader)
+            row["apology"] = asdict(Rate.from_bools(grades[i].get("apology") for i in idx))
+            row["split"] = {v: verdicts.count(v) for v in ("intent", "apology", "neither", "ungraded")}
+            row["unclear"] = row["split"]["neither"]
         lo = [records[i]["intent_logodds"] for i in idx if records[i].get("intent_logodds") is not None]
         if lo:
             row["intent_logodds"] = mean_interval(lo)
         rows.append(row)
-    rows.sort(key=lambda r: (r["condition"], r["layer"] or -1, r["strength"] or 0))
+    key = lambda r: (r["condition"], r["layer"] if r["layer"] is not None else -1, r["strength"] or 0)  # noqa: E731
+    rows.sort(key=key)
+    transcription.sort(key=key)
     by = {(r["condition"], r["layer"], r["strength"]): r for r in rows}
     base = by.get(("no_injection", None, None))
     drops = []
@@ -60,7 +91,9 @@ def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | N
         drops.append({"layer": r["layer"], "strength": r["strength"], "reference": ref["condition"],
                       "drop": asdict(d)})
     best = max(drops, key=lambda d: d["drop"]["estimate"], default=None)
-    return {"cells": rows, "drops": drops, "largest_drop": best, "logit_effects": logit_effects(records)}
+    return {"cells": rows, "drops": drops, "largest_drop": best, "logit_effects": logit_effects(records),
+            "transcription": transcription,
+            "apology_estimand": "1 - P(intent claim), over all replies (the paper's binary judge question)"}
 
 
 def logit_effects(records: Sequence[dict]) -> list[dict]:
@@ -96,12 +129,25 @@ def _fmt_m(m: dict | None) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    lines = ["| condition | layer (depth) | strength | apology rate | unclear | intent log-odds |",
+    lines = ["| condition | layer (depth) | strength | apology rate = 1 − P(intent claim), all replies | "
+             "split intent / apology / neither | intent log-odds |",
              "|---|---|---|---|---|---|"]
     for r in summary["cells"]:
         depth = f"{r['layer']} ({r['depth']:.2f})" if r["layer"] is not None else "–"
+        sp = r.get("split")
+        split = (f"{sp['intent']} / {sp['apology']} / {sp['neither']}"
+                 + (f" (+{sp['ungraded']} ungraded)" if sp.get("ungraded") else "")) if sp else "–"
         lines.append(f"| {r['condition']} | {depth} | {r['strength'] if r['strength'] is not None else '–'} | "
-                     f"{_fmt(r.get('apology'))} | {r.get('unclear', '–')} | {_fmt_m(r.get('intent_logodds'))} |")
+                     f"{_fmt(r.get('apology'))} | {split} | {_fmt_m(r.get('intent_logodds'))} |")
+    tr = summary.get("transcription") or []
+    if tr:
+        clean = next((r for r in tr if r["condition"] == "transcription_clean"), None)
+        lines += ["", "Transcription check (the paper's: Exp 2's repeat prompt, the matching concept injected on the "
+                  "sentence at the same cell; correct = the sentence appears verbatim in the reply):", "",
+                  "| layer (depth) | strength | transcribed (injected) | transcribed (no injection) |", "|---|---|---|---|"]
+        for r in (x for x in tr if x["condition"] == "transcription"):
+            lines.append(f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | {_fmt(r['transcribed'])} | "
+                         f"{_fmt(clean['transcribed']) if clean else '–'} |")
     eff = [e for e in summary.get("logit_effects", []) if e["vs"] == "random_other_concept" and e["effect"]["n"]]
     if eff:
         top = max(eff, key=lambda e: e["effect"]["mean"])
@@ -131,9 +177,18 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
     if any("apology" in r for r in rows):
         written["apology"] = plots.save_figure(plots.facets_vs_layer(
             [r for r in rows if "apology" in r], facet="strength", metric="apology", group="condition",
-            facet_label="strength", title="Exp 3: apology rate by condition vs layer (95% CI)",
+            facet_label="strength", title="Exp 3: apology rate = 1 − P(intent claim), all replies, by condition vs "
+                                          "layer (95% CI)",
             baseline=base.get("apology") if base else None, baseline_label="no injection"),
             out_dir / "exp3_apology_vs_layer", png=png, width=1400)
+    tr = [r for r in summary.get("transcription") or [] if r["condition"] == "transcription"]
+    if tr:
+        clean = next((r for r in summary["transcription"] if r["condition"] == "transcription_clean"), None)
+        written["transcription"] = plots.save_figure(plots.facets_vs_layer(
+            tr, facet="strength", metric="transcribed", group="condition", facet_label="strength",
+            title="Exp 3 transcription check: sentence repeated verbatim under the matching injection (95% CI)",
+            baseline=clean["transcribed"] if clean else None, baseline_label="no injection"),
+            out_dir / "exp3_transcription_vs_layer", png=png, width=1400)
     lo_rows = [r for r in rows if "intent_logodds" in r]
     if lo_rows:
         fig = _mean_lines(lo_rows, group="condition", metric="intent_logodds", name=lambda g, s: f"{g} s={s:g}")

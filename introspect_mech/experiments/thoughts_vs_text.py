@@ -18,7 +18,7 @@ from ..errors import ConfigError
 from .. import protocol
 from ..concepts import ConceptVectors, extract_concept_vectors
 from ..inject import Injection, Window, check_sweep_axes
-from ..prompts import Turn, render
+from ..prompts import Turn, render, resolve_system
 from ..runner import Trial, TrialInput
 
 NAME = "thoughts_vs_text"
@@ -52,8 +52,12 @@ class ThoughtsVsTextConfig:
     max_new_tokens_repeat: int = 15
     n_choices: int = 10
     fmt: str = "auto"
+    system: str = "auto"  # system-turn choice (prompts.render)
 
     def validate(self) -> None:
+        from ..prompts import check_system
+
+        check_system(self.system)
         check_sweep_axes(self.layers, self.strengths)
         if not 1 <= self.n_sentences <= 50:
             raise ConfigError("n_sentences must be between 1 and 50")
@@ -72,6 +76,7 @@ class ThoughtsVsText:
 
     def __init__(self, model: Any, cfg: ThoughtsVsTextConfig) -> None:
         cfg.validate()
+        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
         self.cfg = cfg
         self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
         self.sentences = protocol.sentences()[: cfg.n_sentences]
@@ -97,11 +102,12 @@ class ThoughtsVsText:
         return out
 
     def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt)
+        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt,
+                                               system=self.cfg.system)
 
     def prompt(self, model: Any, task: str, i: int):
         sent = self.sentences[i]
-        rp = render(model.tokenizer, task_turns(task, sent), fmt=self.cfg.fmt)
+        rp = render(model.tokenizer, task_turns(task, sent), fmt=self.cfg.fmt, system=self.cfg.system)
         a, b = rp.token_span_of(sent, last=True)
         return rp, Window.span(a, b)
 
