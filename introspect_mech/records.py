@@ -35,7 +35,9 @@ FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     # generated replies (measure "generate") or the log-odds (measure "logits"): one of the two is present
     "prefill_intent": {"?response": (str, _OPT), "prefilled_word": (str,), "sentence": (str,),
                        "?intent_logodds": (*_NUM, _OPT)},
-    "intentional_control": {"cos_target": (list,), "cos_control_mean": (list,), "word": (str,), "template": (str,)},
+    "intentional_control": {"cos_target": (list,), "cos_control_mean": (list,), "cos_control_sd": (list,),
+                            "?cos_control_q05": (list, _OPT), "?cos_control_q95": (list, _OPT),
+                            "?target_percentile": (list, _OPT), "word": (str,), "template": (str,)},
 }
 
 KNOWN_EXPERIMENTS = tuple(FIELDS)

@@ -115,7 +115,8 @@ def _exp4_records(templates: list[str], n_layers: int = 4) -> list[dict]:
             recs.append({"trial_id": f"{t}-{pair}", "experiment": "intentional_control", "condition": name,
                          "extra": {"pair": pair}, "response": None,
                          "cos_target": [0.1 * (L + 1) / (t + 1) + 0.01 * pair for L in range(n_layers)],
-                         "cos_control_mean": [0.05 + 0.001 * pair] * n_layers})
+                         "cos_control_mean": [0.05 + 0.001 * pair] * n_layers,
+                         "cos_control_sd": [0.07] * n_layers})
     return recs
 
 

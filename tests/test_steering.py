@@ -56,7 +56,10 @@ def test_steer_refuses_bad_input_and_removes_hooks_on_error(tiny_model_of):
         with im.steer(m, []):
             pass
     inj = im.Injection(torch.randn(m.arch.d_model), 1, 2.0)
+    layer = m.arch.layer(m.hf, 1)
+    before = (dict(m.hf._forward_pre_hooks), dict(layer._forward_hooks))  # transformers may keep its own hooks
     with pytest.raises(RuntimeError, match="boom"):
         with im.steer(m, inj):
+            assert len(layer._forward_hooks) == len(before[1]) + 1
             raise RuntimeError("boom")
-    assert not m.hf._forward_pre_hooks and not m.arch.layer(m.hf, 1)._forward_hooks
+    assert (dict(m.hf._forward_pre_hooks), dict(layer._forward_hooks)) == before
