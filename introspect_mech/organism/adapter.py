@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,16 @@ def attach_lora(model: Any, spec: LoraSpec) -> Any:
     from peft import get_peft_model
 
     spec.validate(model.arch.n_layers)
-    return get_peft_model(model.hf, spec.peft_config(model.arch))
+    with _quiet_peft():
+        return get_peft_model(model.hf, spec.peft_config(model.arch))
+
+
+@contextmanager
+def _quiet_peft():
+    """peft 0.21 calls a transformers method that transformers 5 deprecated; nothing for us to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def lora_state(peft_model: Any) -> dict[str, torch.Tensor]:
@@ -156,7 +167,7 @@ def merge_adapter(hf_model: Any, arch: Any, tensors: dict[str, torch.Tensor], sp
     trip gives bit-identical logits (tested)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
-    with torch.random.fork_rng(devices=[]):  # peft's LoRA init would consume the caller's RNG stream
+    with torch.random.fork_rng(devices=[]), _quiet_peft():  # peft's LoRA init would consume the caller's RNG
         pm = get_peft_model(hf_model, spec.peft_config(arch))
     result = set_peft_model_state_dict(pm, tensors)
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]

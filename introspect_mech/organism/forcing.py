@@ -137,49 +137,56 @@ def _plan(model: Any, batch: ForcedBatch) -> InterventionPlan:
     return InterventionPlan(model.arch, batch.size, batch.injections, dtype=model.dtype, device=model.device)
 
 
-def _keep(labels: torch.Tensor) -> int:
-    """How many trailing columns hold every target (so the LM head runs on those only)."""
-    cols = (labels != IGNORE).any(0).nonzero().flatten()
-    if len(cols) == 0:
-        raise ConfigError("the batch has no target tokens")
-    return int(labels.shape[1] - cols[0])
+def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's LM head on final hidden states (after its final norm), with its logit soft-capping if any."""
+    logits = model.hf.get_output_embeddings()(hidden)
+    cap = getattr(model.hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
 
 
-def forced_logits(model: Any, batch: ForcedBatch, *, use_prefix: bool = True, keep: int | None = None) -> torch.Tensor:
-    """Logits ``[B, keep, V]`` for the last ``keep`` suffix columns (default: all suffix columns).
+def _hidden(model: Any, batch: ForcedBatch, use_prefix: bool) -> torch.Tensor:
+    """Final hidden states ``[B, S, d]`` of the suffix columns, with the batch's injections applied.
 
     ``use_prefix=True`` runs the shared prefix once and reuses its KV cache; ``False`` runs
-    every row in full. Both apply the batch's injections through ``InterventionPlan``.
-    """
-    hf, dev = model.hf, model.device
+    every row in full. Both apply the injections through ``InterventionPlan``."""
+    body, dev = model.hf.base_model, model.device
     B, P, S = batch.size, batch.prefix_len, batch.suffix.shape[1]
-    keep = S if keep is None else int(keep)
     plan = _plan(model, batch)
     if use_prefix and P > 0:
-        pre = hf(input_ids=batch.prefix[None].to(dev), use_cache=True, logits_to_keep=1)
-        cache = pre.cache
+        cache = body(input_ids=batch.prefix[None].to(dev), use_cache=True)["cache"]  # transformers 5 name
         cache.batch_repeat_interleave(B)
         positions = torch.arange(P, P + S)[None].expand(B, S)
         attn = torch.cat([torch.ones(B, P, dtype=batch.mask.dtype), batch.mask], dim=1).to(dev)
         with injection_hooks(model, plan, positions):
-            out = hf(input_ids=batch.suffix.to(dev), attention_mask=attn, position_ids=positions.to(dev),
-                     cache=cache, use_cache=True, logits_to_keep=keep)
-        return out.logits
+            out = body(input_ids=batch.suffix.to(dev), attention_mask=attn, position_ids=positions.to(dev),
+                       cache=cache, use_cache=True)
+        return out.last_hidden_state
     ids, mask, _ = batch.full()
     positions = torch.arange(P + S)[None].expand(B, P + S)
     with injection_hooks(model, plan, positions):
-        out = hf(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
-                 use_cache=False, logits_to_keep=keep)
-    return out.logits
+        out = body(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev), use_cache=False)
+    return out.last_hidden_state[:, P:]
+
+
+def forced_logits(model: Any, batch: ForcedBatch, *, use_prefix: bool = True) -> torch.Tensor:
+    """Logits ``[B, S, V]`` of every suffix column (for checks; training computes only the targets')."""
+    return _head(model, _hidden(model, batch, use_prefix))
 
 
 def forced_loss(model: Any, batch: ForcedBatch, *, use_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over all target tokens, and each row's mean (for per-kind loss curves)."""
-    keep = _keep(batch.labels)
-    logits = forced_logits(model, batch, use_prefix=use_prefix, keep=keep)
-    labels = batch.labels[:, -keep:].to(logits.device)
-    tok = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                          ignore_index=IGNORE, reduction="none").reshape(labels.shape)
-    valid = (labels != IGNORE).float()
-    per_row = (tok * valid).sum(1) / valid.sum(1).clamp_min(1)
-    return (tok * valid).sum() / valid.sum(), per_row.detach()
+    """Mean cross-entropy over all target tokens, and each row's mean (for per-kind loss curves).
+
+    The LM head (576 × 49k on SmolLM2) runs on the target positions only."""
+    hidden = _hidden(model, batch, use_prefix)
+    labels = batch.labels.to(hidden.device)
+    where = labels != IGNORE
+    if not bool(where.any()):
+        raise ConfigError("the batch has no target tokens")
+    logits = _head(model, hidden[where])
+    tok = F.cross_entropy(logits.float(), labels[where], reduction="none")
+    rows = where.nonzero()[:, 0]
+    per_row = torch.zeros(batch.size, dtype=tok.dtype, device=tok.device).index_add_(0, rows, tok.detach())
+    per_row = per_row / where.sum(1).clamp_min(1)
+    return tok.mean(), per_row

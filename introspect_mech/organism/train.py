@@ -117,6 +117,23 @@ def dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int
     return out
 
 
+def cached_dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int]) -> list[dict[int, float]]:
+    """``dose_references``, cached on disk per model fingerprint and prompt set (a resumed run skips them)."""
+    from ..models import cache_dir
+    from ..store import atomic_write_json
+
+    key = json.dumps([model.fingerprint, layers, [[list(p.input_ids), w.start] for p, w in prompts]])
+    path = cache_dir() / "organism" / f"doserefs-{model.fingerprint}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        try:
+            return [{int(L): float(v) for L, v in r.items()} for r in json.loads(path.read_text())]
+        except (ValueError, AttributeError):
+            pass  # a corrupt cache entry is recomputed
+    refs = dose_references(model, prompts, layers)
+    atomic_write_json(path, refs)
+    return refs
+
+
 def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < cfg.warmup:
@@ -170,7 +187,7 @@ def build_recipe(model: Any, cfg: TrainConfig, log: Callable[[str], None] = prin
     recipe = Recipe(model.tokenizer, rc, split.train, vectors, None, seed=cfg.seed)
     keys = recipe.all_prompts()
     pw = [recipe.prompt(i, q) for i, q in keys]
-    refs = dose_references(model, pw, layers)
+    refs = cached_dose_references(model, pw, layers)
     table = {(i, q): r for (i, q), r in zip(keys, refs)}
     by_ids = {pw[k][0].input_ids: table[key] for k, key in enumerate(keys)}
     recipe.ref_norm = lambda prompt, window, layer: by_ids[prompt.input_ids][layer]
