@@ -131,14 +131,13 @@ def _generate_rows(model: Any, cfg: EvalConfig, rows: list[_Row], progress: bool
 
     p = exp1_prompt(model.tokenizer)
     prefix = None if model.remote else build_prefix_cache(model, p.rendered.input_ids[:p.start])
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}  # (mode, uses the Exp 1 prompt) -> row indices; others are left-padded
     for i, r in enumerate(rows):
-        same = r.prompt.input_ids == p.rendered.input_ids
-        groups.setdefault((r.mode, same if same else r.prompt.input_ids), []).append(i)
+        groups.setdefault((r.mode, r.prompt.input_ids == p.rendered.input_ids), []).append(i)
     out: list[dict | None] = [None] * len(rows)
     bar = tqdm(total=len(rows), desc="eval", unit="trial", disable=not progress)
-    for (mode, key), idx in groups.items():
-        use_prefix = key is True and prefix is not None
+    for (mode, exp1), idx in groups.items():
+        use_prefix = exp1 and prefix is not None
         for j in range(0, len(idx), cfg.batch_size):
             chunk = idx[j:j + cfg.batch_size]
             gen = generate(model, [rows[i].prompt for i in chunk], [rows[i].injection for i in chunk],
