@@ -98,7 +98,9 @@ def test_prefix_trick_equals_full_forward_loss_and_gradient(tiny_model_of):
         pm.unload()
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])  # gpt2's 256 positions are fewer than the prompt's tokens
+# gpt2's 256 positions are fewer than the prompt's tokens; tiny gemma3's sliding window hides the word from the
+# read position at layer 0, so its layer-0 vectors are ~0
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_training_trials_use_the_experiments_prompt_window_and_dose(tiny_model_of, arch):
     """A training row with the paper's intro and question is the Exp 1 prompt and window token for token;
     yes/no rows are built as the experiment builds its yes-bias prompts; the dose a training row asks for

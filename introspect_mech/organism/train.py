@@ -184,7 +184,15 @@ def build_recipe(model: Any, cfg: TrainConfig, log: Callable[[str], None] = prin
     t1 = time.perf_counter()
     log(f"{len(split.train)} training words (test: the paper's {len(split.test)}), vectors at layers "
         f"{layers[0]}-{layers[-1]} in {t1 - t0:.1f} s")
-    recipe = Recipe(model.tokenizer, rc, split.train, vectors, None, seed=cfg.seed)
+    # a vector far shorter than its layer's median is degenerate (the word barely reaches the read position);
+    # scaled to a dose it would need an absurd strength, so such words are left out (none on SmolLM2)
+    norms = vectors.norms()
+    ok = (norms / norms.median(0).values.clamp_min(1e-12)).min(1).values >= 0.05
+    words = [w for w, keep in zip(split.train, ok.tolist()) if keep]
+    split.recipe["dropped_degenerate_vectors"] = [w for w, keep in zip(split.train, ok.tolist()) if not keep]
+    if not words:
+        raise ConfigError("every training word's concept vector is degenerate at these layers; choose other --layers")
+    recipe = Recipe(model.tokenizer, rc, words, vectors, None, seed=cfg.seed)
     keys = recipe.all_prompts()
     pw = [recipe.prompt(i, q) for i, q in keys]
     refs = cached_dose_references(model, pw, layers)
