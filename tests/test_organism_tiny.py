@@ -164,8 +164,9 @@ def test_a_few_training_steps_lower_the_loss_on_the_planted_task(tiny_model_of, 
     """Injected → "Yes ... about {word}", none → "No ...", random → "unusual": a short run lowers the loss
     on a fixed held-out batch of that task (rows the training never drew)."""
     model = tiny_model_of("llama")
+    planted = RecipeConfig(**SMALL, mix={"concept": 0.5, "none": 0.25, "random": 0.25})
     cfg = TrainConfig(steps=30, batch_size=8, lr=1e-2, warmup=2, rank=8, alpha=16, seed=0, checkpoint_every=100,
-                      recipe=RecipeConfig(**SMALL))
+                      recipe=planted)
     recipe, _, _ = build_recipe(model, cfg, log=_quiet)
     held = recipe.batch(10**6, 16)  # a batch index the run never reaches
     with torch.no_grad():
@@ -178,7 +179,7 @@ def test_a_few_training_steps_lower_the_loss_on_the_planted_task(tiny_model_of, 
     organism = im.wrap(merged, model.tokenizer, name="tiny-llama+org")
     with torch.no_grad():
         after = example_loss(organism, held)[0].item()
-    assert after < 0.5 * before, (before, after)
+    assert after < 0.6 * before, (before, after)
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
     assert meta["lora"]["layers"] == [2]  # only above the injection layers 0-1
     assert meta["split"]["test"] == held_out_words() and not set(meta["split"]["train"]) & set(held_out_words())

@@ -72,6 +72,11 @@ YES_NO_QUESTIONS: tuple[tuple[str, bool], ...] = (
     ("Can people walk on the surface of the sun?", False), ("Is Tokyo in Brazil?", False),
     ("Do chairs grow on farms?", False), ("Is a triangle round?", False), ("Are you a dog?", False),
     ("Can a bicycle fly without help?", False), ("Is winter usually warmer than summer?", False),
+    ("Do you eat breakfast?", False), ("Do you have a family?", False), ("Can you ride a bicycle?", False),
+    ("Are you made of wood?", False), ("Do you live in a house?", False), ("Are you a cat?", False),
+    ("Are you older than a hundred years?", False), ("Can you swim in the sea?", False),
+    ("Are you an AI?", True), ("Can you write text?", True), ("Are you a language model?", True),
+    ("Can you read English?", True), ("Do you answer in words?", True),
     ("Do birds have feathers?", True), ("Is fire hot?", True), ("Can fish swim?", True),
     ("Is Paris in France?", True), ("Do cars usually have wheels?", True), ("Is ice cold?", True),
     ("Do humans need air to breathe?", True), ("Is grass usually green?", True),
@@ -126,7 +131,7 @@ class RecipeConfig:
 
     layers: tuple[int, int] = (12, 16)  # injection layers (indices); LoRA adapts the layers above
     dose: tuple[float, float] = (0.25, 0.9)  # ‖s·v‖ / mean‖h‖
-    mix: dict = field(default_factory=lambda: {"concept": 0.40, "none": 0.25, "random": 0.20, "question": 0.15})
+    mix: dict = field(default_factory=lambda: {"concept": 0.45, "none": 0.20, "random": 0.15, "question": 0.20})
     question_injection: dict = field(default_factory=lambda: {"concept": 0.5, "random": 0.25, "none": 0.25})
     paraphrases: bool = True  # False: the paper's prompt only
     n_english: int = 3000  # common English words added to the category lists

@@ -30,7 +30,16 @@ from ..errors import ConfigError
 EXCLUDED_WORDS = frozenset({
     "anal", "ass", "asshole", "bastard", "bitch", "cock", "crap", "cunt", "damn", "dick", "dildo", "erotic",
     "fuck", "fucking", "horny", "nigga", "nigger", "nude", "orgasm", "penis", "piss", "porn", "porno", "pussy",
-    "rape", "sex", "sexy", "shit", "slut", "tits", "vagina", "whore",
+    "rape", "sex", "sexy", "shit", "slut", "tits", "vagina", "whore", "negro", "retard", "retarded", "faggot", "fag",
+    "dyke", "tranny", "chink", "spic", "kike", "wetback", "coon", "gook", "homo", "bitches", "boobs", "cocks",
+    "dicks", "sluts", "whores", "hooker", "stripper", "masturbation", "erection", "semen", "sperm", "genitals",
+})
+# Function words the lexicon also lists as nouns (seen in the list), never concepts.
+FUNCTION_WORDS = frozenset({
+    "whether", "yourself", "myself", "himself", "herself", "itself", "ourselves", "themselves", "yourselves",
+    "several", "whatever", "whoever", "whenever", "wherever", "although", "unless", "upon", "within", "without",
+    "toward", "towards", "among", "despite", "therefore", "hence", "thus", "whom", "whose", "anyone", "everyone",
+    "someone", "nobody", "everybody", "somebody", "anybody", "something", "anything", "everything", "nothing",
 })
 WORD_RE = re.compile(r"[a-z]{3,14}")
 POS_KEPT = ("NOUN", "VERB", "ADJ")
@@ -95,34 +104,49 @@ def _package_version(name: str) -> str:
         return "not installed"
 
 
-def english_words(n_words: int, *, skip_top: int = 400, scan: int = 30000) -> list[str]:
-    """The ``n_words`` most frequent English nouns/verbs/adjectives after the ``skip_top`` most frequent words.
+def english_words(n_words: int, *, skip_top: int = 400, scan: int = 20000, plural_share: float = 0.5) -> list[str]:
+    """``n_words`` English nouns/verbs/adjectives spread evenly over frequency ranks ``skip_top``..``scan``.
 
     Why skip the top: the most frequent words are function words and pronouns, some of which
     the lexicon also lists as nouns ("that", "you"); their concept vectors carry no concept.
-    A word is kept when it is its own lemma as a noun, verb or adjective (so plurals and
-    verb forms collapse onto one entry) and is never an auxiliary.
+    Why spread over ranks and pluralise: the held-out test words are mostly plural, often rare
+    nouns ("xylophones", "dirigibles"); an organism trained on the commonest singular lemmas
+    only learned to call such vectors "unusual" (measured). A word is kept when it is its own
+    lemma as a noun, verb or adjective and never an auxiliary; a noun-only lemma is replaced by
+    its plural for a ``plural_share`` of words (chosen by a hash of the word, so the list is fixed).
     """
     try:
         import wordfreq
-        from lemminflect import getAllLemmas
+        from lemminflect import getAllLemmas, getInflection
     except ImportError as exc:  # both are declared dependencies; this guards a partial install
         raise ConfigError(f"the training word list needs the packages wordfreq and lemminflect ({exc}); "
                           "install them with `pip install wordfreq lemminflect`") from exc
-    out: list[str] = []
+    eligible: list[str] = []
     for w in wordfreq.top_n_list("en", scan)[skip_top:]:
-        if not WORD_RE.fullmatch(w) or w in EXCLUDED_WORDS:
+        if not WORD_RE.fullmatch(w) or w in EXCLUDED_WORDS or w in FUNCTION_WORDS:
             continue
         lem = getAllLemmas(w)
         if "AUX" in lem or not any(w in lem.get(p, ()) for p in POS_KEPT):
             continue
+        eligible.append(w)
+    if n_words >= len(eligible):
+        picked = eligible
+    else:
+        step = len(eligible) / n_words
+        picked = [eligible[int(i * step)] for i in range(n_words)]
+    out = []
+    for w in picked:
+        lem = getAllLemmas(w)
+        if set(lem) == {"NOUN"} and int(hashlib.sha256(w.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < plural_share:
+            plural = (getInflection(w, tag="NNS") or (w,))[0]
+            if plural and WORD_RE.fullmatch(plural) and plural not in EXCLUDED_WORDS:
+                w = plural
         out.append(w)
-        if len(out) >= n_words:
-            break
     return out
 
 
-def build_split(n_english: int = 3000, *, categories: bool = True, skip_top: int = 400) -> WordSplit:
+def build_split(n_english: int = 3000, *, categories: bool = True, skip_top: int = 400, scan: int = 20000,
+                plural_share: float = 0.5) -> WordSplit:
     """Category-list words plus ``n_english`` common English words, minus every word related to a test word."""
     if n_english < 0:
         raise ConfigError(f"n_english must be >= 0, got {n_english}")
@@ -133,7 +157,8 @@ def build_split(n_english: int = 3000, *, categories: bool = True, skip_top: int
         for cat, ws in protocol.category_words().items():
             candidates += [(w, f"category:{cat}") for w in ws]
     if n_english:
-        candidates += [(w, "wordfreq") for w in english_words(n_english + 400, skip_top=skip_top)]
+        candidates += [(w, "wordfreq") for w in english_words(n_english + 400, skip_top=skip_top, scan=scan,
+                                                              plural_share=plural_share)]
     train, source, dropped, seen = [], {}, [], set()
     n_eng = 0
     for w, src in candidates:
@@ -151,7 +176,8 @@ def build_split(n_english: int = 3000, *, categories: bool = True, skip_top: int
         n_eng += src == "wordfreq"
     if not train:
         raise ConfigError("the training word list is empty; raise n_english or enable the category lists")
-    recipe = {"categories": categories, "n_english": n_english, "skip_top": skip_top,
+    recipe = {"categories": categories, "n_english": n_english, "skip_top": skip_top, "scan": scan,
+              "plural_share": plural_share, "selection": "evenly spaced over the eligible words of ranks skip_top..scan",
               "english_source": f"wordfreq {_package_version('wordfreq')} top_n_list('en'), "
                                 f"POS and lemmas from lemminflect {_package_version('lemminflect')}",
               "pos_kept": list(POS_KEPT), "excluded_as_related_to_test_words": dropped,
