@@ -242,6 +242,17 @@ CASES: list[Case] = [
     Case("repair on a folder without results", lambda t: ["repair", str(t)], "no results.jsonl"),
     Case("vectors with batch size 0", lambda t: ["vectors", "--words", "dust", "--batch-size", "0", "--out",
                                                  str(t / "v")], "--batch-size must be >= 1"),
+    Case("--adapter folder that does not exist", lambda t: S + ["--adapter", str(t / "no-adapter")],
+         "organism train"),
+    Case("--adapter that is a plain file", lambda t: S + ["--adapter", _a_file(t)], "does not exist"),
+    Case("organism injection layers with no layer above to adapt",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--layers", "25-29"], "leave no layer above"),
+    Case("organism dose range reversed", lambda t: ["organism", "train", "--out", str(t / "r"), "--dose", "0.9,0.2"],
+         "dose range"),
+    Case("organism mix with an unknown row kind",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--mix", "concept=1,bogus=1"], "mix must give"),
+    Case("organism eval with an unknown decoding mode", lambda t: ["organism", "eval", "--modes", "beam"],
+         "modes must be"),
 ]
 
 
