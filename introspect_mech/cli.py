@@ -29,13 +29,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
     p.add_argument("--remote", action="store_true", help="run on NDIF via nnsight (needs NDIF_API_KEY)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
+    p.add_argument("--adapter", default=None,
+                   help="organism adapter folder (from `organism train`) merged into the model's weights")
 
 
 def _load(args: argparse.Namespace, attention: bool = False):
     from .models import load_model
 
     return load_model(args.model, device=args.device, dtype=args.dtype, remote=args.remote,
-                      trust_remote_code=args.trust_remote_code, attention=attention)
+                      trust_remote_code=args.trust_remote_code, attention=attention,
+                      adapter=getattr(args, "adapter", None))
 
 
 def _words(text: str | None) -> list[str] | None:
@@ -406,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("repair", help="move unreadable lines of a run's results.jsonl aside, keeping the rest")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=cmd_repair)
+
+    from .organism.cli import add_organism_parser
+
+    add_organism_parser(sub, _add_model_args)
 
     p = sub.add_parser("calibrate", help="score a grader against labelled responses")
     p.add_argument("--task", default="exp1", choices=["exp1", "exp3-intent"],

@@ -306,6 +306,7 @@ class Model:
             "head_dim": a.head_dim,
             "remote": self.remote,
             "source": self.source,
+            **({"adapter": self.extra["adapter"]} if "adapter" in self.extra else {}),
         }
 
 
@@ -388,6 +389,7 @@ def load_model(
     attention: bool = False,
     remote: bool = False,
     trust_remote_code: bool = False,
+    adapter: str | os.PathLike | None = None,
 ) -> Model:
     """Load a causal LM for tracing.
 
@@ -396,7 +398,9 @@ def load_model(
     loads eager attention so attention weights can be recorded (the fast SDPA kernel
     does not return them). ``remote=True`` builds the model for NDIF execution: no
     weights are downloaded, every trace runs on NDIF (set ``NDIF_API_KEY``).
-    ``trust_remote_code`` stays off unless the caller turns it on.
+    ``trust_remote_code`` stays off unless the caller turns it on. ``adapter``: the folder of
+    an organism adapter (``introspect-mech organism train``), merged into the weights; the
+    model's name and fingerprint then name the adapter, so its runs never mix with the base's.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -408,6 +412,12 @@ def load_model(
     torch_dtype = _resolve_dtype(dtype)
     attn_impl = "eager" if attention else None
 
+    if adapter is not None:
+        if remote:
+            raise ModelLoadError("an adapter is merged into local weights; load it without remote=True (--remote)")
+        from .organism.adapter import check_adapter_path
+
+        check_adapter_path(adapter)  # fail before the (slow) model load
     if remote:
         if alias in EMBEDDED:
             raise ModelLoadError(f"{alias} is an embedded local model; NDIF serves Hub models — pass their HF id with remote=True")
@@ -464,5 +474,16 @@ def load_model(
         raise ModelLoadError(f"could not load {name!r}: {exc}") from exc
     if device is not None and device_map is None:
         hf_model.to(device)
-    model = wrap(hf_model, tokenizer, name=display, attention=attention, source=source)
+    if adapter is None:
+        return wrap(hf_model, tokenizer, name=display, attention=attention, source=source)
+    from .organism import adapter as adapters
+
+    base_fp = fingerprint_module(hf_model, hf_model.config, display)
+    hf_model, meta = adapters.apply_adapter(hf_model, Architecture.from_model(hf_model, hf_model.config), adapter,
+                                            base_fp)
+    info = adapters.summary(meta, adapter)
+    model = wrap(hf_model, tokenizer, name=f"{display}+{info['name']}", attention=attention,
+                 source=f"{source}+adapter:{Path(adapter).expanduser().resolve()}")
+    model.fingerprint = adapters.adapter_fingerprint(base_fp, meta)
+    model.extra["adapter"] = info
     return model

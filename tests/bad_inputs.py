@@ -387,6 +387,17 @@ CASES: list[Case] = [
     Case('Exp 1 concept with no letters ("/")', lambda t: E1 + [_jsonl(
         t, "sl.jsonl", _E1_ROW.format(concept='"/"', labels='{"affirmative": true}'))], "no letter or digit", review=(48,)),
     Case('concept word with no letters ("-") for the rule grader', None, "no letters", _word_without_letters, review=(48,)),
+    Case("--adapter folder that does not exist", lambda t: S + ["--adapter", str(t / "no-adapter")],
+         "organism train"),
+    Case("--adapter that is a plain file", lambda t: S + ["--adapter", _a_file(t)], "does not exist"),
+    Case("organism injection layers with no layer above to adapt",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--layers", "25-29"], "leave no layer above"),
+    Case("organism dose range reversed", lambda t: ["organism", "train", "--out", str(t / "r"), "--dose", "0.9,0.2"],
+         "dose range"),
+    Case("organism mix with an unknown row kind",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--mix", "concept=1,bogus=1"], "mix must give"),
+    Case("organism eval with an unknown decoding mode", lambda t: ["organism", "eval", "--modes", "beam"],
+         "modes must be"),
 ]
 
 

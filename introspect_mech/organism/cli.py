@@ -1,0 +1,122 @@
+"""``introspect-mech organism train|eval``: the command-line face of the organism (kept apart from cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+from ..errors import ConfigError
+
+
+def _range(text: str, cast: Callable[[str], Any], what: str) -> tuple:
+    parts = [p.strip() for p in str(text).replace(":", "-").split("-") if p.strip()] if cast is int else \
+        [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        vals = [cast(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a range; write it like {'12-16' if cast is int else '0.25,0.9'}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2:
+        raise ConfigError(f"{what} {text!r} must be LO-HI ({'layers' if cast is int else 'doses: LO,HI'})")
+    return tuple(vals)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} must be comma-separated numbers") from None
+
+
+def _mix(text: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        k, _, v = part.partition("=")
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise ConfigError(f"--mix {text!r}: write it like concept=0.4,none=0.25,random=0.2,question=0.15") from None
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..cli import _load
+    from .recipe import RecipeConfig
+    from .train import TrainConfig, train_organism
+
+    recipe = RecipeConfig(layers=_range(args.layers, int, "--layers"), dose=_range(args.dose, float, "--dose"),
+                          paraphrases=not args.no_paraphrases, n_english=args.n_english, fmt=args.format)
+    if args.mix:
+        recipe.mix = _mix(args.mix)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, rank=args.rank,
+                      alpha=args.alpha, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                      use_prefix=not args.no_prefix, recipe=recipe)
+    recipe.validate()
+    if args.adapter:
+        raise ConfigError("organism train starts from a base model; drop --adapter")
+    model = _load(args)
+    train_organism(model, cfg, args.out, progress=not args.no_progress)
+    print(f"next: introspect-mech organism eval --adapter {args.out} --out {args.out}/eval")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..cli import _load
+    from .evaluate import EvalConfig, evaluate_organism
+
+    cfg = EvalConfig(layers=[x.strip() for x in args.layers.split(",") if x.strip()],
+                     doses=_floats(args.doses, "--doses"), modes=tuple(m.strip() for m in args.modes.split(",")),
+                     control_trials=args.control_trials, random_per_cell=args.random_per_cell,
+                     yes_bias=not args.no_yes_bias, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, seed=args.seed)
+    cfg.validate()
+    model = _load(args)
+    evaluate_organism(model, cfg, args.out, progress=not args.no_progress)
+    if args.out:
+        print(f"records: {args.out}/records.jsonl; summary: {args.out}/summary.json, {args.out}/summary.md")
+    return 0
+
+
+def add_organism_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``organism train`` and ``organism eval`` on the top-level subparsers."""
+    org = sub.add_parser("organism", help="train and quickly evaluate the introspective model organism (LoRA)")
+    osub = org.add_subparsers(dest="organism_command", required=True)
+
+    p = osub.add_parser("train", help="train the organism adapter (resumes if OUT holds a checkpoint)")
+    add_model_args(p)
+    p.add_argument("--out", required=True, help="adapter folder (adapter.safetensors + adapter.json)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=32.0)
+    p.add_argument("--layers", default="12-16", help="injection layers LO-HI; LoRA adapts every layer above HI")
+    p.add_argument("--dose", default="0.25,0.9", help="dose range LO,HI (‖s·v‖/mean‖h‖), drawn uniformly")
+    p.add_argument("--mix", default=None, help="row kinds, e.g. concept=0.4,none=0.25,random=0.2,question=0.15")
+    p.add_argument("--n-english", type=int, default=3000, help="common English words added to the category lists")
+    p.add_argument("--no-paraphrases", action="store_true", help="train on the paper's prompt only")
+    p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--no-prefix", action="store_true", help="run every row in full (slower; same loss)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = osub.add_parser("eval", help="quick held-out evaluation on the paper's 50 words (greedy and T=1)")
+    add_model_args(p)
+    p.add_argument("--out", default=None, help="folder for records.jsonl, summary.json, summary.md")
+    p.add_argument("--layers", default="14", help="injection layers (indices or depth fractions)")
+    p.add_argument("--doses", default="0.5", help="target doses ‖s·v‖/mean‖h‖, comma-separated")
+    p.add_argument("--modes", default="greedy,sampled")
+    p.add_argument("--control-trials", type=int, default=50, help="sampled no-injection trials")
+    p.add_argument("--random-per-cell", type=int, default=50)
+    p.add_argument("--no-yes-bias", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)

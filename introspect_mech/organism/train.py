@@ -1,0 +1,315 @@
+"""Training the organism: LoRA on the layers above the injection range, on trials drawn by the recipe.
+
+Why LoRA only *above* the injection layers: the layers at and below an injection then stay
+the base model's, so (a) the concept vectors the organism is evaluated with (extracted from
+the organism itself by the experiments) are the base model's vectors at every training
+layer, and (b) no gradient is ever computed below the lowest adapted layer: autograd
+records nothing there, which makes a step much cheaper.
+
+Reproducible and resumable: batch ``k`` depends only on (seed, k); LoRA dropout is 0; the
+checkpoint (``checkpoint.pt``, written atomically every ``checkpoint_every`` steps) holds
+the adapter, optimizer and scheduler states and the loss curve. A killed run, restarted with
+the same command, resumes from its last checkpoint and ends with the same adapter as an
+uninterrupted run (tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..concepts import extract_concept_vectors
+from ..errors import ArtifactError, ConfigError
+from ..execution import forward
+from ..inject import Injection
+from ..store import atomic_write_with
+from .adapter import META_FILE, LoraSpec, attach_lora, linear_module_names, lora_state, save_adapter
+from .forcing import forced_loss, make_forced_batch
+from .recipe import Example, Recipe, RecipeConfig
+from .words import build_split
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters. ``lora_layers=None``: every layer above the recipe's injection range."""
+
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 4e-4
+    warmup: int = 10
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio
+    rank: int = 16
+    alpha: float = 32.0
+    lora_layers: list[int] | None = None
+    target_modules: list[str] | None = None  # None: every linear map in a decoder layer
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 25
+    use_prefix: bool = True  # run the shared never-injected prefix once per batch (exact)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+
+    def validate(self, model: Any) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError("need lr > 0, warmup >= 0 and 0 <= min_lr_ratio <= 1")
+        if self.checkpoint_every < 1 or self.grad_clip <= 0:
+            raise ConfigError("checkpoint_every must be >= 1 and grad_clip > 0")
+        if model.remote:
+            raise ConfigError("training needs local weights; load the model without --remote")
+        self.recipe.validate(model.arch.n_layers)
+        self.lora_spec(model).validate(model.arch.n_layers)
+
+    def lora_spec(self, model: Any) -> LoraSpec:
+        lo, hi = self.recipe.layers
+        layers = list(self.lora_layers) if self.lora_layers is not None else list(range(hi + 1, model.arch.n_layers))
+        if self.lora_layers is not None and min(layers, default=hi + 1) <= hi:
+            raise ConfigError(f"LoRA layers {layers} reach into the injection range {lo}-{hi}: the concept vectors "
+                              "the organism is evaluated with would then differ from the ones it was trained on; "
+                              "adapt only layers above the range")
+        return LoraSpec(self.rank, float(self.alpha), sorted(layers),
+                        list(self.target_modules) if self.target_modules else linear_module_names(model))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["recipe"] = self.recipe.to_dict()
+        return d
+
+    def digest(self, base_fingerprint: str) -> str:
+        d = self.to_dict()
+        d.pop("checkpoint_every")
+        return hashlib.sha256(json.dumps([d, base_fingerprint], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    meta: dict
+    resumed_from: int  # step the run resumed at (0: fresh)
+    already_done: bool = False
+
+
+def dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int],
+                    batch_size: int = 16) -> list[dict[int, float]]:
+    """The experiments' dose reference ``mean‖h‖`` per prompt and layer, measured by ``execution.forward``.
+
+    A zero vector is "injected" at each layer in the prompt's window: it changes nothing, and
+    the forward pass records the same ``ref_norms`` it records for a real injection."""
+    out: list[dict[int, float]] = []
+    d = model.arch.d_model
+    zero = torch.zeros(d, dtype=model.dtype)
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        injs = [[Injection(zero, L, 1.0, win) for L in layers] for _, win in chunk]
+        rec = forward(model, [p for p, _ in chunk], injs)
+        out += [{L: float(rec.ref_norms[L][r]) for L in layers} for r in range(len(chunk))]
+    return out
+
+
+def cached_dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int]) -> list[dict[int, float]]:
+    """``dose_references``, cached on disk per model fingerprint and prompt set (a resumed run skips them)."""
+    from ..models import cache_dir
+    from ..store import atomic_write_json
+
+    key = json.dumps([model.fingerprint, layers, [[list(p.input_ids), w.start] for p, w in prompts]])
+    path = cache_dir() / "organism" / f"doserefs-{model.fingerprint}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        try:
+            return [{int(L): float(v) for L, v in r.items()} for r in json.loads(path.read_text())]
+        except (ValueError, AttributeError):
+            pass  # a corrupt cache entry is recomputed
+    refs = dose_references(model, prompts, layers)
+    atomic_write_json(path, refs)
+    return refs
+
+
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / (cfg.warmup + 1)
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+def rows_of(model: Any, examples: list[Example]) -> list[tuple[tuple[int, ...], list[int]]]:
+    """``(prompt ids, reply ids + end-of-turn)`` per example: the tokens generation would produce."""
+    eos = model.tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the tokenizer has no eos token to end the target reply with")
+    out = []
+    for ex in examples:
+        reply = model.tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+        out.append((ex.prompt.input_ids, list(reply) + [int(eos)]))
+    return out
+
+
+def example_loss(model: Any, examples: list[Example], use_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean target-token loss of a batch of examples (and each row's), with their injections applied."""
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
+    batch = make_forced_batch(rows_of(model, examples), [ex.injection for ex in examples], int(pad))
+    return forced_loss(model, batch, use_prefix=use_prefix)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "nnsight", "wordfreq", "lemminflect", "introspect_mech"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def build_recipe(model: Any, cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Recipe, Any, dict]:
+    """Word split, the training words' concept vectors (base model) and the dose references."""
+    rc = cfg.recipe
+    t0 = time.perf_counter()
+    split = build_split(rc.n_english, categories=rc.categories)
+    layers = list(range(rc.layers[0], rc.layers[1] + 1))
+    vectors = extract_concept_vectors(model, split.train, layers=layers, fmt=rc.fmt)
+    t1 = time.perf_counter()
+    log(f"{len(split.train)} training words (test: the paper's {len(split.test)}), vectors at layers "
+        f"{layers[0]}-{layers[-1]} in {t1 - t0:.1f} s")
+    # a vector far shorter than its layer's median is degenerate (the word barely reaches the read position);
+    # scaled to a dose it would need an absurd strength, so such words are left out (none on SmolLM2)
+    norms = vectors.norms()
+    ok = (norms / norms.median(0).values.clamp_min(1e-12)).min(1).values >= 0.05
+    words = [w for w, keep in zip(split.train, ok.tolist()) if keep]
+    split.recipe["dropped_degenerate_vectors"] = [w for w, keep in zip(split.train, ok.tolist()) if not keep]
+    if not words:
+        raise ConfigError("every training word's concept vector is degenerate at these layers; choose other --layers")
+    recipe = Recipe(model.tokenizer, rc, words, vectors, None, seed=cfg.seed)
+    keys = recipe.all_prompts()
+    pw = [recipe.prompt(i, q) for i, q in keys]
+    refs = cached_dose_references(model, pw, layers)
+    table = {(i, q): r for (i, q), r in zip(keys, refs)}
+    by_ids = {pw[k][0].input_ids: table[key] for k, key in enumerate(keys)}
+    recipe.ref_norm = lambda prompt, window, layer: by_ids[prompt.input_ids][layer]
+    t2 = time.perf_counter()
+    log(f"dose references for {len(keys)} prompts in {t2 - t1:.1f} s")
+    timing = {"vectors_s": round(t1 - t0, 2), "dose_refs_s": round(t2 - t1, 2)}
+    return recipe, split, timing
+
+
+def _load_checkpoint(path: Path, digest: str) -> dict:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same fix
+        raise ArtifactError(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete it to restart training") from exc
+    if ck.get("digest") != digest:
+        raise ConfigError(f"{path} belongs to a training run with other settings or another base model; "
+                          "rerun with that run's options, or pass another --out (or delete the folder) to start anew")
+    return ck
+
+
+def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
+                   stop_after: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or resume, or return the already trained) organism adapter into folder ``out``.
+
+    ``model`` is the base model; it is left unchanged (the LoRA layers are removed again,
+    also on error). ``stop_after`` stops after that many steps of this call, as a kill would
+    (the last checkpoint stays): for tests of resumption.
+    """
+    cfg.validate(model)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a folder")
+    digest = cfg.digest(model.fingerprint)
+    meta_path, ck_path = out / META_FILE, out / CHECKPOINT_FILE
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("config_digest") != digest:
+            raise ConfigError(f"{out} already holds an adapter trained with other settings; pass another --out")
+        log(f"{out} already holds this adapter (trained in {meta['timing']['train_s']:.0f} s); nothing to do")
+        return TrainResult(out, meta, cfg.steps, already_done=True)
+    ck = _load_checkpoint(ck_path, digest) if ck_path.exists() else None
+
+    recipe, split, timing = build_recipe(model, cfg, log)
+    spec = cfg.lora_spec(model)
+    torch.manual_seed(cfg.seed)
+    pm = attach_lora(model, spec)
+    try:
+        params = [p for p in pm.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+        start, curve, train_s = 0, [], 0.0
+        if ck is not None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(pm, ck["lora"])
+            opt.load_state_dict(ck["optim"])
+            sched.load_state_dict(ck["sched"])
+            start, curve, train_s = ck["step"], ck["curve"], ck["train_s"]
+            log(f"resuming {out} at step {start}/{cfg.steps}")
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="organism", unit="step", disable=not progress)
+        step, t_last = start, time.perf_counter()
+
+        def checkpoint() -> None:
+            state = {"digest": digest, "step": step, "lora": lora_state(pm), "optim": opt.state_dict(),
+                     "sched": sched.state_dict(), "curve": curve, "train_s": train_s}
+            atomic_write_with(ck_path, lambda p: torch.save(state, p))
+
+        out.mkdir(parents=True, exist_ok=True)
+        while step < cfg.steps:
+            if stop_after is not None and step - start >= stop_after:
+                bar.close()
+                return TrainResult(out, {}, start)
+            examples = recipe.batch(step, cfg.batch_size)
+            loss, per_row = example_loss(model, examples, use_prefix=cfg.use_prefix)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            now = time.perf_counter()
+            train_s += now - t_last
+            t_last = now
+            kinds: dict[str, list[float]] = {}
+            for ex, lr_ in zip(examples, per_row.tolist()):
+                kinds.setdefault(ex.kind, []).append(lr_)
+            curve.append({"step": step, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0],
+                          **{f"loss_{k}": round(sum(v) / len(v), 5) for k, v in kinds.items()}})
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+        bar.close()
+        timing = {**timing, "train_s": round(train_s, 1), "threads": torch.get_num_threads(),
+                  "s_per_step": round(train_s / max(1, cfg.steps), 3)}
+        meta = {
+            "name": out.name,
+            "base_model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
+            "lora": asdict(spec),
+            "config": cfg.to_dict(),
+            "config_digest": digest,
+            "recipe": recipe.describe(),
+            "split": split.to_dict(),
+            "loss_curve": curve,
+            "timing": timing,
+            "versions": _versions(),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        }
+        save_adapter(out, pm, meta)
+        ck_path.unlink(missing_ok=True)
+        log(f"adapter → {out}/ ({cfg.steps} steps, {train_s:.0f} s of training, final loss "
+            f"{sum(c['loss'] for c in curve[-10:]) / len(curve[-10:]):.3f})")
+        return TrainResult(out, json.loads(meta_path.read_text()), start)
+    finally:
+        pm.unload()

@@ -1,0 +1,327 @@
+"""The organism's training machinery on tiny random models: exactness, learning, artefacts, resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import introspect_mech as im
+from introspect_mech.errors import ArtifactError, ConfigError, MissingFileError
+from introspect_mech.experiments.exp1_prompt import exp1_prompt
+from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+from introspect_mech.organism import adapter as adapters
+from introspect_mech.organism.forcing import forced_logits, forced_loss, make_forced_batch
+from introspect_mech.organism.recipe import (INTROS, QUESTIONS, REPLIES, YES_NO_QUESTIONS, Recipe, RecipeConfig,
+                                             check_no_test_words, protocol_yes_bias_questions, trial_prompt)
+from introspect_mech.organism.train import (TrainConfig, build_recipe, dose_references, example_loss,
+                                            train_organism)
+from introspect_mech.organism.words import build_split, held_out_words, related
+from introspect_mech.prompts import RenderedPrompt
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# a small recipe: tiny models have 3 layers, so inject at 0-1 and adapt layer 2
+SMALL = dict(layers=(0, 1), n_english=30, categories=False, paraphrases=False)
+
+
+def _quiet(*_a, **_k) -> None:
+    pass
+
+
+def _seq(prompt: RenderedPrompt, reply: list[int]) -> RenderedPrompt:
+    ids = tuple(prompt.input_ids) + tuple(reply)
+    return RenderedPrompt("", ids, tuple((0, 0) for _ in ids), prompt.fmt)
+
+
+def _mixed_batch(model):
+    """Three rows: concept injection, none, and a yes/no prompt with an injection at another layer."""
+    rp, win = trial_prompt(model.tokenizer, 0, QUESTIONS[0])
+    rq, wq = trial_prompt(model.tokenizer, 0, YES_NO_QUESTIONS[0][0])
+    v = torch.randn(model.arch.d_model, generator=torch.Generator().manual_seed(0)) * 3
+    injs = [im.Injection(v, 1, 2.0, win), None, im.Injection(-v, 0, 1.5, wq)]
+    prompts, replies = [rp, rp, rq], [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    return prompts, replies, injs
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_training_logits_equal_execution_forward(tiny_model_of, arch):
+    """The training-time forward (hooks + InterventionPlan, with and without the shared prefix) gives
+    the logits of ``im.forward`` with the same Injection objects, row by row."""
+    model = tiny_model_of(arch)
+    prompts, replies, injs = _mixed_batch(model)
+    fb = make_forced_batch([(p.input_ids, r) for p, r in zip(prompts, replies)], injs, model.tokenizer.pad_token_id)
+    assert fb.prefix_len == injs[0].window.start  # the prefix ends where the injection window starts
+    rec = im.forward(model, [_seq(p, r) for p, r in zip(prompts, replies)], injs)
+    with torch.no_grad():
+        cached = forced_logits(model, fb, use_prefix=True)
+        full = forced_logits(model, fb, use_prefix=False)
+    P = fb.prefix_len
+    for r, (p, rep) in enumerate(zip(prompts, replies)):
+        n, pad = len(p) + len(rep), int(rec.batch.pad[r])
+        ref = rec.logits[r, pad + P:pad + n]
+        assert (cached[r, :n - P] - ref).abs().max() <= 1e-5
+        assert (full[r, :n - P] - ref).abs().max() <= 1e-5
+    # and the injections matter: without them the logits differ
+    rec0 = im.forward(model, [_seq(p, r) for p, r in zip(prompts, replies)], [None] * 3)
+    assert (rec0.logits[0] - rec.logits[0]).abs().max() > 1e-3
+
+
+def test_prefix_trick_equals_full_forward_loss_and_gradient(tiny_model_of):
+    """Running the shared prefix once (KV cache repeated over rows, gradients through it) gives the
+    loss and the LoRA gradients of the full forward pass."""
+    model = tiny_model_of("llama")
+    prompts, replies, injs = _mixed_batch(model)
+    fb = make_forced_batch([(p.input_ids, r) for p, r in zip(prompts, replies)], injs, model.tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    pm = adapters.attach_lora(model, adapters.LoraSpec(4, 8.0, [1, 2], adapters.linear_module_names(model)))
+    try:
+        params = [p for p in pm.parameters() if p.requires_grad]
+        with torch.no_grad():  # LoRA B starts at zero; make the adapter do something
+            for p in params:
+                p.add_(torch.randn_like(p) * 0.05)
+        grads, losses = [], []
+        for use_prefix in (True, False):
+            for p in params:
+                p.grad = None
+            loss, _ = forced_loss(model, fb, use_prefix=use_prefix)
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.flatten() for p in params]))
+        assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-6)
+        assert (grads[0] - grads[1]).abs().max() <= 1e-5 * max(1.0, float(grads[1].abs().max()))
+        assert float(grads[0].abs().max()) > 0
+        # no gradient below the lowest adapted layer: layer 0 has no LoRA, and nothing there requires grad
+        assert not any(p.requires_grad for n, p in pm.named_parameters() if ".layers.0." in n)
+    finally:
+        pm.unload()
+
+
+# gpt2's 256 positions are fewer than the prompt's tokens; tiny gemma3's sliding window hides the word from the
+# read position at layer 0, so its layer-0 vectors are ~0
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_training_trials_use_the_experiments_prompt_window_and_dose(tiny_model_of, arch):
+    """A training row with the paper's intro and question is the Exp 1 prompt and window token for token;
+    yes/no rows are built as the experiment builds its yes-bias prompts; the dose a training row asks for
+    is the dose the experiment's forward pass reports for that Injection."""
+    tiny_model = tiny_model_of(arch)
+    tok = tiny_model.tokenizer
+    p = exp1_prompt(tok)
+    rp, win = trial_prompt(tok, 0, QUESTIONS[0])
+    assert rp.input_ids == p.rendered.input_ids and win == p.window
+    exp = InjectedThoughts(tiny_model, InjectedThoughtsConfig(layers=[1], strengths=[1], concepts=["dust"]))
+    for i, q in enumerate(protocol_yes_bias_questions()[:3]):
+        erp, ewin = exp._prompt(tiny_model, f"yes_bias:{i}")
+        mrp, mwin = trial_prompt(tok, 0, q)
+        assert mrp.input_ids == erp.input_ids and mwin == ewin
+    # paraphrases keep the window rule: it starts at the token carrying the "\n\n" before "Trial 1"
+    for intro in range(1 + len(INTROS)):
+        prp, pwin = trial_prompt(tok, intro, QUESTIONS[1])
+        assert "\n\n" in tok.decode(prp.input_ids[pwin.start:pwin.start + 1]) or \
+            "\n" in tok.decode(prp.input_ids[pwin.start:pwin.start + 1])
+    # doses: the recipe's strength gives exactly the requested dose under the experiment's definition
+    words = ["albert einstein", "brazil", "justice"]
+    cv = im_vectors(tiny_model, words, [0, 1])
+    keys = [(0, QUESTIONS[0])] + [(0, q) for q, _ in YES_NO_QUESTIONS[:2]]
+    pw = [trial_prompt(tok, i, q) for i, q in keys]
+    refs = dose_references(tiny_model, pw, [0, 1])
+    by_ids = {prompt.input_ids: r for (prompt, _), r in zip(pw, refs)}
+    recipe = Recipe(tok, RecipeConfig(layers=(0, 1), paraphrases=False), words, cv,
+                    lambda prompt, window, layer: by_ids[prompt.input_ids][layer], seed=3)
+    recipe.questions = [QUESTIONS[0]]
+    import introspect_mech.organism.recipe as rmod
+    old = rmod.YES_NO_QUESTIONS
+    rmod.YES_NO_QUESTIONS = old[:2]
+    try:
+        rows = recipe.batch(0, 24)
+    finally:
+        rmod.YES_NO_QUESTIONS = old
+    injected = [ex for ex in rows if ex.injection is not None]
+    assert {ex.kind for ex in rows} >= {"concept", "none", "random"}
+    rec = im.forward(tiny_model, [ex.prompt for ex in injected], [ex.injection for ex in injected])
+    for ex, dose in zip(injected, rec.doses):
+        assert ex.injection.window == ex.window and ex.window.start == pw[0][1].start
+        assert dose[0] == pytest.approx(ex.dose, rel=1e-5)
+        assert recipe.cfg.dose[0] <= ex.dose <= recipe.cfg.dose[1] and ex.layer in (0, 1)
+    for ex in rows:
+        if ex.kind == "random":
+            v = cv.get(ex.word, ex.layer)
+            assert float(ex.injection.vector.norm()) == pytest.approx(float(v.norm()), rel=1e-5)  # norm-matched
+            assert abs(float(torch.nn.functional.cosine_similarity(ex.injection.vector, v, dim=0))) < 0.5
+            assert ex.target == REPLIES["random"]
+        if ex.kind == "concept":
+            assert ex.target == REPLIES["concept"].format(word=ex.word)
+
+
+def im_vectors(model, words, layers):
+    from introspect_mech.concepts import extract_concept_vectors
+
+    return extract_concept_vectors(model, words, layers=layers, cache=False)
+
+
+def test_a_few_training_steps_lower_the_loss_on_the_planted_task(tiny_model_of, tmp_path):
+    """Injected → "Yes ... about {word}", none → "No ...", random → "unusual": a short run lowers the loss
+    on a fixed held-out batch of that task (rows the training never drew)."""
+    model = tiny_model_of("llama")
+    planted = RecipeConfig(**SMALL, mix={"concept": 0.5, "none": 0.25, "random": 0.25})
+    cfg = TrainConfig(steps=30, batch_size=8, lr=1e-2, warmup=2, rank=8, alpha=16, seed=0, checkpoint_every=100,
+                      recipe=planted)
+    recipe, _, _ = build_recipe(model, cfg, log=_quiet)
+    held = recipe.batch(10**6, 16)  # a batch index the run never reaches
+    with torch.no_grad():
+        before = example_loss(model, held)[0].item()
+    res = train_organism(model, cfg, tmp_path / "org", progress=False, log=_quiet)
+    curve = [c["loss"] for c in res.meta["loss_curve"]]
+    tensors, meta = adapters.read_adapter(tmp_path / "org")
+    fresh = im.wrap(_clone_hf(model), model.tokenizer, name="tiny-llama")
+    merged = adapters.merge_adapter(fresh.hf, fresh.arch, tensors, adapters.LoraSpec(**meta["lora"]))
+    organism = im.wrap(merged, model.tokenizer, name="tiny-llama+org")
+    with torch.no_grad():
+        after = example_loss(organism, held)[0].item()
+    assert after < 0.6 * before, (before, after)
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
+    assert meta["lora"]["layers"] == [2]  # only above the injection layers 0-1
+    assert meta["split"]["test"] == held_out_words() and not set(meta["split"]["train"]) & set(held_out_words())
+    assert meta["timing"]["train_s"] > 0 and len(meta["loss_curve"]) == 30
+
+
+def _clone_hf(model):
+    import copy
+
+    return copy.deepcopy(model.hf)
+
+
+def test_adapter_round_trip_gives_identical_logits(tiny_model_of, tmp_path):
+    """Merging the in-memory adapter and loading the saved one give bit-identical logits; the loaded
+    model's fingerprint differs from the base's, and load_model(path, adapter=...) does the same."""
+    base = tiny_model_of("llama")
+    model = im.wrap(_clone_hf(base), base.tokenizer, name="tiny-llama")
+    spec = adapters.LoraSpec(4, 8.0, [1, 2], adapters.linear_module_names(model))
+    torch.manual_seed(1)
+    pm = adapters.attach_lora(model, spec)
+    with torch.no_grad():
+        for p in pm.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    meta = {"name": "org", "base_model": {"name": model.name, "fingerprint": model.fingerprint}, "lora": spec.__dict__}
+    adapters.save_adapter(tmp_path / "org", pm, meta)
+    state = adapters.lora_state(pm)
+    pm.unload()
+    mem = im.wrap(adapters.merge_adapter(_clone_hf(base), base.arch, state, spec), base.tokenizer, name="mem")
+    hf_loaded, meta2 = adapters.apply_adapter(_clone_hf(base), base.arch, tmp_path / "org", base.fingerprint)
+    loaded = im.wrap(hf_loaded, base.tokenizer, name="loaded")
+    p = exp1_prompt(base.tokenizer)
+    v = torch.randn(base.arch.d_model, generator=torch.Generator().manual_seed(2)) * 3
+    inj = [im.Injection(v, 1, 2.0, p.window)]
+    a = im.forward(mem, [p.rendered], inj).logits
+    b = im.forward(loaded, [p.rendered], inj).logits
+    c = im.forward(base, [p.rendered], inj).logits
+    assert torch.equal(a, b)
+    assert (a - c).abs().max() > 1e-3
+    assert meta2["weights_sha256"] == adapters.file_sha256(tmp_path / "org" / adapters.WEIGHTS_FILE)
+
+    # the same through load_model, from a saved copy of the tiny base
+    base_dir = tmp_path / "base"
+    base.hf.save_pretrained(base_dir)
+    base.tokenizer.save_pretrained(base_dir)
+    plain = im.load_model(str(base_dir), attention=True)  # eager attention, as the tiny fixture
+    org_meta = json.loads((tmp_path / "org" / adapters.META_FILE).read_text())
+    org_meta["base_model"]["fingerprint"] = plain.fingerprint
+    (tmp_path / "org" / adapters.META_FILE).write_text(json.dumps(org_meta))
+    org = im.load_model(str(base_dir), attention=True, adapter=tmp_path / "org")
+    assert org.fingerprint != plain.fingerprint and "+org" in org.name
+    assert org.describe()["adapter"]["weights_sha256"] == meta2["weights_sha256"]
+    assert torch.equal(im.forward(org, [p.rendered], inj).logits, b)
+
+
+def test_adapter_refuses_another_base_and_bad_paths(tiny_model_of, tmp_path):
+    base = tiny_model_of("llama")
+    with pytest.raises(MissingFileError, match="organism train"):
+        im.load_model("smollm2-135m-instruct", adapter=tmp_path / "nowhere")
+    with pytest.raises(ConfigError):
+        adapters.check_adapter_path(tmp_path / "weights.bin")
+    model = im.wrap(_clone_hf(base), base.tokenizer, name="tiny-llama")
+    spec = adapters.LoraSpec(2, 4.0, [2], adapters.linear_module_names(model))
+    pm = adapters.attach_lora(model, spec)
+    adapters.save_adapter(tmp_path / "org", pm, {"name": "org", "base_model": {"fingerprint": "someothermodel"},
+                                                 "lora": spec.__dict__})
+    pm.unload()
+    with pytest.raises(ArtifactError, match="trained on base model"):
+        adapters.apply_adapter(_clone_hf(base), base.arch, tmp_path / "org", base.fingerprint)
+    (tmp_path / "org" / adapters.WEIGHTS_FILE).write_bytes(b"garbage")
+    with pytest.raises(ArtifactError):
+        adapters.read_adapter(tmp_path / "org")
+
+
+def test_killed_training_resumes_to_the_same_adapter(tiny_model_of, tmp_path):
+    """Stop after 2 of 4 steps (as a kill would, after a checkpoint), rerun: same adapter as 4 steps straight."""
+    model = tiny_model_of("llama")
+    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, rank=4, alpha=8, seed=5, checkpoint_every=2,
+                      recipe=RecipeConfig(**SMALL))
+    straight = train_organism(model, cfg, tmp_path / "a", progress=False, log=_quiet)
+    part = train_organism(model, cfg, tmp_path / "b", progress=False, stop_after=3, log=_quiet)
+    assert not part.meta and (tmp_path / "b" / "checkpoint.pt").exists()
+    resumed = train_organism(model, cfg, tmp_path / "b", progress=False, log=_quiet)
+    assert resumed.resumed_from == 2
+    ta, _ = adapters.read_adapter(tmp_path / "a")
+    tb, _ = adapters.read_adapter(tmp_path / "b")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert [c["loss"] for c in straight.meta["loss_curve"]] == [c["loss"] for c in resumed.meta["loss_curve"]]
+    assert not (tmp_path / "b" / "checkpoint.pt").exists()
+    again = train_organism(model, cfg, tmp_path / "b", progress=False, log=_quiet)
+    assert again.already_done
+    other = TrainConfig(**{**cfg.__dict__, "lr": 2e-3})
+    with pytest.raises(ConfigError, match="other settings"):
+        train_organism(model, other, tmp_path / "b", progress=False, log=_quiet)
+
+
+def test_bad_training_options_fail_before_touching_disk(tiny_model_of, tmp_path):
+    model = tiny_model_of("llama")
+    bad = [TrainConfig(steps=0), TrainConfig(recipe=RecipeConfig(layers=(1, 2))),  # nothing left to adapt
+           TrainConfig(recipe=RecipeConfig(layers=(0, 1), dose=(0.5, 0.2))),
+           TrainConfig(recipe=RecipeConfig(layers=(0, 1), mix={"concept": 1, "bogus": 1})),
+           TrainConfig(lora_layers=[1, 2], recipe=RecipeConfig(layers=(0, 1)))]
+    for cfg in bad:
+        with pytest.raises(ConfigError):
+            train_organism(model, cfg, tmp_path / "out", progress=False, log=_quiet)
+        assert not (tmp_path / "out").exists()
+
+
+def test_concept_split_holds_out_the_paper_words_and_their_relatives():
+    split = build_split(n_english=600)
+    train = {w.lower() for w in split.train}
+    assert len(split.test) == 50 and not train & set(split.test)
+    for w in ("satellite", "tree", "sad", "poet", "memory", "dust", "ocean", "cave"):
+        assert w not in train, w
+        assert any(related(w, t) for t in split.test)
+    assert related("piano", "pianos") and not related("piano", "rocket")
+    assert sum(s == "wordfreq" for s in split.source.values()) == 600
+    assert "albert einstein" in train  # category lists are in
+    # no training text (prompts, questions, replies) names a test word
+    texts = list(INTROS) + list(QUESTIONS) + [q for q, _ in YES_NO_QUESTIONS] + list(REPLIES.values())
+    assert check_no_test_words(texts, split.test) == []
+    assert not set(q.lower() for q, _ in YES_NO_QUESTIONS) & {q.lower() for q in protocol_yes_bias_questions()}
+
+
+def test_quick_evaluation_runs_and_grades(tiny_model_of, tmp_path):
+    from introspect_mech.organism.evaluate import EvalConfig, evaluate_organism, grade, says_unusual
+
+    model = tiny_model_of("llama")
+    cfg = EvalConfig(layers=[1], doses=[0.5], words=["dust", "trees"], modes=("greedy", "sampled"), control_trials=2,
+                     random_per_cell=2, yes_bias=True, max_new_tokens=3, batch_size=8)
+    s = evaluate_organism(model, cfg, tmp_path / "ev", progress=False, log=_quiet)
+    conds = {(c["condition"], c["mode"]): c["n"] for c in s["cells"]}
+    assert conds[("injected", "greedy")] == 2 and conds[("control", "sampled")] == 2
+    assert conds[("yes_bias", "sampled")] == 20 and conds[("yes_bias_clean", "greedy")] == 20
+    recs = [json.loads(x) for x in (tmp_path / "ev" / "records.jsonl").read_text().splitlines()]
+    inj = [r for r in recs if r["condition"] == "injected"]
+    assert all(r["dose"] == pytest.approx(0.5, rel=1e-4) for r in inj)  # dose-scaled exactly
+    assert "false_positives_sampled" in s["goals"]
+    # the exact checks
+    g = grade([{"text": REPLIES["concept"].format(word="dust"), "word": "dust"},
+               {"text": REPLIES["random"], "word": "dust"}, {"text": REPLIES["none"], "word": "dust"}])
+    assert [r["affirmative"] for r in g] == [True, True, False]
+    assert [r["named"] for r in g] == [True, False, False] and g[0]["correct_id"] is True
+    assert [r["unusual"] for r in g] == [False, True, False]
+    assert not says_unusual("I notice something unusual. It is about dust.")
