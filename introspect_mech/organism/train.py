@@ -207,7 +207,7 @@ def build_recipe(model: Any, cfg: TrainConfig, log: Callable[[str], None] = prin
 
 def _load_checkpoint(path: Path, digest: str) -> dict:
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same fix
         raise ArtifactError(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete it to restart training") from exc
     if ck.get("digest") != digest:
