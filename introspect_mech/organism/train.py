@@ -38,6 +38,9 @@ from .recipe import Example, Recipe, RecipeConfig
 from .words import build_split
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Recipe options added after adapters were trained: at these defaults they are left out of the
+# config digest, so that an older run's folder still resumes and is still recognised.
+RECIPE_DEFAULTS_ADDED_LATER = {"self_questions": "all"}
 
 
 @dataclass
@@ -57,6 +60,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     use_prefix: bool = True  # run the shared never-injected prefix once per batch (exact)
+    # steps (< steps) after which the adapter so far is also saved, as OUT/step-N (an adapter folder):
+    # one run then shows what a shorter schedule would have reached (only the cosine schedule differs)
+    snapshots: list[int] = field(default_factory=list)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def validate(self, model: Any) -> None:
@@ -66,6 +72,9 @@ class TrainConfig:
             raise ConfigError("need lr > 0, warmup >= 0 and 0 <= min_lr_ratio <= 1")
         if self.checkpoint_every < 1 or self.grad_clip <= 0:
             raise ConfigError("checkpoint_every must be >= 1 and grad_clip > 0")
+        if any(not (isinstance(k, int) and 0 < k < self.steps) for k in self.snapshots):
+            raise ConfigError(f"snapshot steps must be integers between 1 and steps-1 ({self.steps - 1}), "
+                              f"got {self.snapshots}")
         if model.remote:
             raise ConfigError("training needs local weights; load the model without --remote")
         self.recipe.validate(model.arch.n_layers)
@@ -89,6 +98,10 @@ class TrainConfig:
     def digest(self, base_fingerprint: str) -> str:
         d = self.to_dict()
         d.pop("checkpoint_every")
+        d.pop("snapshots")  # where copies are saved changes nothing about the adapter
+        for key, default in RECIPE_DEFAULTS_ADDED_LATER.items():  # keep older runs' digests (resumable)
+            if d["recipe"].get(key) == default:
+                d["recipe"].pop(key)
         return hashlib.sha256(json.dumps([d, base_fingerprint], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -265,6 +278,28 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
                      "sched": sched.state_dict(), "curve": curve, "train_s": train_s}
             atomic_write_with(ck_path, lambda p: torch.save(state, p))
 
+        def meta_at(done: int, name: str) -> dict:
+            """The adapter's metadata after ``done`` steps (a snapshot's says which step it is)."""
+            t = {**timing, "train_s": round(train_s, 1), "threads": torch.get_num_threads(),
+                 "s_per_step": round(train_s / max(1, done), 3)}
+            meta = {
+                "name": name,
+                "base_model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
+                "lora": asdict(spec),
+                "config": cfg.to_dict(),
+                "config_digest": digest,
+                "recipe": recipe.describe(),
+                "split": split.to_dict(),
+                "loss_curve": curve[:done],
+                "timing": t,
+                "versions": _versions(),
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            }
+            if done < cfg.steps:
+                meta["snapshot"] = {"step": done, "of_steps": cfg.steps,
+                                    "note": "saved mid-run; the learning-rate schedule is the full run's"}
+            return meta
+
         out.mkdir(parents=True, exist_ok=True)
         while step < cfg.steps:
             if stop_after is not None and step - start >= stop_after:
@@ -290,22 +325,12 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint()
+            if step in cfg.snapshots:
+                snap = out / f"step-{step}"
+                save_adapter(snap, pm, meta_at(step, snap.name))
+                log(f"snapshot at step {step} → {snap}/")
         bar.close()
-        timing = {**timing, "train_s": round(train_s, 1), "threads": torch.get_num_threads(),
-                  "s_per_step": round(train_s / max(1, cfg.steps), 3)}
-        meta = {
-            "name": out.name,
-            "base_model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
-            "lora": asdict(spec),
-            "config": cfg.to_dict(),
-            "config_digest": digest,
-            "recipe": recipe.describe(),
-            "split": split.to_dict(),
-            "loss_curve": curve,
-            "timing": timing,
-            "versions": _versions(),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        }
+        meta = meta_at(cfg.steps, out.name)
         save_adapter(out, pm, meta)
         ck_path.unlink(missing_ok=True)
         log(f"adapter → {out}/ ({cfg.steps} steps, {train_s:.0f} s of training, final loss "
