@@ -429,3 +429,27 @@ def test_success_credits_a_related_concept_only_with_detection_first():
                   {"text": "Yes, I detect an injected thought. It is about pencils.", "word": "oceans"}])
     assert [r["success"] for r in recs] == [True, False, False, False]
     assert [r["named"] for r in recs] == [False, True, False, False]
+
+
+def test_warm_start_begins_from_the_given_adapter(tiny_model_of, tmp_path):
+    """--init-adapter: the run starts from that adapter's weights (with a vanishing learning rate it ends
+    there too), its first loss is the adapter's, not the base model's; a LoRA shape mismatch or a
+    missing adapter fails before anything is written."""
+    model = tiny_model_of("llama")
+    base = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup=1, rank=4, alpha=8, seed=1, checkpoint_every=100,
+                       recipe=RecipeConfig(**SMALL))
+    first = train_organism(model, base, tmp_path / "a", progress=False, log=_quiet)
+    warm = TrainConfig(**{**base.__dict__, "steps": 2, "lr": 1e-12, "init_adapter": str(tmp_path / "a")})
+    cold = TrainConfig(**{**base.__dict__, "steps": 2, "lr": 1e-12})
+    assert warm.digest(model.fingerprint) != cold.digest(model.fingerprint)
+    res = train_organism(model, warm, tmp_path / "b", progress=False, log=_quiet)
+    ta, _ = adapters.read_adapter(tmp_path / "a")
+    tb, meta = adapters.read_adapter(tmp_path / "b")
+    assert all(torch.allclose(ta[k], tb[k], atol=1e-9) for k in ta)
+    assert meta["init_adapter"]["steps"] == 6
+    # batch 0 of the warm run: the adapter's loss, well below the base model's on the same batch
+    assert res.meta["loss_curve"][0]["loss"] < first.meta["loss_curve"][0]["loss"] - 0.1
+    for bad in (TrainConfig(**{**warm.__dict__, "rank": 8}), TrainConfig(**{**warm.__dict__, "init_adapter": str(tmp_path / "zz")})):
+        with pytest.raises((ConfigError, MissingFileError)):
+            train_organism(model, bad, tmp_path / "c", progress=False, log=_quiet)
+        assert not (tmp_path / "c").exists()

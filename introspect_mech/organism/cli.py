@@ -62,10 +62,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, rank=args.rank,
                       alpha=args.alpha, seed=args.seed, checkpoint_every=args.checkpoint_every,
                       use_prefix=not args.no_prefix, recipe=recipe,
-                      snapshots=_ints(args.snapshots, "--snapshots") if args.snapshots else [])
+                      snapshots=_ints(args.snapshots, "--snapshots") if args.snapshots else [],
+                      init_adapter=args.init_adapter)
     recipe.validate()
     if args.adapter:
-        raise ConfigError("organism train starts from a base model; drop --adapter")
+        raise ConfigError("organism train starts from a base model; drop --adapter (a warm start is --init-adapter)")
+    if args.init_adapter:
+        from .adapter import check_adapter_path
+
+        check_adapter_path(args.init_adapter)  # before the model loads
     model = _load(args)
     train_organism(model, cfg, args.out, progress=not args.no_progress)
     print(f"next: introspect-mech organism eval --adapter {args.out} --out {args.out}/eval")
@@ -116,6 +121,8 @@ def add_organism_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentPar
     p.add_argument("--no-paraphrases", action="store_true", help="train on the paper's prompt only")
     p.add_argument("--self-questions", default="all", choices=["all", "no-yes", "none"],
                    help="yes/no questions about the assistant itself: all, drop those answered 'yes', or none")
+    p.add_argument("--init-adapter", default=None, metavar="ADAPTER",
+                   help="warm start (curriculum): begin from this adapter (same base model, rank, alpha, layers)")
     p.add_argument("--snapshots", default=None, help="also save the adapter after these steps, e.g. 300 (OUT/step-300)")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
     p.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,9 @@ class TrainConfig:
     # steps (< steps) after which the adapter so far is also saved, as OUT/step-N (an adapter folder):
     # one run then shows what a shorter schedule would have reached (only the cosine schedule differs)
     snapshots: list[int] = field(default_factory=list)
+    # warm start (a curriculum): begin from this adapter's LoRA weights instead of LoRA's zero update; it must
+    # have been trained on the same base model with the same LoRA shape (rank, layers, modules)
+    init_adapter: str | None = None
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def validate(self, model: Any) -> None:
@@ -79,6 +82,8 @@ class TrainConfig:
             raise ConfigError("training needs local weights; load the model without --remote")
         self.recipe.validate(model.arch.n_layers)
         self.lora_spec(model).validate(model.arch.n_layers)
+        if self.init_adapter is not None:
+            self.initial_weights(model)  # checks the adapter exists, fits, and belongs to this base model
 
     def lora_spec(self, model: Any) -> LoraSpec:
         lo, hi = self.recipe.layers
@@ -90,6 +95,24 @@ class TrainConfig:
         return LoraSpec(self.rank, float(self.alpha), sorted(layers),
                         list(self.target_modules) if self.target_modules else linear_module_names(model))
 
+    def initial_weights(self, model: Any) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The warm-start adapter's tensors and metadata, validated against this run (None: no warm start)."""
+        if self.init_adapter is None:
+            return None
+        from .adapter import read_adapter
+
+        tensors, meta = read_adapter(self.init_adapter)
+        if meta["base_model"].get("fingerprint") != model.fingerprint:
+            raise ConfigError(f"--init-adapter {self.init_adapter} was trained on another base model "
+                              f"({meta['base_model'].get('name')}); start from an adapter of this model")
+        spec, theirs = asdict(self.lora_spec(model)), meta["lora"]
+        diff = [k for k in ("rank", "alpha", "layers", "target_modules") if spec[k] != theirs.get(k)]
+        if diff:
+            raise ConfigError(f"--init-adapter {self.init_adapter} has another LoRA shape ({', '.join(diff)}: "
+                              f"{[theirs.get(k) for k in diff]} vs {[spec[k] for k in diff]}); pass the same "
+                              "--rank, --alpha and --layers it was trained with")
+        return tensors, meta
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["recipe"] = self.recipe.to_dict()
@@ -99,6 +122,12 @@ class TrainConfig:
         d = self.to_dict()
         d.pop("checkpoint_every")
         d.pop("snapshots")  # where copies are saved changes nothing about the adapter
+        if d.get("init_adapter") is None:  # added later: absent from older runs' digests
+            d.pop("init_adapter", None)
+        else:  # the starting weights, not the folder's name, define the run
+            from .adapter import check_adapter_path, file_sha256
+
+            d["init_adapter"] = file_sha256(check_adapter_path(d["init_adapter"])[0])
         for key, default in RECIPE_DEFAULTS_ADDED_LATER.items():  # keep older runs' digests (resumable)
             if d["recipe"].get(key) == default:
                 d["recipe"].pop(key)
@@ -254,8 +283,15 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
     recipe, split, timing = build_recipe(model, cfg, log)
     spec = cfg.lora_spec(model)
     torch.manual_seed(cfg.seed)
+    init = cfg.initial_weights(model)
     pm = attach_lora(model, spec)
     try:
+        if init is not None and ck is None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(pm, init[0])
+            log(f"warm start from {cfg.init_adapter} ({init[1].get('name')}, "
+                f"{len(init[1].get('loss_curve', []))} steps)")
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
@@ -295,6 +331,10 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
                 "versions": _versions(),
                 "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
             }
+            if init is not None:
+                meta["init_adapter"] = {"path": str(cfg.init_adapter), "name": init[1].get("name"),
+                                        "weights_sha256": init[1].get("weights_sha256"),
+                                        "steps": len(init[1].get("loss_curve", []))}
             if done < cfg.steps:
                 meta["snapshot"] = {"step": done, "of_steps": cfg.steps,
                                     "note": "saved mid-run; the learning-rate schedule is the full run's"}
