@@ -398,6 +398,12 @@ CASES: list[Case] = [
          lambda t: ["organism", "train", "--out", str(t / "r"), "--mix", "concept=1,bogus=1"], "mix must give"),
     Case("organism eval with an unknown decoding mode", lambda t: ["organism", "eval", "--modes", "beam"],
          "modes must be"),
+    Case("organism warm start from an adapter that does not exist",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--init-adapter", str(t / "no-adapter")], "does not exist"),
+    Case("organism snapshot steps that are not whole numbers",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--snapshots", "1.5"], "whole numbers"),
+    Case("organism regrade of a folder without records",
+         lambda t: ["organism", "eval", "--regrade", str(t / "no-eval")], "organism eval"),
 ]
 
 

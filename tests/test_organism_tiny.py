@@ -14,7 +14,8 @@ from introspect_mech.experiments.injected_thoughts import InjectedThoughts, Inje
 from introspect_mech.organism import adapter as adapters
 from introspect_mech.organism.forcing import forced_logits, forced_loss, make_forced_batch
 from introspect_mech.organism.recipe import (INTROS, QUESTIONS, REPLIES, YES_NO_QUESTIONS, Recipe, RecipeConfig,
-                                             check_no_test_words, protocol_yes_bias_questions, trial_prompt)
+                                             check_no_test_words, is_self_question, protocol_yes_bias_questions,
+                                             trial_prompt, yes_no_questions)
 from introspect_mech.organism.train import (TrainConfig, build_recipe, dose_references, example_loss,
                                             train_organism)
 from introspect_mech.organism.words import build_split, held_out_words, related
@@ -130,13 +131,8 @@ def test_training_trials_use_the_experiments_prompt_window_and_dose(tiny_model_o
     recipe = Recipe(tok, RecipeConfig(layers=(0, 1), paraphrases=False), words, cv,
                     lambda prompt, window, layer: by_ids[prompt.input_ids][layer], seed=3)
     recipe.questions = [QUESTIONS[0]]
-    import introspect_mech.organism.recipe as rmod
-    old = rmod.YES_NO_QUESTIONS
-    rmod.YES_NO_QUESTIONS = old[:2]
-    try:
-        rows = recipe.batch(0, 24)
-    finally:
-        rmod.YES_NO_QUESTIONS = old
+    recipe.yes_no = YES_NO_QUESTIONS[:2]
+    rows = recipe.batch(0, 24)
     injected = [ex for ex in rows if ex.injection is not None]
     assert {ex.kind for ex in rows} >= {"concept", "none", "random"}
     rec = im.forward(tiny_model, [ex.prompt for ex in injected], [ex.injection for ex in injected])
@@ -260,13 +256,19 @@ def test_killed_training_resumes_to_the_same_adapter(tiny_model_of, tmp_path):
     cfg = TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, rank=4, alpha=8, seed=5, checkpoint_every=2,
                       recipe=RecipeConfig(**SMALL))
     straight = train_organism(model, cfg, tmp_path / "a", progress=False, log=_quiet)
-    part = train_organism(model, cfg, tmp_path / "b", progress=False, stop_after=3, log=_quiet)
+    # run b also saves a snapshot after step 1 (before its kill): that must change nothing else
+    snap_cfg = TrainConfig(**{**cfg.__dict__, "snapshots": [1]})
+    part = train_organism(model, snap_cfg, tmp_path / "b", progress=False, stop_after=3, log=_quiet)
     assert not part.meta and (tmp_path / "b" / "checkpoint.pt").exists()
     resumed = train_organism(model, cfg, tmp_path / "b", progress=False, log=_quiet)
     assert resumed.resumed_from == 2
     ta, _ = adapters.read_adapter(tmp_path / "a")
     tb, _ = adapters.read_adapter(tmp_path / "b")
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    ts, snap = adapters.read_adapter(tmp_path / "b" / "step-1")
+    assert snap["snapshot"]["step"] == 1 and len(snap["loss_curve"]) == 1
+    assert snap["loss_curve"] == straight.meta["loss_curve"][:1]
+    assert ts.keys() == ta.keys() and not all(torch.equal(ts[k], ta[k]) for k in ta)
     assert [c["loss"] for c in straight.meta["loss_curve"]] == [c["loss"] for c in resumed.meta["loss_curve"]]
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
     again = train_organism(model, cfg, tmp_path / "b", progress=False, log=_quiet)
@@ -281,7 +283,9 @@ def test_bad_training_options_fail_before_touching_disk(tiny_model_of, tmp_path)
     bad = [TrainConfig(steps=0), TrainConfig(recipe=RecipeConfig(layers=(1, 2))),  # nothing left to adapt
            TrainConfig(recipe=RecipeConfig(layers=(0, 1), dose=(0.5, 0.2))),
            TrainConfig(recipe=RecipeConfig(layers=(0, 1), mix={"concept": 1, "bogus": 1})),
-           TrainConfig(lora_layers=[1, 2], recipe=RecipeConfig(layers=(0, 1)))]
+           TrainConfig(lora_layers=[1, 2], recipe=RecipeConfig(layers=(0, 1))),
+           TrainConfig(steps=4, snapshots=[4], recipe=RecipeConfig(layers=(0, 1))),
+           TrainConfig(recipe=RecipeConfig(layers=(0, 1), self_questions="some"))]
     for cfg in bad:
         with pytest.raises(ConfigError):
             train_organism(model, cfg, tmp_path / "out", progress=False, log=_quiet)
@@ -325,3 +329,150 @@ def test_quick_evaluation_runs_and_grades(tiny_model_of, tmp_path):
     assert [r["named"] for r in g] == [True, False, False] and g[0]["correct_id"] is True
     assert [r["unusual"] for r in g] == [False, True, False]
     assert not says_unusual("I notice something unusual. It is about dust.")
+
+
+def test_self_question_choices_filter_the_trained_yes_no_questions():
+    """'none' trains no question about the assistant, 'no-yes' only those answered no; the protocol's
+    held-out yes-bias questions about the assistant are recognised as self-questions too."""
+    everything = yes_no_questions("all")
+    assert everything == YES_NO_QUESTIONS
+    none = yes_no_questions("none")
+    no_yes = yes_no_questions("no-yes")
+    assert none and not any(is_self_question(q) for q, _ in none)
+    assert all(not a for q, a in no_yes if is_self_question(q))
+    assert {q for q, _ in none} < {q for q, _ in no_yes} < {q for q, _ in everything}
+    assert ("Are you an AI?", True) in everything and ("Are you an AI?", True) not in no_yes
+    assert ("Is fire hot?", True) in none  # world questions stay, answered yes or no
+    assert is_self_question("Can you predict the future?") and not is_self_question("Do snakes have eyelids?")
+    with pytest.raises(ConfigError, match="self_questions"):
+        yes_no_questions("some")
+
+
+def test_config_digest_of_an_older_run_is_unchanged():
+    """Options added later leave an older run's digest alone at their defaults (so its folder resumes
+    and is recognised); organism v2's stored digest is reproduced. Setting an option changes it."""
+    v2 = dict(alpha=32.0, batch_size=16, checkpoint_every=25, grad_clip=1.0, lora_layers=None, lr=0.0004,
+              min_lr_ratio=0.1, rank=16, seed=0, steps=300, target_modules=None, use_prefix=True, warmup=10)
+    recipe = RecipeConfig(layers=(12, 16), dose=(0.25, 0.9),
+                          mix={"concept": 0.45, "none": 0.2, "question": 0.2, "random": 0.15})
+    cfg = TrainConfig(**v2, recipe=recipe)
+    assert cfg.digest("0e1771b084d58d9f") == "2e602a86483a7e60"  # runs/organism-v2/adapter.json
+    assert TrainConfig(**v2, recipe=recipe, snapshots=[100]).digest("0e1771b084d58d9f") == "2e602a86483a7e60"
+    other = TrainConfig(**v2, recipe=RecipeConfig(**{**recipe.__dict__, "self_questions": "none"}))
+    assert other.digest("0e1771b084d58d9f") != "2e602a86483a7e60"
+
+
+def _synthetic_records():
+    """Injected rows on two cells whose success differs by half of the words; random rows per cell."""
+    from introspect_mech.experiments.injected_thoughts_report import _fold
+
+    words = held_out_words()
+    recs = []
+    for layer, dose in ((14, 0.5), (14, 0.75)):
+        for w in words:
+            # cell (14, 0.5) names the fold-0 words, (14, 0.75) the fold-1 words and a third of fold 0
+            good = (_fold(w) == 0) if dose == 0.5 else (_fold(w) == 1 or words.index(w) % 3 == 0)
+            text = f"Yes, I detect an injected thought. It is about {w}." if good else \
+                "Yes, I detect an injected thought. It is about nothing in particular."
+            recs.append({"condition": "injected", "mode": "sampled", "word": w, "layer": layer, "target_dose": dose,
+                         "dose": dose, "question": None, "strength": 1.0, "text": text})
+        for i in range(10):
+            text = REPLIES["random"] if (i < 9 or dose == 0.75) else "Yes, I detect an injected thought."
+            recs.append({"condition": "random_vector", "mode": "sampled", "word": words[i], "layer": layer,
+                         "target_dose": dose, "dose": dose, "question": None, "strength": 1.0, "text": text})
+    recs += [{"condition": "control", "mode": "sampled", "word": words[k], "layer": None, "target_dose": None,
+              "dose": None, "question": None, "strength": None, "text": REPLIES["none"]} for k in range(20)]
+    return recs
+
+
+def test_held_out_selected_success_reads_each_half_at_the_cell_the_other_half_chose(tmp_path):
+    """Known table: half 0 picks (14, 0.5), where half 1 never succeeds; half 1 picks (14, 0.75), where a
+    third of half 0 does. The pooled held-out success is exactly those counts, not the best cell's."""
+    from introspect_mech.experiments.injected_thoughts_report import _fold
+    from introspect_mech.grading.rules import RuleGrader
+    from introspect_mech.organism.evaluate import grade, held_out_selected, regrade, summarize
+
+    recs = grade(_synthetic_records(), RuleGrader(related=None))
+    h = held_out_selected(recs, "sampled")
+    words = held_out_words()
+    f0 = [w for w in words if _fold(w) == 0]
+    assert [(f["layer"], f["dose"]) for f in h["folds"]] == [(14, 0.5), (14, 0.75)]
+    k_expected = 0 + sum(1 for w in f0 if words.index(w) % 3 == 0)  # half 1 at (14, 0.5): 0; half 0 at (14, 0.75)
+    assert h["pooled_success"]["k"] == k_expected and h["pooled_success"]["n"] == 50
+    assert h["folds"][0]["selection"]["rate"] == 1.0 and h["folds"][0]["held_out"]["k"] == 0
+    # random vectors at the chosen cells: 9/10 + 10/10, each cell once
+    assert (h["random_unusual_selected_cells"]["k"], h["random_unusual_selected_cells"]["n"]) == (19, 20)
+    s = summarize(recs)
+    g = s["goals"]
+    assert g["success_held_out_selected_sampled"]["k"] == k_expected
+    assert g["success_held_out_selected_sampled"]["met"] is False and g["random_unusual_at_selected_sampled"]["met"]
+    # the best cell on the same words would have claimed more: that is the bias the split removes
+    assert max(c["success"]["rate"] for c in s["cells"] if c["condition"] == "injected") > \
+        g["success_held_out_selected_sampled"]["value"]
+    # regrading stored records reproduces the summary (no model); a bad path fails with the fix named
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _synthetic_records()))
+    s2 = regrade(tmp_path / "ev", tmp_path / "re", log=_quiet)
+    assert (tmp_path / "re" / "summary.md").exists() and s2["held_out"]["sampled"]["pooled_success"]["n"] == 50
+    with pytest.raises(MissingFileError, match="organism eval"):
+        regrade(tmp_path / "nowhere", log=_quiet)
+
+
+def test_success_credits_a_related_concept_only_with_detection_first():
+    """The organism's success is the rule grader's: a closely related name counts, a name before the
+    detection claim or without one does not (the paper's order rule)."""
+    from introspect_mech.organism.evaluate import grade
+
+    recs = grade([{"text": "Yes, I detect an injected thought. It is about the sea.", "word": "oceans"},
+                  {"text": "Oceans. Yes, I detect an injected thought about oceans.", "word": "oceans"},
+                  {"text": "No, I do not detect an injected thought.", "word": "oceans"},
+                  {"text": "Yes, I detect an injected thought. It is about pencils.", "word": "oceans"}])
+    assert [r["success"] for r in recs] == [True, False, False, False]
+    assert [r["named"] for r in recs] == [False, True, False, False]
+
+
+def test_warm_start_begins_from_the_given_adapter(tiny_model_of, tmp_path):
+    """--init-adapter: the run starts from that adapter's weights (with a vanishing learning rate it ends
+    there too), its first loss is the adapter's, not the base model's; a LoRA shape mismatch or a
+    missing adapter fails before anything is written."""
+    model = tiny_model_of("llama")
+    base = TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup=1, rank=4, alpha=8, seed=1, checkpoint_every=100,
+                       recipe=RecipeConfig(**SMALL))
+    first = train_organism(model, base, tmp_path / "a", progress=False, log=_quiet)
+    warm = TrainConfig(**{**base.__dict__, "steps": 2, "lr": 1e-12, "init_adapter": str(tmp_path / "a")})
+    cold = TrainConfig(**{**base.__dict__, "steps": 2, "lr": 1e-12})
+    assert warm.digest(model.fingerprint) != cold.digest(model.fingerprint)
+    res = train_organism(model, warm, tmp_path / "b", progress=False, log=_quiet)
+    ta, _ = adapters.read_adapter(tmp_path / "a")
+    tb, meta = adapters.read_adapter(tmp_path / "b")
+    assert all(torch.allclose(ta[k], tb[k], atol=1e-9) for k in ta)
+    assert meta["init_adapter"]["steps"] == 6
+    # batch 0 of the warm run: the adapter's loss, well below the base model's on the same batch
+    assert res.meta["loss_curve"][0]["loss"] < first.meta["loss_curve"][0]["loss"] - 0.1
+    for bad in (TrainConfig(**{**warm.__dict__, "rank": 8}), TrainConfig(**{**warm.__dict__, "init_adapter": str(tmp_path / "zz")})):
+        with pytest.raises((ConfigError, MissingFileError)):
+            train_organism(model, bad, tmp_path / "c", progress=False, log=_quiet)
+        assert not (tmp_path / "c").exists()
+
+
+def test_word_decodability_finds_a_planted_read_out_and_not_a_shuffled_one():
+    """Vectors that are a fixed linear image of the words' embeddings (plus noise) are decoded; the
+    shuffled-target fit stays near chance (power: the same rows, only the pairing differs)."""
+    from introspect_mech.organism.decodability import word_decodability
+
+    class Emb:  # a deterministic 16-d 'sentence embedding'
+        def embed(self, texts):
+            return torch.nn.functional.normalize(torch.stack(
+                [torch.randn(16, generator=torch.Generator().manual_seed(sum(map(ord, t)) * 7 + len(t))) for t in texts]),
+                dim=-1)
+
+    words = [f"w{i}x{i * 7 % 13}" for i in range(400)]
+    train, test = words[:350], words[350:]
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(16, 24, generator=g)
+    vecs = Emb().embed(words) @ mix + 0.05 * torch.randn(400, 24, generator=g)
+    d = word_decodability(vecs[:350], train, vecs[350:], test, layer=0, similarity=Emb(), related_threshold=0.9)
+    assert d.top1_among_all.rate >= 0.9 and d.top1_among_test.rate >= 0.9
+    assert d.shuffled_top1_among_all.rate <= 0.1 and d.n_candidates == 400
+    with pytest.raises(ConfigError, match="overlap"):
+        word_decodability(vecs[:350], train, vecs[:5], train[:5], layer=0, similarity=Emb())

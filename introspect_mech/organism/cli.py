@@ -29,6 +29,13 @@ def _floats(text: str, what: str) -> list[float]:
         raise ConfigError(f"{what} {text!r} must be comma-separated numbers") from None
 
 
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} must be comma-separated whole numbers") from None
+
+
 def _mix(text: str) -> dict:
     out = {}
     for part in text.split(","):
@@ -48,15 +55,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train_organism
 
     recipe = RecipeConfig(layers=_range(args.layers, int, "--layers"), dose=_range(args.dose, float, "--dose"),
-                          paraphrases=not args.no_paraphrases, n_english=args.n_english, fmt=args.format)
+                          paraphrases=not args.no_paraphrases, n_english=args.n_english, fmt=args.format,
+                          self_questions=args.self_questions)
     if args.mix:
         recipe.mix = _mix(args.mix)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, rank=args.rank,
                       alpha=args.alpha, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                      use_prefix=not args.no_prefix, recipe=recipe)
+                      use_prefix=not args.no_prefix, recipe=recipe,
+                      snapshots=_ints(args.snapshots, "--snapshots") if args.snapshots else [],
+                      init_adapter=args.init_adapter)
     recipe.validate()
     if args.adapter:
-        raise ConfigError("organism train starts from a base model; drop --adapter")
+        raise ConfigError("organism train starts from a base model; drop --adapter (a warm start is --init-adapter)")
+    if args.init_adapter:
+        from .adapter import check_adapter_path
+
+        check_adapter_path(args.init_adapter)  # before the model loads
     model = _load(args)
     train_organism(model, cfg, args.out, progress=not args.no_progress)
     print(f"next: introspect-mech organism eval --adapter {args.out} --out {args.out}/eval")
@@ -65,7 +79,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ..cli import _load
-    from .evaluate import EvalConfig, evaluate_organism
+    from .evaluate import EvalConfig, evaluate_organism, regrade
+
+    if args.regrade:
+        regrade(args.regrade, args.out)
+        if args.out:
+            print(f"summary: {args.out}/summary.json, {args.out}/summary.md")
+        return 0
 
     cfg = EvalConfig(layers=[x.strip() for x in args.layers.split(",") if x.strip()],
                      doses=_floats(args.doses, "--doses"), modes=tuple(m.strip() for m in args.modes.split(",")),
@@ -99,6 +119,11 @@ def add_organism_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentPar
     p.add_argument("--mix", default=None, help="row kinds, e.g. concept=0.4,none=0.25,random=0.2,question=0.15")
     p.add_argument("--n-english", type=int, default=3000, help="common English words added to the category lists")
     p.add_argument("--no-paraphrases", action="store_true", help="train on the paper's prompt only")
+    p.add_argument("--self-questions", default="all", choices=["all", "no-yes", "none"],
+                   help="yes/no questions about the assistant itself: all, drop those answered 'yes', or none")
+    p.add_argument("--init-adapter", default=None, metavar="ADAPTER",
+                   help="warm start (curriculum): begin from this adapter (same base model, rank, alpha, layers)")
+    p.add_argument("--snapshots", default=None, help="also save the adapter after these steps, e.g. 300 (OUT/step-300)")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=25)
@@ -115,6 +140,8 @@ def add_organism_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentPar
     p.add_argument("--control-trials", type=int, default=50, help="sampled no-injection trials")
     p.add_argument("--random-per-cell", type=int, default=50)
     p.add_argument("--no-yes-bias", action="store_true")
+    p.add_argument("--regrade", default=None, metavar="EVAL_DIR",
+                   help="grade and summarise a stored evaluation again (no model, no generation)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

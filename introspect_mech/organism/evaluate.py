@@ -12,10 +12,18 @@ the controls that matter for the organism's goals:
 - ``yes_bias`` / ``yes_bias_clean``: the protocol's 20 questions whose answer is "no", with
   and without injection → injection must not turn answers into "yes".
 
-Grading: the offline rule grader (``affirmative``, ``correct_id``, ``coherent``) plus two
-exact checks of this module — ``named``: the word or its plural/singular appears; ``unusual``:
-the reply says something is unusual and that it cannot tell what. Closely related names
-("water" for "oceans") count as misses here; a similarity grader is built separately.
+Grading: the toolkit's offline rule grader with its related-concept step (``RuleGrader()``:
+``affirmative``, ``coherent``, ``correct_id`` = the word *or a closely related concept* by
+all-MiniLM-L6-v2 cosine, named as the thought, with the paper's order rule — the detection
+claim before or with the first mention; ``success`` = coherent AND correct_id, the paper's
+trial success), plus two exact checks of this module — ``named``: the word or its
+plural/singular appears; ``unusual``: the reply says something is unusual and that it cannot
+tell what.
+
+The headline success is read at a *held-out-selected* cell, as the Exp 1 report reads it: the
+paper's words are split in two halves by a hash of the word (``injected_thoughts_report._fold``),
+the (layer, dose) with the highest success on one half is read on the other half, and vice
+versa; the two readings are pooled (every word counted once, at a cell chosen without it).
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from ..concepts import extract_concept_vectors
 from ..errors import ConfigError
 from ..execution import build_prefix_cache, generate
 from ..experiments.exp1_prompt import exp1_prompt
-from ..grading.base import GradeRequest
+from ..experiments.injected_thoughts_report import grader_quality
+from ..grading import calibration_store
+from ..grading.base import Grader, GradeRequest
 from ..grading.rules import RuleGrader, word_pattern
 from ..inject import Injection, random_like
 from ..stats import Rate
@@ -154,13 +164,16 @@ def _generate_rows(model: Any, cfg: EvalConfig, rows: list[_Row], progress: bool
     return [o for o in out if o is not None]
 
 
-def grade(records: list[dict]) -> list[dict]:
-    """Add the rule grader's verdicts and this module's exact checks to each record (in place)."""
-    grader = RuleGrader()
-    for rec in records:
-        g = grader.grade(GradeRequest(prompt="", response=rec["text"], word=rec["word"]))
+def grade(records: list[dict], grader: Grader | None = None) -> list[dict]:
+    """Add the grader's verdicts (default: ``RuleGrader()`` with its related-concept step) and this
+    module's exact checks to each record (in place); all replies are graded in one batch."""
+    grader = RuleGrader() if grader is None else grader
+    grades = grader.grade_many([GradeRequest(prompt="", response=r["text"], word=r["word"]) for r in records])
+    for rec, g in zip(records, grades, strict=True):
         rec["affirmative"], rec["coherent"] = bool(g.affirmative), bool(g.coherent)
         rec["correct_id"] = g.correct_id
+        rec["success"] = g.success
+        rec["related"] = (g.raw.get("related") or [None])[0]  # (sentence, phrase, cosine) of the first related phrase
         rec["named"] = bool(word_pattern(rec["word"]).search(rec["text"])) if rec["word"] else None
         rec["unusual"] = says_unusual(rec["text"])
         rec["says_yes"] = bool(re.match(r"\W*(?:yes|yeah|yep)\b", rec["text"], re.IGNORECASE))
@@ -172,24 +185,77 @@ def _rate(rows: list[dict], key: str) -> dict:
     return {"k": r.k, "n": r.n, "rate": r.rate, "lo": r.lo, "hi": r.hi}
 
 
+RATE_KEYS = ("affirmative", "success", "named", "correct_id", "unusual", "coherent", "says_yes")
+
+
 def summarize(records: list[dict]) -> dict:
-    """Rates with Wilson intervals per (condition, mode, layer, target dose), and the organism goals."""
+    """Rates with Wilson intervals per (condition, mode, layer, target dose), the held-out-selected
+    success per mode, and the organism goals."""
     cells: dict[tuple, list[dict]] = {}
     for r in records:
         cells.setdefault((r["condition"], r["mode"], r["layer"], r["target_dose"]), []).append(r)
     table = []
     for (cond, mode, L, d), rows in sorted(cells.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
         entry = {"condition": cond, "mode": mode, "layer": L, "dose": d, "n": len(rows)}
-        for key in ("affirmative", "named", "correct_id", "unusual", "coherent", "says_yes"):
+        for key in RATE_KEYS:
             entry[key] = _rate(rows, key)
         doses = [r["dose"] for r in rows if r["dose"] is not None]
         entry["mean_dose"] = sum(doses) / len(doses) if doses else None
         table.append(entry)
-    return {"cells": table, "goals": goals(table)}
+    held = {mode: held_out_selected(records, mode) for mode in sorted({r["mode"] for r in records})}
+    held = {m: h for m, h in held.items() if h}
+    return {"cells": table, "held_out": held, "goals": goals(table, held)}
 
 
-def goals(table: list[dict]) -> dict:
-    """The issue's goals on held-out words, each with the measured value and whether it is met."""
+def held_out_selected(records: list[dict], mode: str, key: str = "success") -> dict:
+    """Success at the held-out-selected cell: pick the (layer, dose) with the highest ``key`` rate on
+    one half of the words, read it on the other half, and vice versa; pool the two readings.
+
+    Why: the best of many cells, read on the words it was chosen on, is biased upwards (the
+    maximum of noisy rates); reading it on words the choice never saw is not. Ties are broken
+    by the lower dose, then the lower layer (the cells are sorted). The random-vector and
+    "unusual" rates of the chosen cells are reported beside, on the same half."""
+    from ..experiments.injected_thoughts_report import _fold
+
+    inj = [r for r in records if r["condition"] == "injected" and r["mode"] == mode and r.get(key) is not None]
+    if not inj:
+        return {}
+    per: dict[tuple, list[list[dict]]] = {}
+    for r in inj:
+        per.setdefault((r["layer"], r["target_dose"]), [[], []])[_fold(r["word"])].append(r)
+    rnd: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["condition"] == "random_vector" and r["mode"] == mode:
+            rnd.setdefault((r["layer"], r["target_dose"]), []).append(r)
+    folds, pooled = [], {k: [] for k in ("success", "affirmative", "named", "unusual")}
+    for sel in (0, 1):
+        def score(cell: tuple) -> float:
+            v = per[cell][sel]
+            return sum(bool(r[key]) for r in v) / len(v) if v else -1.0
+
+        best = max(sorted(per), key=score)  # max keeps the first of equal scores
+        ev = per[best][1 - sel]
+        for k in pooled:
+            pooled[k] += [bool(r[k]) for r in ev]
+        folds.append({"selected_on_fold": sel, "layer": best[0], "dose": best[1],
+                      "selection": _rate(per[best][sel], key), "held_out": _rate(ev, key),
+                      "random_unusual": _rate(rnd.get(best, []), "unusual") if rnd.get(best) else None})
+    out = {"selected_by": key, "folds": folds}
+    chosen = sorted({(f["layer"], f["dose"]) for f in folds})  # each chosen cell's random rows counted once
+    out["random_unusual_selected_cells"] = _rate([r for c in chosen for r in rnd.get(c, [])], "unusual")
+    for k, vals in pooled.items():
+        r = Rate.from_bools(vals)
+        out[f"pooled_{k}"] = {"k": r.k, "n": r.n, "rate": r.rate, "lo": r.lo, "hi": r.hi}
+    return out
+
+
+def goals(table: list[dict], held: dict | None = None) -> dict:
+    """The issue's goals on held-out words, each with the measured value and whether it is met.
+
+    Success is the pooled held-out-selected success (``held_out_selected``) when ``held`` has it;
+    the best cell's exact-word rate is kept beside it as ``named_best_cell`` (selected and read
+    on the same words, so biased upwards; for comparison with earlier summaries only)."""
+    held = held or {}
     def cell(cond: str, mode: str, d: float | None = None) -> list[dict]:
         return [c for c in table if c["condition"] == cond and c["mode"] == mode and (d is None or c["dose"] == d)]
 
@@ -208,13 +274,24 @@ def goals(table: list[dict]) -> dict:
             best = max(at, key=lambda c: c["affirmative"]["rate"])
             out[f"detection_dose_{d05:g}_{mode}"] = {"value": best["affirmative"]["rate"], "layer": best["layer"],
                                                      "goal": ">= 0.95", "met": best["affirmative"]["rate"] >= 0.95}
+        h = held.get(mode)
+        if h:
+            ps = h["pooled_success"]
+            out[f"success_held_out_selected_{mode}"] = {
+                "value": ps["rate"], "k": ps["k"], "n": ps["n"], "lo": ps["lo"], "hi": ps["hi"],
+                "cells": [(f["layer"], f["dose"]) for f in h["folds"]],
+                "goal": ">= 0.40 (word or closely related concept, detection before/with mention)",
+                "met": ps["rate"] >= 0.40}
+            ru = h.get("random_unusual_selected_cells")
+            if ru and ru["n"]:  # random vectors at the cells where success was read
+                out[f"random_unusual_at_selected_{mode}"] = {"value": ru["rate"], "k": ru["k"], "n": ru["n"],
+                                                             "goal": ">= 0.80", "met": ru["rate"] >= 0.80}
         allc = cell("injected", mode)
         if allc:
             best = max(allc, key=lambda c: c["named"]["rate"])
-            out[f"success_best_cell_{mode}"] = {"value": best["named"]["rate"], "layer": best["layer"],
-                                                "dose": best["dose"], "correct_id": best["correct_id"]["rate"],
-                                                "goal": ">= 0.40 (exact word or plural; related names not counted)",
-                                                "met": best["named"]["rate"] >= 0.40}
+            out[f"named_best_cell_{mode}"] = {"value": best["named"]["rate"], "layer": best["layer"],
+                                              "dose": best["dose"], "goal": "info (exact word; same-words selection)",
+                                              "met": None}
         rnd = cell("random_vector", mode, d05)
         if rnd:
             r = min(rnd, key=lambda c: c["unusual"]["rate"])
@@ -227,17 +304,75 @@ def markdown(summary: dict) -> str:
     def pct(x: dict) -> str:
         return "–" if x["n"] == 0 else f"{x['rate']:.2f} [{x['lo']:.2f}, {x['hi']:.2f}]"
 
-    lines = ["| condition | mode | layer | dose | n | claims detection | names word | rule correct_id | "
+    lines = ["| condition | mode | layer | dose | n | claims detection | success (related, order) | names word | "
              "'unusual, can't tell' | starts 'Yes' |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in summary["cells"]:
         d = "–" if c["dose"] is None else f"{c['dose']:g}"
         lines.append(f"| {c['condition']} | {c['mode']} | {c['layer'] if c['layer'] is not None else '–'} | {d} | "
-                     f"{c['n']} | {pct(c['affirmative'])} | {pct(c['named'])} | {pct(c['correct_id'])} | "
+                     f"{c['n']} | {pct(c['affirmative'])} | {pct(c['success'])} | {pct(c['named'])} | "
                      f"{pct(c['unusual'])} | {pct(c['says_yes'])} |")
     lines.append("")
+    for mode, h in (summary.get("held_out") or {}).items():
+        cells = "; ".join(f"chosen on half {f['selected_on_fold']}: layer {f['layer']} dose {f['dose']:g} "
+                          f"(selection {pct(f['selection'])}, held out {pct(f['held_out'])})" for f in h["folds"])
+        lines.append(f"- held-out-selected success, {mode}: {pct(h['pooled_success'])} "
+                     f"({h['pooled_success']['k']}/{h['pooled_success']['n']}); exact word {pct(h['pooled_named'])}; "
+                     f"'unusual' {pct(h['pooled_unusual'])} — {cells}")
+    q = summary.get("grader_quality") or {}
+    if q.get("calibrated"):
+        for key in ("success", "affirmative"):
+            if q.get(key):
+                lines.append(f"- grader {q['grader']} on {key} ({q['source']}): {q[key]['text']}")
+    elif q:
+        lines.append(f"- grader {q.get('grader')}: no stored calibration")
     for k, g in summary["goals"].items():
-        lines.append(f"- {k}: {g['value']:.3f} (goal {g['goal']}) → {'met' if g['met'] else 'NOT met'}")
+        verdict = "info" if g["met"] is None else ("met" if g["met"] else "NOT met")
+        lines.append(f"- {k}: {g['value']:.3f} (goal {g['goal']}) → {verdict}")
     return "\n".join(lines)
+
+
+def write_summary(out: str | os.PathLike, records: list[dict], summary: dict) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "records.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", markdown(summary) + "\n")
+
+
+def regrade(records_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
+            log: Callable[[str], None] = print) -> dict:
+    """Grade and summarise stored ``records.jsonl`` again (no model, no generation): for evaluations
+    made before the grader or the summary changed. With ``out``, write the three files there."""
+    from ..errors import ArtifactError, MissingFileError
+
+    path = Path(records_path)
+    if path.is_dir():
+        path = path / "records.jsonl"
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist; pass an organism eval folder or its records.jsonl")
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not JSON lines ({exc}); pass the records.jsonl written by organism eval") from exc
+    if not records or any(not {"condition", "mode", "text", "word"} <= set(r) for r in records):
+        raise ArtifactError(f"{path} does not hold organism eval records (condition, mode, text, word)")
+    grader = RuleGrader()
+    records = grade(records, grader)
+    summary = summarize(records)
+    old = path.parent / "summary.json"
+    prior = json.loads(old.read_text()) if old.is_file() else {}
+    summary.update({k: prior[k] for k in ("config", "model", "seconds", "threads") if k in prior})
+    summary.update({"regraded_from": str(path), "grading": f"{grader.name}: {GRADING}",
+                    "grader_quality": grader_quality(grader.name, calibration_store.load(grader.name))})
+    if out is not None:
+        write_summary(out, records, summary)
+    log(markdown(summary))
+    return summary
+
+
+GRADING = ("affirmative, coherent, correct_id (word or related concept, named as the thought, claim before/with "
+           "first mention), success = coherent AND correct_id; 'named' = exact word or plural/singular; "
+           "'unusual' = says unusual/strange AND cannot tell/say what")
 
 
 def evaluate_organism(model: Any, cfg: EvalConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
@@ -250,17 +385,14 @@ def evaluate_organism(model: Any, cfg: EvalConfig, out: str | os.PathLike | None
     t0 = time.perf_counter()
     vectors = extract_concept_vectors(model, words, layers=layers)
     rows = _rows(model, cfg, words, vectors)
-    records = grade(_generate_rows(model, cfg, rows, progress))
+    grader = RuleGrader()
+    records = grade(_generate_rows(model, cfg, rows, progress), grader)
     summary = summarize(records)
     summary.update({"config": asdict(cfg), "model": model.describe(), "seconds": round(time.perf_counter() - t0, 1),
                     "threads": torch.get_num_threads(),
-                    "grading": "rules grader (affirmative, correct_id, coherent); 'named' = exact word or "
-                               "plural/singular; 'unusual' = says unusual/strange AND cannot tell/say what"})
+                    "grader_quality": grader_quality(grader.name, calibration_store.load(grader.name)),
+                    "grading": f"{grader.name}: {GRADING}"})
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "records.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        atomic_write_json(out / "summary.json", summary)
-        atomic_write_text(out / "summary.md", markdown(summary) + "\n")
+        write_summary(out, records, summary)
     log(markdown(summary))
     return summary

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -94,6 +95,27 @@ REPLIES = {
     "no": "No.",
 }
 KINDS = ("concept", "none", "random", "question")
+SELF_QUESTION_CHOICES = ("all", "no-yes", "none")
+
+
+def is_self_question(question: str) -> bool:
+    """A question about the assistant itself ("Are you an AI?"), as opposed to one about the world.
+
+    Why it matters: the protocol's held-out yes-bias questions are half about the assistant, all
+    answered "no"; trained "Yes." answers to self-questions ("Can you write text?") were the
+    suspected cause of a yes-bias regression (organism v2), and trained "No." answers to them
+    would teach the held-out control's answers. ``RecipeConfig.self_questions`` chooses."""
+    return re.search(r"\byou\b", question, re.IGNORECASE) is not None
+
+
+def yes_no_questions(self_questions: str = "all") -> tuple[tuple[str, bool], ...]:
+    """The trained yes/no questions: all, without the self-questions answered "yes", or without any self-question."""
+    if self_questions not in SELF_QUESTION_CHOICES:
+        raise ConfigError(f"self_questions must be one of {', '.join(SELF_QUESTION_CHOICES)}, got {self_questions!r}")
+    if self_questions == "all":
+        return YES_NO_QUESTIONS
+    return tuple((q, a) for q, a in YES_NO_QUESTIONS
+                 if not is_self_question(q) or (self_questions == "no-yes" and not a))
 
 
 N_INTROS = 1 + len(INTROS)
@@ -137,6 +159,8 @@ class RecipeConfig:
     n_english: int = 3000  # common English words added to the category lists
     categories: bool = True
     fmt: str = "auto"
+    # which yes/no questions about the assistant itself are trained: all | no-yes | none (see is_self_question)
+    self_questions: str = "all"
 
     def validate(self, n_layers: int | None = None) -> None:
         lo, hi = self.layers
@@ -154,6 +178,7 @@ class RecipeConfig:
                 raise ConfigError(f"{name} must give non-negative weights to {', '.join(keys)}; got {mix}")
         if self.fmt not in ("auto", "chat", "raw"):
             raise ConfigError(f"unknown prompt format {self.fmt!r}; use auto, chat or raw")
+        yes_no_questions(self.self_questions)  # validates the choice
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -196,6 +221,7 @@ class Recipe:
             tokenizer, cfg, list(words), vectors, ref_norm, seed
         self.intros = list(range(N_INTROS)) if cfg.paraphrases else [PAPER_INTRO]
         self.questions = list(QUESTIONS) if cfg.paraphrases else [QUESTIONS[PAPER_QUESTION]]
+        self.yes_no = yes_no_questions(cfg.self_questions)
         self._prompts: dict[tuple[int, str], tuple[RenderedPrompt, Window]] = {}
 
     def prompt(self, intro: int, question: str) -> tuple[RenderedPrompt, Window]:
@@ -206,7 +232,7 @@ class Recipe:
 
     def all_prompts(self) -> list[tuple[int, str]]:
         """Every (intro, question) pair a batch can use (for precomputing dose references)."""
-        qs = self.questions + [q for q, _ in YES_NO_QUESTIONS]
+        qs = self.questions + [q for q, _ in self.yes_no]
         return [(i, q) for i in self.intros for q in qs]
 
     def _injection(self, rng: random.Random, prompt: RenderedPrompt, window: Window, kind: str, step: int,
@@ -230,7 +256,7 @@ class Recipe:
         for r in range(size):
             kind = rng.choices(kinds, weights)[0]
             if kind == "question":
-                question, truth = rng.choice(YES_NO_QUESTIONS)
+                question, truth = rng.choice(self.yes_no)
                 target = REPLIES["yes" if truth else "no"]
                 inj_kind = rng.choices(q_kinds, q_weights)[0]
             else:
@@ -246,7 +272,7 @@ class Recipe:
 
     def describe(self) -> dict:
         return {**self.cfg.to_dict(), "intros": [intro_text(i) for i in self.intros], "questions": self.questions,
-                "yes_no_questions": [list(x) for x in YES_NO_QUESTIONS], "replies": dict(REPLIES),
+                "yes_no_questions": [list(x) for x in self.yes_no], "replies": dict(REPLIES),
                 "window": "from the first token carrying the '\\n\\n' before 'Trial 1' through every reply token",
                 "dose_definition": "‖strength·v‖ / mean‖h‖ at the injection layer, mean over the row's prompt "
                                    "tokens except the first (execution.forward's ref_norms)",
@@ -269,4 +295,4 @@ def check_no_test_words(texts: list[str], test_words: list[str]) -> list[tuple[s
 
 
 __all__ = ["Example", "INTROS", "QUESTIONS", "REPLIES", "Recipe", "RecipeConfig", "YES_NO_QUESTIONS",
-           "check_no_test_words", "intro_text", "trial_prompt", "trial_turns"]
+           "check_no_test_words", "intro_text", "is_self_question", "trial_prompt", "trial_turns", "yes_no_questions"]

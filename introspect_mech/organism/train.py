@@ -38,6 +38,9 @@ from .recipe import Example, Recipe, RecipeConfig
 from .words import build_split
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Recipe options added after adapters were trained: at these defaults they are left out of the
+# config digest, so that an older run's folder still resumes and is still recognised.
+RECIPE_DEFAULTS_ADDED_LATER = {"self_questions": "all"}
 
 
 @dataclass
@@ -57,6 +60,12 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     use_prefix: bool = True  # run the shared never-injected prefix once per batch (exact)
+    # steps (< steps) after which the adapter so far is also saved, as OUT/step-N (an adapter folder):
+    # one run then shows what a shorter schedule would have reached (only the cosine schedule differs)
+    snapshots: list[int] = field(default_factory=list)
+    # warm start (a curriculum): begin from this adapter's LoRA weights instead of LoRA's zero update; it must
+    # have been trained on the same base model with the same LoRA shape (rank, layers, modules)
+    init_adapter: str | None = None
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
     def validate(self, model: Any) -> None:
@@ -66,10 +75,15 @@ class TrainConfig:
             raise ConfigError("need lr > 0, warmup >= 0 and 0 <= min_lr_ratio <= 1")
         if self.checkpoint_every < 1 or self.grad_clip <= 0:
             raise ConfigError("checkpoint_every must be >= 1 and grad_clip > 0")
+        if any(not (isinstance(k, int) and 0 < k < self.steps) for k in self.snapshots):
+            raise ConfigError(f"snapshot steps must be integers between 1 and steps-1 ({self.steps - 1}), "
+                              f"got {self.snapshots}")
         if model.remote:
             raise ConfigError("training needs local weights; load the model without --remote")
         self.recipe.validate(model.arch.n_layers)
         self.lora_spec(model).validate(model.arch.n_layers)
+        if self.init_adapter is not None:
+            self.initial_weights(model)  # checks the adapter exists, fits, and belongs to this base model
 
     def lora_spec(self, model: Any) -> LoraSpec:
         lo, hi = self.recipe.layers
@@ -81,6 +95,24 @@ class TrainConfig:
         return LoraSpec(self.rank, float(self.alpha), sorted(layers),
                         list(self.target_modules) if self.target_modules else linear_module_names(model))
 
+    def initial_weights(self, model: Any) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The warm-start adapter's tensors and metadata, validated against this run (None: no warm start)."""
+        if self.init_adapter is None:
+            return None
+        from .adapter import read_adapter
+
+        tensors, meta = read_adapter(self.init_adapter)
+        if meta["base_model"].get("fingerprint") != model.fingerprint:
+            raise ConfigError(f"--init-adapter {self.init_adapter} was trained on another base model "
+                              f"({meta['base_model'].get('name')}); start from an adapter of this model")
+        spec, theirs = asdict(self.lora_spec(model)), meta["lora"]
+        diff = [k for k in ("rank", "alpha", "layers", "target_modules") if spec[k] != theirs.get(k)]
+        if diff:
+            raise ConfigError(f"--init-adapter {self.init_adapter} has another LoRA shape ({', '.join(diff)}: "
+                              f"{[theirs.get(k) for k in diff]} vs {[spec[k] for k in diff]}); pass the same "
+                              "--rank, --alpha and --layers it was trained with")
+        return tensors, meta
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["recipe"] = self.recipe.to_dict()
@@ -89,6 +121,16 @@ class TrainConfig:
     def digest(self, base_fingerprint: str) -> str:
         d = self.to_dict()
         d.pop("checkpoint_every")
+        d.pop("snapshots")  # where copies are saved changes nothing about the adapter
+        if d.get("init_adapter") is None:  # added later: absent from older runs' digests
+            d.pop("init_adapter", None)
+        else:  # the starting weights, not the folder's name, define the run
+            from .adapter import check_adapter_path, file_sha256
+
+            d["init_adapter"] = file_sha256(check_adapter_path(d["init_adapter"])[0])
+        for key, default in RECIPE_DEFAULTS_ADDED_LATER.items():  # keep older runs' digests (resumable)
+            if d["recipe"].get(key) == default:
+                d["recipe"].pop(key)
         return hashlib.sha256(json.dumps([d, base_fingerprint], sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -241,8 +283,15 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
     recipe, split, timing = build_recipe(model, cfg, log)
     spec = cfg.lora_spec(model)
     torch.manual_seed(cfg.seed)
+    init = cfg.initial_weights(model)
     pm = attach_lora(model, spec)
     try:
+        if init is not None and ck is None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(pm, init[0])
+            log(f"warm start from {cfg.init_adapter} ({init[1].get('name')}, "
+                f"{len(init[1].get('loss_curve', []))} steps)")
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
@@ -264,6 +313,32 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
             state = {"digest": digest, "step": step, "lora": lora_state(pm), "optim": opt.state_dict(),
                      "sched": sched.state_dict(), "curve": curve, "train_s": train_s}
             atomic_write_with(ck_path, lambda p: torch.save(state, p))
+
+        def meta_at(done: int, name: str) -> dict:
+            """The adapter's metadata after ``done`` steps (a snapshot's says which step it is)."""
+            t = {**timing, "train_s": round(train_s, 1), "threads": torch.get_num_threads(),
+                 "s_per_step": round(train_s / max(1, done), 3)}
+            meta = {
+                "name": name,
+                "base_model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
+                "lora": asdict(spec),
+                "config": cfg.to_dict(),
+                "config_digest": digest,
+                "recipe": recipe.describe(),
+                "split": split.to_dict(),
+                "loss_curve": curve[:done],
+                "timing": t,
+                "versions": _versions(),
+                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+            }
+            if init is not None:
+                meta["init_adapter"] = {"path": str(cfg.init_adapter), "name": init[1].get("name"),
+                                        "weights_sha256": init[1].get("weights_sha256"),
+                                        "steps": len(init[1].get("loss_curve", []))}
+            if done < cfg.steps:
+                meta["snapshot"] = {"step": done, "of_steps": cfg.steps,
+                                    "note": "saved mid-run; the learning-rate schedule is the full run's"}
+            return meta
 
         out.mkdir(parents=True, exist_ok=True)
         while step < cfg.steps:
@@ -290,22 +365,12 @@ def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, prog
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 checkpoint()
+            if step in cfg.snapshots:
+                snap = out / f"step-{step}"
+                save_adapter(snap, pm, meta_at(step, snap.name))
+                log(f"snapshot at step {step} → {snap}/")
         bar.close()
-        timing = {**timing, "train_s": round(train_s, 1), "threads": torch.get_num_threads(),
-                  "s_per_step": round(train_s / max(1, cfg.steps), 3)}
-        meta = {
-            "name": out.name,
-            "base_model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
-            "lora": asdict(spec),
-            "config": cfg.to_dict(),
-            "config_digest": digest,
-            "recipe": recipe.describe(),
-            "split": split.to_dict(),
-            "loss_curve": curve,
-            "timing": timing,
-            "versions": _versions(),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        }
+        meta = meta_at(cfg.steps, out.name)
         save_adapter(out, pm, meta)
         ck_path.unlink(missing_ok=True)
         log(f"adapter → {out}/ ({cfg.steps} steps, {train_s:.0f} s of training, final loss "
