@@ -28,9 +28,10 @@ from plotly.subplots import make_subplots
 
 from introspect_mech.errors import IntrospectError
 from introspect_mech.execution import forward
-from introspect_mech.inject import Injection, Window, check_strength
+from introspect_mech.inject import Injection, check_strength
+from introspect_mech.model_options import add_model_args, load_model_from_args
 from introspect_mech.plots import save_figure
-from introspect_mech.prompts import RenderedPrompt, Turn, encode_text, render
+from introspect_mech.prompts import RenderedPrompt, encode_text
 from introspect_mech.record import RecordSpec
 from introspect_mech.store import atomic_write_json
 
@@ -333,15 +334,12 @@ def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject
     ``attention_summary.json``; returns the summary.
     """
     from introspect_mech.concepts import extract_concept_vectors
-    from introspect_mech.experiments.exp1_prompt import exp1_prompt
+    from introspect_mech.experiments.exp1_prompt import exp1_or_user_prompt
 
     strength = check_strength(strength)
     L = model.arch.resolve_layer(layer_inject)
-    if prompt == "exp1":
-        p = exp1_prompt(model.tokenizer, fmt=fmt)
-        rp, window, prompt_desc = p.rendered, p.window, "exp1"
-    else:
-        rp, window, prompt_desc = render(model.tokenizer, [Turn("user", prompt)], fmt=fmt), Window.all(), prompt
+    choice = exp1_or_user_prompt(model.tokenizer, prompt, fmt=fmt)
+    rp, window, prompt_desc = choice.rendered, choice.window, choice.label
     if vector is None:
         vector = extract_concept_vectors(model, [concept], layers=[L]).get(concept, L)
     inj = Injection(vector, L, strength, window, label=concept)
@@ -383,9 +381,7 @@ def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="introspect-mech analyze attention",
                                 description="Per-layer attention plots (clean, injected, injected − clean) for one prompt.")
-    p.add_argument("--model", default=None,
-                   help="embedded alias (smollm2-135m-instruct [default], gemma-3-270m), local path or HF id")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_model_args(p)
     p.add_argument("--prompt", default="exp1",
                    help="a user message (injected on every token); default 'exp1': the paper's Experiment 1 prompt")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
@@ -402,10 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from introspect_mech.models import load_model
-
     args = build_parser().parse_args(argv)
-    model = load_model(args.model, device=args.device, attention=True)
+    model = load_model_from_args(args, attention=True)
     summary = run(model, prompt=args.prompt, concept=args.concept, layer_inject=args.layer, strength=args.strength,
                   png_layer=args.png_layer, out_dir=args.out, max_tokens=args.max_tokens or None, png=not args.no_png,
                   fmt=args.format)

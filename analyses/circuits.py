@@ -236,7 +236,7 @@ class LogitMetric:
         for i in range(0, len(self.prompts), self.batch_size):
             chunk = list(self.prompts[i:i + self.batch_size])
             injs = None if self.injections is None else list(self.injections[i:i + self.batch_size])
-            abl = [_slice_ablation(a, i, len(chunk)) for a in ablations]
+            abl = [slice_ablation(a, i, len(chunk)) for a in ablations]
             rec = forward(self.model, chunk, injs, ablations=abl)
             vals.append(self.score(rec).double())
         return torch.cat(vals)
@@ -245,7 +245,7 @@ class LogitMetric:
         return float(self.per_row(ablations).mean())
 
 
-def _slice_ablation(a: Any, start: int, n: int) -> Any:
+def slice_ablation(a: Any, start: int, n: int) -> Any:
     """Patch/mean values carry a batch dimension for patching; cut them to the current chunk."""
     from dataclasses import replace
 

@@ -15,30 +15,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, IntrospectError
+from .model_options import add_model_args, load_model_from_args
 
 
 SYSTEM_HELP = ("system turn: 'auto' (default: none where the chat template allows it, else an explicit empty one), "
                "'none' (refuse templates that insert their own), 'empty', 'template' (the template's own default, "
                "e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM...'), or the system prompt's text")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="embedded alias (smollm2-135m-instruct [default], gemma-3-270m), local path or HF id")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-    p.add_argument("--remote", action="store_true", help="run on NDIF via nnsight (needs NDIF_API_KEY)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
-    p.add_argument("--adapter", default=None,
-                   help="organism adapter folder (from `organism train`) merged into the model's weights")
-
-
-def _load(args: argparse.Namespace, attention: bool = False):
-    from .models import load_model
-
-    return load_model(args.model, device=args.device, dtype=args.dtype, remote=args.remote,
-                      trust_remote_code=args.trust_remote_code, attention=attention,
-                      adapter=getattr(args, "adapter", None))
 
 
 def _words(text: str | None) -> list[str] | None:
@@ -62,7 +44,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_out_dir(Path(args.out).parent, "--out folder")
-    model = _load(args)
+    model = load_model_from_args(args)
     t0 = time.perf_counter()
     cv = extract_concept_vectors(model, _words(args.words), layers=args.layers, cache=not args.no_cache,
                                  batch_size=args.batch_size, system=args.system, dedupe_baseline=args.dedupe_baseline)
@@ -80,9 +62,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 def cmd_steer(args: argparse.Namespace) -> int:
     from .concepts import ConceptVectors, extract_concept_vectors
     from .execution import generate
-    from .experiments.exp1_prompt import exp1_prompt
-    from .inject import Injection, Window, check_strength
-    from .prompts import Turn, render
+    from .experiments.exp1_prompt import exp1_or_user_prompt
+    from .inject import Injection, check_strength
 
     from .concepts import check_word
     from .runner import check_run_settings
@@ -96,21 +77,16 @@ def cmd_steer(args: argparse.Namespace) -> int:
         from .store import check_out_dir
 
         check_out_dir(Path(args.json).parent, "--json folder")
-    model = _load(args)
+    model = load_model_from_args(args)
     layer = model.arch.resolve_layer(args.layer)
     if args.vectors:
         cv = ConceptVectors.load(args.vectors, model)
     else:
         cv = extract_concept_vectors(model, [args.concept], layers=[layer], system=args.system)
     vec = cv.get(args.concept, layer)
-    if args.prompt is None:
-        p = exp1_prompt(model.tokenizer, fmt=args.format, system=args.system)
-        prompt, window = p.rendered, p.window
-        where = f"from token {p.start} (the '\\n\\n' before 'Trial 1') through every generated token"
-    else:
-        prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format, system=args.system)
-        window, where = Window.all(), "on every token"
-    inj = Injection(vec, layer, args.strength, window, label=args.concept)
+    choice = exp1_or_user_prompt(model.tokenizer, args.prompt, fmt=args.format, system=args.system)
+    prompt, where = choice.rendered, choice.where
+    inj = Injection(vec, layer, args.strength, choice.window, label=args.concept)
     if model.context_length and len(prompt) + args.max_new_tokens > model.context_length:
         raise ConfigError(f"the prompt ({len(prompt)} tokens) plus --max-new-tokens {args.max_new_tokens} exceeds "
                           f"the model's context of {model.context_length}; lower --max-new-tokens")
@@ -230,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     bs = _batch_size(args.batch_size)
     check_run_settings(bs, args.temperature, args.seed, args.decode)
-    model = _load(args)
+    model = load_model_from_args(args)
     exp = cls(model, cfg)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress, decode=args.decode)
@@ -269,40 +245,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    if args.task == "exp3-intent":
-        return _calibrate_exp3(args)
-    if args.grader not in ("rules", "rules-literal"):
-        raise ConfigError("Exp 1 calibration of a judge runs through `python -m introspect_mech.grading.calibrate "
-                          "--grader openai ...`; `calibrate --task exp1` scores the offline rules")
-    from .grading.calibrate import main as calibrate_main
+    from .grading.calibrate import run
 
-    argv = (["--split", args.split, "--grader", args.grader] + (["--data", args.data] if args.data else [])
-            + (["--out", args.out] if args.out else []) + (["--store"] if args.store else []))
-    return calibrate_main(argv)
+    return run(args)
 
 
-def _calibrate_exp3(args: argparse.Namespace) -> int:
-    """Score the Exp 3 grader (offline classifier or a judge with the paper's prompt) on the shipped labels."""
-    from .grading import calibrate_intent as ci
-    from .report import make_grader
-    from .store import atomic_write_json
-
-    if args.grader == "rules":
-        rep = ci.calibrate_intent(ci.offline_verdicts, "rules (grading/intent.py)", args.data, args.split)
-    else:
-        judge = make_grader(args.grader, base_url=args.judge_url, cache_path=args.cache)
-        rep = ci.calibrate_intent(judge.intended, args.grader, args.data, args.split, binary=True)
-    agree = ci.annotator_agreement(args.data)
-    print(rep.to_markdown())
-    if agree["n"]:  # only sets with two annotators' labels (label_a, label_b) have this
-        print(f"Annotator agreement before adjudication (all {agree['n']} rows): {agree['agreement']:.3f}, "
-              f"3-way kappa {agree['kappa_3way']:.3f}, intent kappa {agree['kappa_intent']:.3f}")
-    if args.out:
-        atomic_write_json(Path(args.out), {**rep.to_dict(), "annotator_agreement": agree})
-    return 0
-
-
-ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance_heads", "thought-control": "thought_control",
+ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance", "thought-control": "thought_control",
             "attention": "attention_plots"}
 
 
@@ -319,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("vectors", help="extract concept vectors (mean subtraction) and save them")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--words", default="paper",
                    help="'paper' (the 50 concept words), a category name, or a comma-separated list")
     p.add_argument("--layers", default=None, help="comma-separated indices or depth fractions (default: all)")
@@ -333,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vectors)
 
     p = sub.add_parser("steer", help="generate with an injected concept, next to the un-injected text")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--concept", default="dust")
     p.add_argument("--layer", default="0.67", help="layer index or depth fraction (default 0.67)")
     p.add_argument("--strength", type=float, default=4.0)
@@ -351,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
     p.add_argument("experiment", choices=["injected-thoughts", "thoughts-vs-text", "prefill-intent",
                                           "intentional-control"])
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
     # experiment options default to None: the experiment's config dataclass holds the defaults (the paper's)
     p.add_argument("--layers", default=None, help="indices or depth fractions (default 0.33,0.5,0.67,0.83)")
@@ -412,21 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .organism.cli import add_organism_parser
 
-    add_organism_parser(sub, _add_model_args)
+    add_organism_parser(sub)
+
+    from .grading.calibrate import add_arguments as add_calibrate_arguments
 
     p = sub.add_parser("calibrate", help="score a grader against labelled responses")
-    p.add_argument("--task", default="exp1", choices=["exp1", "exp3-intent"],
-                   help="exp1: the shared externally graded Exp 1 set; exp3-intent: the packaged Exp 3 labels")
-    p.add_argument("--grader", default="rules",
-                   help="'rules' (offline; 'rules-literal' without the related-concept step), or for "
-                        "exp3-intent a judge: 'hf:MODEL' or 'openai:MODEL'")
-    p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
-    p.add_argument("--cache", default=None, help="judge verdict cache (JSONL)")
-    p.add_argument("--data", default=None, help="labelled JSONL (default: the task's own set)")
-    p.add_argument("--split", default="test", choices=["test", "dev", "all"])
-    p.add_argument("--out", default=None)
-    p.add_argument("--store", action="store_true",
-                   help="exp1: record recall/precision in the package, where the Exp 1 report reads them")
+    add_calibrate_arguments(p)
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -117,6 +117,20 @@ class ConceptVectors:
         """‖v‖ per word and layer: ``[n_words, n_layers]``."""
         return self.vectors.float().norm(dim=-1)
 
+    def scaling_factor(self, layer: int, strength: float) -> float:
+        """The activation scale of the "scaling" control at ``layer``: ``1 + strength · mean‖v‖ / mean‖h‖``.
+
+        Why this factor: scaling the model's own activations by it perturbs the residual by as much,
+        on average, as injecting one of these concept vectors at ``strength`` (mean over the words
+        here; ‖h‖ from the baseline prompts), so an "anomaly" signal that is only "bigger" shows up
+        on this control too."""
+        if self.mean_norms is None:
+            raise VectorError("these vectors carry no mean residual norms (mean_norms); re-extract them")
+        i = self._layer_index(layer)
+        mean_h = float(self.mean_norms[i])
+        mean_v = float(self.norms()[:, i].mean())
+        return 1 + strength * mean_v / mean_h
+
     # ---- persistence ------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path.safetensors`` and ``path.json`` atomically; returns the safetensors path."""

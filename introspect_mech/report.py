@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .errors import ArtifactError, ConfigError, MissingFileError
+from .grading.factory import check_grader_name, make_grader, make_intent_judge, make_word_chooser
 from .store import ResultStore, atomic_write_json, atomic_write_text, check_out_dir
 
 
@@ -41,52 +42,6 @@ def _report_dir(run: Path, figures_dir: str | Path | None) -> Path:
     if figures_dir is None:
         raise ConfigError(f"{run} is read-only; pass --figures-dir DIR to write the report, summary and figures there")
     return check_out_dir(figures_dir, "--figures-dir")
-
-
-def check_grader_name(name: str) -> str:
-    """Refuse an unknown grader spec before anything is read, loaded or written."""
-    if name == "rules" or (name.startswith(("openai:", "hf:")) and name.split(":", 1)[1].strip()):
-        return name
-    raise ConfigError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
-                      "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
-                      "base URL)")
-
-
-def make_grader(name: str, **kwargs: Any):
-    if name in ("rules", "rules-literal"):
-        from .grading.rules import RuleGrader
-
-        return RuleGrader() if name == "rules" else RuleGrader(related=None)
-    if name.startswith("openai:"):
-        from .grading.llm_judge import LLMJudge, OpenAIBackend
-
-        _, model = name.split(":", 1)
-        base = kwargs.get("base_url") or "https://api.openai.com/v1"
-        return LLMJudge(OpenAIBackend(base, model), cache_path=kwargs.get("cache_path"))
-    if name.startswith("hf:"):
-        from .grading.llm_judge import HFBackend, LLMJudge
-        from .models import load_model
-
-        judge_model = load_model(name.split(":", 1)[1])
-        return LLMJudge(HFBackend(judge_model.hf, judge_model.tokenizer, id=f"hf:{judge_model.name}:{judge_model.fingerprint}"),
-                        cache_path=kwargs.get("cache_path"))
-    raise ConfigError(f"unknown grader {name!r}; use 'rules' ('rules-literal': no related concepts), 'hf:MODEL' (a local judge model: alias, path or HF id) "
-                     "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
-                     "base URL)")
-
-
-class _JudgeChooser:
-    """The paper's word_choice judge prompt behind the chooser interface."""
-
-    def __init__(self, judge: Any) -> None:
-        self.judge, self.name = judge, getattr(judge, "name", "judge")
-
-    def choose(self, response: str, candidates: Sequence[str]):
-        from .grading.word_choice import Choice
-
-        answer = self.judge.choose_words([response], [list(candidates)])[0]
-        hit = next((c for c in candidates if c.lower() in answer.lower()), "")
-        return Choice(hit, "judge", {"answer": answer})
 
 
 def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str | Path | None = None,
@@ -120,12 +75,7 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     elif exp == "thoughts_vs_text":
         from .experiments import thoughts_vs_text_report as rep
 
-        if grader in ("rules", "rules-literal"):
-            from .grading.word_choice import EmbeddingChooser
-
-            chooser = EmbeddingChooser()
-        else:
-            chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl"))
+        chooser = make_word_chooser(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl")
         grades = rep.grade(records, chooser)
         summary = rep.summarize(records, grades, n_layers, manifest["config"].get("n_choices", 10))
         table = rep.markdown_table(summary)
@@ -134,8 +84,7 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     elif exp == "prefill_intent":
         from .experiments import prefill_intent_report as rep
 
-        g = None if grader == "rules" else make_grader(grader, base_url=judge_url,
-                                                       cache_path=out_dir / "judge_cache.jsonl")
+        g = make_intent_judge(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl")
         grades = rep.grade(records, g)
         summary = rep.summarize(records, grades, n_layers)
         table = rep.markdown_table(summary)

@@ -28,6 +28,7 @@ from . import protocol
 from .execution import generate
 from .inject import Injection
 from .prompts import RenderedPrompt
+from .seeds import seed_from
 from .store import ResultStore, RunLock, atomic_write_json, check_out_dir
 
 
@@ -127,7 +128,7 @@ def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: f
 
 
 def batch_seed(run_seed: int, batch_index: int) -> int:
-    return int(hashlib.sha256(f"{run_seed}:{batch_index}".encode()).hexdigest()[:8], 16)
+    return seed_from(run_seed, batch_index)
 
 
 def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None) -> list[list[Trial]]:

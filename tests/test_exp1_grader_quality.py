@@ -78,7 +78,7 @@ def test_figure_titles_carry_the_grader_quality():
 def test_store_round_trip_keeps_provenance(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"response": "a", "concept": "dust", "labels": {"affirmative": True}}) + "\n")
-    report = cal.CalibrationReport("g1", str(data), "all", 1, [cal._agreement("affirmative", [(True, True)])])
+    report = cal.CalibrationReport("g1", str(data), "all", 1, [cal.agreement("affirmative", [(True, True)])])
     out = cs.store(report, tmp_path / "cal.json")
     cs.store(cal.CalibrationReport("g2", str(data), "all", 1, []), out)
     e = cs.load("g1", out)

@@ -87,7 +87,7 @@ def test_logit_effects_are_paired_by_pair():
         recs.append({"condition": "matching_concept", "layer": 4, "strength": 8.0, "extra": {"pair": pair},
                      "intent_logodds": base + 1.0 + 0.01 * pair})
     eff = {e["vs"]: e["effect"] for e in logit_effects(recs)}
-    assert eff["no_injection"]["mean"] == pytest.approx(1.01) and eff["no_injection"]["n"] == 3
-    assert eff["random_other_concept"]["mean"] == pytest.approx(0.51)
+    assert eff["no_injection"].mean == pytest.approx(1.01) and eff["no_injection"].n == 3
+    assert eff["random_other_concept"].mean == pytest.approx(0.51)
     # paired: the interval is tight despite the spread of the pairs' baselines
-    assert eff["random_other_concept"]["hi"] - eff["random_other_concept"]["lo"] < 0.1
+    assert eff["random_other_concept"].hi - eff["random_other_concept"].lo < 0.1

@@ -27,7 +27,6 @@ so the controls do not rest on one category.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -37,7 +36,8 @@ from ..concepts import ConceptVectors, check_word, extract_concept_vectors
 from ..inject import Injection, Window, check_strength, check_sweep_axes, random_like
 from ..prompts import Turn, render, resolve_system
 from ..runner import Trial, TrialInput
-from .exp1_prompt import exp1_prompt, exp1_turns
+from ..seeds import seed_from
+from .exp1_prompt import exp1_prompt
 
 NAME = "injected_thoughts"
 ALL_CONTROLS = ("control", "yes_bias", "random_vector", "negated", "scaling", "alt_prompt")
@@ -110,16 +110,12 @@ class InjectedThoughtsConfig:
             check_strength(self.random_fixed_strength)
 
 
-def _seed_of(*parts: Any) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def draw_concepts(words: list[str], k: int, *key: Any) -> list[str]:
     """``k`` concepts drawn without replacement (with replacement beyond ``len(words)``) from all of
     ``words``, by an RNG seeded with ``key``: deterministic, and spread over every category."""
     import random
 
-    rng = random.Random(_seed_of("controls", *key))
+    rng = random.Random(seed_from("controls", *key))
     out: list[str] = []
     while len(out) < k:
         out += rng.sample(words, min(len(words), k - len(out)))
@@ -228,12 +224,8 @@ class InjectedThoughts:
             val = (p.rendered, p.window)
         elif key.startswith("yes_bias:"):
             q = exp["yes_bias_control_questions"][int(key.split(":")[1])]
-            turns = exp1_turns(self.cfg.variant)
-            head = turns[-1].content.split("Trial 1:")[0]
-            turns[-1] = Turn("user", head + "Trial 1: " + q)
-            rp = render(model.tokenizer, turns, fmt=self.cfg.fmt, system=self.cfg.system)
-            cs, _ = rp.find("\n\nTrial 1")
-            val = (rp, Window.from_position(rp.token_span(cs, cs + 2)[0]))
+            p = exp1_prompt(model.tokenizer, self.cfg.variant, self.cfg.fmt, self.cfg.system, question=q)
+            val = (p.rendered, p.window)
         elif key.startswith("alt:"):
             q = exp["alternative_prompts_inject_all_positions"][int(key.split(":")[1])]
             val = (render(model.tokenizer, [Turn("user", q)], fmt=self.cfg.fmt, system=self.cfg.system), Window.all())
@@ -255,17 +247,14 @@ class InjectedThoughts:
             inj = Injection(v, trial.layer, s, window, label=trial.concept)
         elif trial.condition in ("random_vector", "random_vector_fixed"):
             # norm-matched to the concept vector; random_vector_fixed is injected at the paper's strength 8
-            seed = _seed_of("random", trial.concept, trial.layer, trial.sample,
+            seed = seed_from("random", trial.concept, trial.layer, trial.sample,
                             *(("fixed",) if trial.condition == "random_vector_fixed" else ()))
             inj = Injection(random_like(v, seed), trial.layer, s, window, label=f"random:{seed}")
             info["random_seed"] = seed
         elif trial.condition == "negated":
             inj = Injection(-v, trial.layer, s, window, label=f"-{trial.concept}")
         elif trial.condition == "scaling":
-            L_idx = self.vectors.layers.index(trial.layer)
-            mean_h = float(self.vectors.mean_norms[L_idx])
-            mean_v = float(self.vectors.norms()[:, L_idx].mean())
-            factor = 1.0 + s * mean_v / mean_h
+            factor = self.vectors.scaling_factor(trial.layer, s)
             inj = Injection.scaling(trial.layer, factor, window)
             info["scale_factor"] = factor
         else:

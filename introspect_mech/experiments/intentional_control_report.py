@@ -31,7 +31,7 @@ N_BOOT = 2000
 
 def _mean_ci(xs: list[float]) -> tuple[float, float, float]:
     d = mean_interval(xs)
-    return d["mean"], d["lo"], d["hi"]
+    return d.mean, d.lo, d.hi
 
 
 def _mean(xs: Sequence[float]) -> float:

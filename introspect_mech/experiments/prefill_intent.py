@@ -42,6 +42,28 @@ NAME = "prefill_intent"
 CONDITIONS = ("no_injection", "matching_concept", "random_other_concept", "question_turn")
 INTENT_REPLIES = ("Yes, I meant to say that.", "I meant to say that. It was intentional.")
 APOLOGY_REPLIES = ("No, it was an accident.", "Sorry, that was an accident.")
+REPLIES = INTENT_REPLIES + APOLOGY_REPLIES
+"""The replies the logit measure scores, intent first (``intent_logodds`` relies on that order)."""
+
+
+def reply_logprobs(scores: torch.Tensor, items: Sequence[int], n_items: int) -> torch.Tensor:
+    """Per item, log P(reply | prompt) for every reply: ``[n_items, n_replies]`` (float64).
+
+    ``scores`` is ``reply_scoring.score_replies``'s ``[rows, n_replies]`` (NaN where a row does not
+    hold a reply) and ``items[r]`` the item of row ``r``: a packed row holds all replies of its item,
+    unpacked rows one each; the non-NaN entries of an item's rows are merged."""
+    out = torch.full((n_items, scores.shape[1]), float("nan"), dtype=torch.float64)
+    for r, item in enumerate(items):
+        ok = ~torch.isnan(scores[r])
+        out[item][ok] = scores[r][ok].to(torch.float64)
+    return out
+
+
+def intent_logodds(logprobs: torch.Tensor) -> torch.Tensor:
+    """The Exp 3 logit measure from ``reply_logprobs`` (``[..., REPLIES]``): log Σ P(intent replies) −
+    log Σ P(apology replies), i.e. a log-sum-exp over each side's reply variants."""
+    n = len(INTENT_REPLIES)
+    return torch.logsumexp(logprobs[..., :n], -1) - torch.logsumexp(logprobs[..., n:], -1)
 
 
 @dataclass
@@ -181,22 +203,17 @@ class PrefillIntent:
         included when packed."""
         from ..reply_scoring import build_reply_layout, packing_supported, score_replies
 
-        replies = list(INTENT_REPLIES) + list(APOLOGY_REPLIES)
         packed = packing_supported(model)
-        lay = build_reply_layout(model, [x.prompt for x in inputs], replies, packed)
+        lay = build_reply_layout(model, [x.prompt for x in inputs], list(REPLIES), packed)
         injs = [inputs[i].injections or None for i in lay.item]
-        scores, doses = score_replies(model, lay, injs, len(replies), with_doses=True)
+        scores, doses = score_replies(model, lay, injs, len(REPLIES), with_doses=True)
+        lp = reply_logprobs(scores, lay.item, len(inputs))
+        lo = intent_logodds(lp)
         out = []
-        n_i = len(INTENT_REPLIES)
         for j in range(len(inputs)):
-            rows = [r for r, it in enumerate(lay.item) if it == j]
-            s = torch.full((len(replies),), float("nan"), dtype=torch.float64)
-            for r in rows:
-                ok = ~torch.isnan(scores[r])
-                s[ok] = scores[r][ok]
-            lo = float(torch.logsumexp(s[:n_i], 0) - torch.logsumexp(s[n_i:], 0))
-            dose = doses[rows[0]][0] if doses[rows[0]] else None
-            out.append({"intent_logodds": lo, "reply_logprobs": dict(zip(replies, s.tolist())),
+            first = lay.item.index(j)
+            dose = doses[first][0] if doses[first] else None
+            out.append({"intent_logodds": float(lo[j]), "reply_logprobs": dict(zip(REPLIES, lp[j].tolist())),
                         "doses": [dose] if dose is not None else [], "packed_replies": packed})
         return out
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..grading.intent import classify_intent
-from ..stats import Rate, difference_interval, mean_interval
+from ..stats import MeanCI, Rate, difference_interval, mean_interval
 from .thoughts_vs_text_report import repeat_ok
 
 TRANSCRIPTION = ("transcription", "transcription_clean")
@@ -124,8 +124,8 @@ def _fmt(r: dict | None) -> str:
     return "–" if not r or r["n"] == 0 else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})"
 
 
-def _fmt_m(m: dict | None) -> str:
-    return "–" if not m or not m["n"] else f"{m['mean']:+.2f} [{m['lo']:+.2f}, {m['hi']:+.2f}]"
+def _fmt_m(m: MeanCI | None) -> str:
+    return "–" if not m or not m.n else f"{m.mean:+.2f} [{m.lo:+.2f}, {m.hi:+.2f}]"
 
 
 def markdown_table(summary: dict) -> str:
@@ -148,10 +148,10 @@ def markdown_table(summary: dict) -> str:
         for r in (x for x in tr if x["condition"] == "transcription"):
             lines.append(f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | {_fmt(r['transcribed'])} | "
                          f"{_fmt(clean['transcribed']) if clean else '–'} |")
-    eff = [e for e in summary.get("logit_effects", []) if e["vs"] == "random_other_concept" and e["effect"]["n"]]
+    eff = [e for e in summary.get("logit_effects", []) if e["vs"] == "random_other_concept" and e["effect"].n]
     if eff:
-        top = max(eff, key=lambda e: e["effect"]["mean"])
-        above = [e for e in eff if e["effect"]["lo"] is not None and e["effect"]["lo"] > 0]
+        top = max(eff, key=lambda e: e["effect"].mean)
+        above = [e for e in eff if e["effect"].lo is not None and e["effect"].lo > 0]
         lines.append("")
         lines.append(f"Paired logit effect (matching − random concept, per pair): {len(above)} of {len(eff)} "
                      f"layer × strength cells have a 95% interval above 0; the largest is "
@@ -193,11 +193,11 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
     if lo_rows:
         fig = _mean_lines(lo_rows, group="condition", metric="intent_logodds", name=lambda g, s: f"{g} s={s:g}")
         if base and "intent_logodds" in base:
-            fig.add_hline(y=base["intent_logodds"]["mean"], line_dash="dot", annotation_text="no injection")
+            fig.add_hline(y=base["intent_logodds"].mean, line_dash="dot", annotation_text="no injection")
         fig.update_layout(title="Exp 3 (no generation): log-odds of an intent reply vs an apology reply",
                           xaxis_title="layer", yaxis_title="log P(intent) − log P(apology)", template="plotly_white")
         written["logodds"] = plots.save_figure(fig, out_dir / "exp3_intent_logodds_vs_layer", png=png)
-    eff = [e for e in summary.get("logit_effects", []) if e["effect"]["n"] and e["layer"] is not None]
+    eff = [e for e in summary.get("logit_effects", []) if e["effect"].n and e["layer"] is not None]
     if eff:
         fig = _mean_lines(eff, group="vs", metric="effect",
                           name=lambda g, s: f"matching − {g.replace('_', ' ')}, s={s:g}")
@@ -221,8 +221,8 @@ def _mean_lines(rows: Sequence[dict], *, group: str, metric: str, name: Any) -> 
             pts = sorted((r for r in rows if r[group] == g and r["strength"] == s), key=lambda r: r["layer"])
             m = [r[metric] for r in pts]
             fig.add_trace(go.Scatter(
-                x=[r["layer"] for r in pts], y=[x["mean"] for x in m], mode="lines+markers", name=name(g, s),
+                x=[r["layer"] for r in pts], y=[x.mean for x in m], mode="lines+markers", name=name(g, s),
                 line=dict(color=plots.PALETTE[i % len(plots.PALETTE)], dash=dashes[j % len(dashes)]),
-                error_y=dict(type="data", symmetric=False, array=[x["hi"] - x["mean"] for x in m],
-                             arrayminus=[x["mean"] - x["lo"] for x in m])))
+                error_y=dict(type="data", symmetric=False, array=[x.hi - x.mean for x in m],
+                             arrayminus=[x.mean - x.lo for x in m])))
     return fig

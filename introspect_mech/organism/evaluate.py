@@ -20,7 +20,6 @@ the reply says something is unusual and that it cannot tell what. Closely relate
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from ..experiments.exp1_prompt import exp1_prompt
 from ..grading.base import GradeRequest
 from ..grading.rules import RuleGrader, word_pattern
 from ..inject import Injection, random_like
+from ..seeds import seed_from
 from ..stats import Rate
 from ..store import atomic_write_json, atomic_write_text
 from .recipe import protocol_yes_bias_questions, trial_prompt
@@ -90,10 +90,6 @@ class _Row:
     question: str | None = None
 
 
-def _seed(*parts: Any) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_Row]:
     p = exp1_prompt(model.tokenizer)
     prompt, window = p.rendered, p.window
@@ -112,7 +108,7 @@ def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_
                     w = words[i % len(words)]
                     v = vectors.get(w, L)
                     s = d * refs[0][L] / float(v.double().norm())
-                    rv = random_like(v, _seed("organism-eval-random", w, L, i))
+                    rv = random_like(v, seed_from("organism-eval-random", w, L, i))
                     rows.append(_Row("random_vector", mode, prompt, Injection(rv, L, s, window, label="random"), w, L, d))
                 for k, (q, (qp, qw)) in enumerate(zip(qs, q_prompts)):
                     w = words[k % len(words)]
@@ -142,7 +138,7 @@ def _generate_rows(model: Any, cfg: EvalConfig, rows: list[_Row], progress: bool
             chunk = idx[j:j + cfg.batch_size]
             gen = generate(model, [rows[i].prompt for i in chunk], [rows[i].injection for i in chunk],
                            max_new_tokens=cfg.max_new_tokens, temperature=1.0 if mode == "sampled" else 0.0,
-                           seed=_seed("organism-eval", cfg.seed, mode, j, chunk[0]),
+                           seed=seed_from("organism-eval", cfg.seed, mode, j, chunk[0]),
                            prefix=prefix if use_prefix else None)
             for i, text, dose in zip(chunk, gen.texts, gen.doses):
                 r = rows[i]
