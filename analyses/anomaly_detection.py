@@ -29,7 +29,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from introspect_mech import protocol
 from introspect_mech.concepts import extract_concept_vectors
 from introspect_mech.errors import ConfigError
 from introspect_mech.execution import forward
-from introspect_mech.experiments.exp1_prompt import VARIANTS, exp1_prompt, paper_question
+from introspect_mech.experiments.injected_thoughts.prompt import VARIANTS, exp1_prompt, paper_question
 from introspect_mech.model_options import add_model_args, load_model_from_args
 from introspect_mech.inject import Injection, Window, random_like
 from introspect_mech.record import RecordSpec
@@ -47,6 +47,9 @@ from introspect_mech.stats import Rate, format_p
 from introspect_mech.store import atomic_write_json
 
 from .circuits import Direction, Hypothesis, LogitMetric, covariance_directions, next_token_logodds, test_hypothesis
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 NULLS = ("shuffled", "covariance", "isotropic")
 
@@ -74,7 +77,7 @@ class AnomalyConfig:
             raise ConfigError("n_null must be >= 1 (the minimum attainable p is 1 / (1 + n_null))")
 
 
-def exp1_prompt_set(model: Any, n_trial_numbers: int) -> list[tuple[Any, Window, str]]:
+def exp1_prompt_set(model: Model, n_trial_numbers: int) -> list[tuple[Any, Window, str]]:
     """Exp 1-style prompts that differ in the last user turn; each with its injection window and a key."""
     asks = [(f"{v}:t{n}", dict(question=paper_question(v), trial=n))
             for v in VARIANTS for n in range(1, n_trial_numbers + 1)]
@@ -96,7 +99,7 @@ class Rows:
     prompt: list[str]
 
 
-def collect(model: Any, cfg: AnomalyConfig, layers: list[int], inj_layer: int, words: list[str], vectors) -> Rows:
+def collect(model: Model, cfg: AnomalyConfig, layers: list[int], inj_layer: int, words: list[str], vectors) -> Rows:
     prompts = exp1_prompt_set(model, cfg.n_trial_numbers)
     items: list[tuple[Any, Injection | None, str, str | None, float | None, str]] = []
     for rp, win, key in prompts:
@@ -123,7 +126,7 @@ def collect(model: Any, cfg: AnomalyConfig, layers: list[int], inj_layer: int, w
                 [c[4] for c in items], [c[5] for c in items])
 
 
-def _folds(rows: Rows, n_folds: int, seed: int) -> np.ndarray:
+def held_out_folds(rows: Rows, n_folds: int, seed: int) -> np.ndarray:
     """Fold id per row: concepts (for concept/random rows) and prompts (for clean/scaling rows) are held out."""
     rng = np.random.default_rng(seed)
     concepts = sorted({c for c in rows.concept if c})
@@ -242,7 +245,7 @@ def null_direction_sets(rows: Rows, layers: list[int], cfg: AnomalyConfig) -> tu
     return None, "isotropic random directions"
 
 
-def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict,
+def causal_test(model: Model, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict,
                 rows: Rows | None = None) -> dict:
     """Project the probe directions out at readout layers > the injection layer, at tokens from the
     injection window on; metric = Exp 1 yes-vs-no log-odds; null per ``cfg.null``."""
@@ -273,7 +276,7 @@ def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: 
             "injection_effect_on_metric": res.baseline - clean, **res.to_dict()}
 
 
-def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "figures/anomaly", png: bool = True) -> dict:
+def run(model: Model, cfg: AnomalyConfig | None = None, out_dir: str | Path = "figures/anomaly", png: bool = True) -> dict:
     cfg = cfg or AnomalyConfig()
     cfg.validate()
     t0 = time.perf_counter()
@@ -288,7 +291,7 @@ def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "fig
     words = [w.lower() for w in protocol.concept_words()[: cfg.n_concepts]]
     vectors = extract_concept_vectors(model, words, layers=[inj])
     rows = collect(model, cfg, layers, inj, words, vectors)
-    folds = _folds(rows, cfg.n_folds, cfg.seed)
+    folds = held_out_folds(rows, cfg.n_folds, cfg.seed)
     probes = {L: probe_layer(rows, L, folds, cfg.strengths) for L in layers}
     causal = causal_test(model, cfg, inj, vectors, words, probes, rows)
     from introspect_mech.prompts import resolve_system

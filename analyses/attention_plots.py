@@ -20,7 +20,7 @@ import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -34,6 +34,9 @@ from introspect_mech.plots import save_figure
 from introspect_mech.prompts import RenderedPrompt, encode_text
 from introspect_mech.record import RecordSpec
 from introspect_mech.store import atomic_write_json
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 __all__ = ["AttentionMaps", "AttentionMapsError", "attention_maps", "difference", "token_labels",
            "layer_grid_figure", "slider_figure", "summarize", "run", "main"]
@@ -97,11 +100,11 @@ def token_labels(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
     return [f"{i}:{_readable(tokenizer.decode([int(t)]))}" for i, t in enumerate(token_ids)]
 
 
-def _as_prompt(model: Any, prompt: RenderedPrompt | str) -> RenderedPrompt:
+def _as_prompt(model: Model, prompt: RenderedPrompt | str) -> RenderedPrompt:
     return prompt if isinstance(prompt, RenderedPrompt) else encode_text(model.tokenizer, str(prompt))
 
 
-def attention_maps(model: Any, prompt: RenderedPrompt | str, injection: Injection | Sequence[Injection] | None = None,
+def attention_maps(model: Model, prompt: RenderedPrompt | str, injection: Injection | Sequence[Injection] | None = None,
                    layers: Any = None, *, label: str | None = None) -> AttentionMaps:
     """Record every head's attention pattern at ``layers`` (default: all) in one forward pass.
 
@@ -320,7 +323,7 @@ def summarize(diff: AttentionMaps, *, top: int = 5, n_keys: int = 3) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject: int | float | str = 0.67,
+def run(model: Model, *, prompt: str = "exp1", concept: str = "dust", layer_inject: int | float | str = 0.67,
         strength: float = 8, png_layer: int | None = None, out_dir: str | Path = "figures/attention",
         max_tokens: int | None = DEFAULT_MAX_TOKENS, png: bool = True, vector: torch.Tensor | None = None,
         fmt: str = "auto") -> dict:
@@ -334,7 +337,7 @@ def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject
     ``attention_summary.json``; returns the summary.
     """
     from introspect_mech.concepts import extract_concept_vectors
-    from introspect_mech.experiments.exp1_prompt import exp1_or_user_prompt
+    from introspect_mech.experiments.injected_thoughts.prompt import exp1_or_user_prompt
 
     strength = check_strength(strength)
     L = model.arch.resolve_layer(layer_inject)

@@ -28,14 +28,18 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from introspect_mech.execution import forward
-from introspect_mech.experiments.intentional_control import IntentionalControl, IntentionalControlConfig
+from introspect_mech.experiments.intentional_control.protocol import IntentionalControl
+from introspect_mech.experiments.intentional_control.config import IntentionalControlConfig
 from introspect_mech.model_options import add_model_args, models_from_args
 from introspect_mech.record import RecordSpec
 from introspect_mech.stats import MeanCI, bootstrap_interval, mean_interval
 from introspect_mech.store import atomic_write_json
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 IDENTITY_TOL = 1e-3  # relative: max |attn + mlp − Δ| / max |Δ| over pairs and layers
 
@@ -53,7 +57,7 @@ class Contributions:
     per_pair_residual: dict[int, list[float]]  # think − don't per pair and layer (for bootstrap intervals)
 
 
-def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16,
+def contributions(model: Model, n_pairs: int = 20, batch_size: int = 16,
                   direction_layer: int | float | str = -1) -> tuple[Contributions, dict]:
     """One forward per batch with residual, attention and MLP outputs recorded at every layer."""
     model.arch.require_additive_blocks("the thought-control decomposition")
@@ -68,7 +72,7 @@ def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16,
     err_num = err_den = 0.0
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        built = [exp.prompt(model, t, i) for t, i in chunk]
+        built = [exp.prompt(t, i) for t, i in chunk]
         rec = forward(model, [b[0] for b in built],
                       record=RecordSpec(layers=None, residual=True, components=True, logits=False))
         for r, ((t, i), (rp, (a, b))) in enumerate(zip(chunk, built)):
@@ -107,7 +111,7 @@ def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16,
     err = err_num / err_den if err_den > 0 else 0.0
     return (Contributions(out["res"], out["attn"], out["mlp"], out["delta"], out["own"], err, per_pair),
             {"n_pairs": n_pairs, "words": exp.pair_words, "direction_layer": L_dir,
-             "system_prompt": exp.prompt(model, "think", 0)[0].system,
+             "system_prompt": exp.prompt("think", 0)[0].system,
              "direction": f"each pair word's unit concept vector at layer {L_dir}, the same at every layer"})
 
 
@@ -144,7 +148,7 @@ def summarize_model(c: Contributions, meta: dict, n_layers: int) -> dict:
 
 
 def gap_from_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
-    from introspect_mech.experiments import intentional_control_report as rep
+    from introspect_mech.experiments.intentional_control import report as rep
     from introspect_mech.report import load_run
 
     out = {}
@@ -156,7 +160,7 @@ def gap_from_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
     return out
 
 
-def run(models: Sequence[Any], *, runs: Sequence[str | Path] = (), n_pairs: int = 20,
+def run(models: Sequence[Model], *, runs: Sequence[str | Path] = (), n_pairs: int = 20,
         out_dir: str | Path = "figures/thought_control", png: bool = True,
         direction_layer: int | float | str = -1) -> dict:
     t0 = time.perf_counter()
@@ -221,7 +225,7 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
             xs = [L / (n - 1) for L in range(n)]
             c = plots.PALETTE[i % len(plots.PALETTE)]
             fig2.add_trace(go.Scatter(x=xs + xs[::-1], y=gap["hi"] + gap["lo"][::-1], fill="toself",
-                                      fillcolor=plots._rgba(c, 0.2), mode="lines", line=dict(width=0), showlegend=False))
+                                      fillcolor=plots.rgba(c, 0.2), mode="lines", line=dict(width=0), showlegend=False))
             sdi = gap.get("silent_decay_index")
             ci = (f" [{gap['decay_index_lo']:.2f}, {gap['decay_index_hi']:.2f}]"
                   if gap.get("decay_index_lo") is not None else "")

@@ -18,11 +18,6 @@ from .errors import ConfigError, IntrospectError
 from .model_options import add_model_args, load_model_from_args
 
 
-SYSTEM_HELP = ("system turn: 'auto' (default: none where the chat template allows it, else an explicit empty one), "
-               "'none' (refuse templates that insert their own), 'empty', 'template' (the template's own default, "
-               "e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM...'), or the system prompt's text")
-
-
 def _words(text: str | None) -> list[str] | None:
     if text is None:
         return None
@@ -62,7 +57,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 def cmd_steer(args: argparse.Namespace) -> int:
     from .concepts import ConceptVectors, extract_concept_vectors
     from .execution import generate
-    from .experiments.exp1_prompt import exp1_or_user_prompt
+    from .experiments.injected_thoughts.prompt import exp1_or_user_prompt
     from .inject import Injection, check_strength
 
     from .concepts import check_word
@@ -106,81 +101,16 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _items(text: str, what: str) -> list[str]:
-    """A comma-separated CLI list; an empty list (``--layers ''``, ``--strengths ,``) is an error, not 'none'."""
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise ConfigError(f"{what} is empty; pass a comma-separated list such as {'4,8' if 'strength' in what else '0.5,0.67'}")
-    return items
+def experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The chosen experiment's spec and its config from the options the user gave (defaults live only in the
+    config dataclass); validated, before anything is loaded or written."""
+    from .experiments.options import config_from_options, given_options
 
-
-def _floats(text: str) -> list[float]:
-    """Strengths from the CLI: each checked, duplicates (4 and 4.0) listed once."""
-    from .inject import check_strength
-
-    out: list[float] = []
-    for x in _items(text, "--strengths"):
-        s = check_strength(x)
-        if s not in out:
-            out.append(s)
-    return out
-
-
-# CLI option → config field, per experiment. An option an experiment does not use is refused, not ignored.
-RUN_OPTIONS: dict[str, dict[str, str]] = {
-    "injected-thoughts": {"layers": "layers", "strengths": "strengths", "concepts": "concepts",
-                          "n_concepts": "n_concepts", "trials": "trials", "control_trials": "control_trials",
-                          "controls": "controls", "control_per_cell": "control_per_cell",
-                          "yes_bias_per_cell": "yes_bias_per_cell", "alt_per_cell": "alt_per_cell",
-                          "variant": "variant", "max_new_tokens": "max_new_tokens",
-                          "random_fixed_strength": "random_fixed_strength", "control_seed": "control_seed"},
-    "thoughts-vs-text": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_sentences"},
-    "prefill-intent": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_pairs", "measure": "measure",
-                       "max_new_tokens": "max_new_tokens"},
-    "intentional-control": {"n_pairs": "n_pairs"},
-}
-_CONVERT = {"layers": lambda v: _items(v, "--layers"), "strengths": _floats,
-            "controls": lambda v: None if v == "all" else tuple(_items(v, "--controls")),
-            "random_fixed_strength": lambda v: _KEEP_NONE if _optional_strength(v) is None else _optional_strength(v)}
-_KEEP_NONE = object()  # an option whose value is None on purpose ('none'), unlike an option not given
-
-
-def _experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The experiment's config from the options the user gave; defaults live only in the config dataclasses."""
-    if args.experiment == "injected-thoughts":
-        from .experiments.injected_thoughts import InjectedThoughts as cls, InjectedThoughtsConfig as cfg_cls
-    elif args.experiment == "thoughts-vs-text":
-        from .experiments.thoughts_vs_text import ThoughtsVsText as cls, ThoughtsVsTextConfig as cfg_cls
-    elif args.experiment == "prefill-intent":
-        from .experiments.prefill_intent import PrefillIntent, PrefillIntentConfig as cfg_cls, PrefillIntentLogits
-
-        cls = PrefillIntentLogits if args.measure == "logits" else PrefillIntent
-    elif args.experiment == "intentional-control":
-        from .experiments.intentional_control import IntentionalControl as cls, IntentionalControlConfig as cfg_cls
-    else:  # argparse restricts the choices; this guards programmatic calls
-        raise IntrospectError(f"unknown experiment {args.experiment!r}")
-    allowed = RUN_OPTIONS[args.experiment]
-    every = {k for opts in RUN_OPTIONS.values() for k in opts}
-    unused = [k for k in sorted(every - set(allowed)) if getattr(args, k, None) is not None]
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ConfigError(f"{args.experiment} does not use {flags}; remove it (its options: "
-                          f"{', '.join('--' + k.replace('_', '-') for k in allowed)}, --format)")
-    if args.experiment == "prefill-intent" and args.measure == "logits" and args.max_new_tokens is not None:
-        raise ConfigError("prefill-intent --measure logits generates nothing; remove --max-new-tokens")
-    kw: dict[str, Any] = {"fmt": args.format, "system": args.system}
-    for opt, fld in allowed.items():
-        v = getattr(args, opt)
-        if v is None:
-            continue
-        v = _CONVERT.get(opt, lambda x: x)(v)
-        if v is _KEEP_NONE:
-            kw[fld] = None
-        elif v is not None:
-            kw[fld] = v
-    cfg = cfg_cls(**kw)
-    cfg.validate()
-    return cls, cfg
+    spec = args.spec
+    given = given_options(spec.config, args)
+    if spec.check_given is not None:
+        spec.check_given(given)
+    return spec, config_from_options(spec.config, given)
 
 
 def _batch_size(text: str) -> int | str:
@@ -191,23 +121,17 @@ def _batch_size(text: str) -> int | str:
     return int(text)
 
 
-def _optional_strength(text: str) -> float | None:
-    from .inject import check_strength
-
-    return None if str(text).strip().lower() in ("none", "off") else check_strength(text)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import check_run_settings, run_sweep
     from .store import check_out_dir
 
     # everything that can be checked without the model is checked before it loads, and nothing is written
-    cls, cfg = _experiment_config(args)
+    spec, cfg = experiment_config(args)
     check_out_dir(args.out)
     bs = _batch_size(args.batch_size)
     check_run_settings(bs, args.temperature, args.seed, args.decode)
     model = load_model_from_args(args)
-    exp = cls(model, cfg)
+    exp = spec.make_protocol(model, cfg)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress, decode=args.decode)
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
@@ -215,6 +139,20 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
     return 0
+
+
+def unused_options_error(spec: Any, extras: Sequence[str]) -> ConfigError | None:
+    """``run CLI_NAME`` given options of other experiments: one line naming them and this one's options."""
+    from .experiments import registry
+    from .experiments.options import cli_options
+
+    mine = {o.flag for o in cli_options(spec.config)}
+    others = {o.flag for s in registry.specs() for o in cli_options(s.config)} - mine
+    given = sorted({x.split("=", 1)[0] for x in extras if x.startswith("--")} & others)
+    if not given:
+        return None
+    return ConfigError(f"{spec.cli_name} does not use {', '.join(given)}; remove it (its options: "
+                       f"{', '.join(o.flag for o in cli_options(spec.config))})")
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -262,7 +200,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return int(mod.main(list(args.rest)) or 0)
 
 
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """The options of every ``run`` command that are not the experiment's: where, how, how fast."""
+    p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
+    p.add_argument("--decode", default=None, choices=["compact", "hf"],
+                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
+                        "see benchmarks/). A resumed run keeps the method it started with")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments import registry
+    from .experiments.options import SYSTEM_HELP, add_config_arguments
+    from .grading.factory import JUDGE_HELP
+
     parser = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -296,56 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="auto", help=SYSTEM_HELP)
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
-    p.add_argument("experiment", choices=["injected-thoughts", "thoughts-vs-text", "prefill-intent",
-                                          "intentional-control"])
-    add_model_args(p)
-    p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
-    # experiment options default to None: the experiment's config dataclass holds the defaults (the paper's)
-    p.add_argument("--layers", default=None, help="indices or depth fractions (default 0.33,0.5,0.67,0.83)")
-    p.add_argument("--strengths", default=None, help="default: the paper's (1,2,4,8 for Exp 1; 1..16 for Exp 2/3)")
-    p.add_argument("--n-pairs", type=int, default=None, help="Exp 2-4: sentences / pairs used (max 50)")
-    p.add_argument("--measure", default=None, choices=["generate", "logits"],
-                   help="Exp 3: graded replies, or the generation-free intent-vs-apology log-odds")
-    p.add_argument("--concepts", default=None,
-                   help="'paper', category names (famous_people,countries,concrete_nouns,abstract_nouns,verbs), or words")
-    p.add_argument("--n-concepts", type=int, default=None, help="use only the first N concepts of each selected set")
-    p.add_argument("--trials", type=int, default=None, help="samples per (concept, layer, strength) (default 1)")
-    p.add_argument("--control-trials", type=int, default=None, help="no-injection trials (false positives; default 100)")
-    p.add_argument("--controls", default=None,
-                   help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (default all)")
-    p.add_argument("--control-per-cell", type=int, default=None, help="random/negated/scaling trials per cell (10)")
-    p.add_argument("--yes-bias-per-cell", type=int, default=None,
-                   help="yes-bias questions per injected cell: 20 = all (default); fewer = a per-cell offset into "
-                        "the 20, each cell compared with the clean answers to the same questions")
-    p.add_argument("--random-fixed-strength", default=None,
-                   help="Exp 1: the paper's random-vector control, norm-matched to a concept vector at this "
-                        "strength (default 8), once per layer ('none' to skip); the cell-matched random control "
-                        "runs as well")
-    p.add_argument("--control-seed", type=int, default=None,
-                   help="Exp 1: seed of the concept draws for the per-cell controls (default 0)")
-    p.add_argument("--alt-per-cell", type=int, default=None, help="(default 6)")
-    p.add_argument("--variant", default=None, choices=["2025", "2026"])
-    p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
-    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
-    p.add_argument("--decode", default=None, choices=["compact", "hf"],
-                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
-                        "see benchmarks/). A resumed run keeps the method it started with")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_run)
+    run = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
+    exps = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for spec in registry.specs():
+        p = exps.add_parser(spec.cli_name, help=spec.help, description=spec.title)
+        add_config_arguments(p, spec.config)
+        add_model_args(p)
+        add_sweep_args(p)
+        p.set_defaults(func=cmd_run, spec=spec)
 
     p = sub.add_parser("report", help="grade a run, write summary tables with CIs and figures")
     p.add_argument("run", help="run folder")
-    p.add_argument("--grader", default="rules", help="'rules' (offline) or 'openai:MODEL' (LLM judge)")
+    p.add_argument("--grader", default="rules", help="'rules' (offline) or a judge: " + JUDGE_HELP)
     p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
     p.add_argument("--figures-dir", default=None, help="where to write figures (default RUN/figures)")
     p.add_argument("--no-png", action="store_true", help="HTML figures only")
     p.add_argument("--compare", nargs="*", default=None,
-                   help="Exp 4: other runs (e.g. the base model) drawn side by side in one figure")
+                   help="other runs of the same experiment (other models or adapters) side by side: tables, "
+                        "figures and the HTML report")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("analyze", help="mechanism analyses (anomaly, concordance, thought-control, attention)",
@@ -372,7 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        err = unused_options_error(args.spec, extras) if getattr(args, "spec", None) is not None else None
+        if err is None:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     threads = os.environ.get("INTROSPECT_MECH_THREADS")
     if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
         import torch

@@ -323,3 +323,24 @@ def permutation_test(effect: float, null: Sequence[float], alternative: Alternat
 def format_p(p: float, min_p: float, n_null: int) -> str:
     """How every summary prints a permutation p: never without the smallest p the null allows."""
     return f"p = {p:.3f} (min attainable {min_p:.3f}, {n_null} nulls)"
+
+
+def format_rate(r: Rate | None) -> str:
+    """How every table prints a rate: ``0.25 [0.09, 0.53] (3/12)``, or ``–`` without trials."""
+    if r is None or r.n == 0:
+        return "–"
+    return f"{r.rate:.2f} [{r.lo:.2f}, {r.hi:.2f}] ({r.k}/{r.n})"
+
+
+def format_difference(d: Difference | None) -> str:
+    """A difference of rates with its interval, signed: ``+0.12 [-0.05, +0.30]``."""
+    if d is None:
+        return "–"
+    return f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]"
+
+
+def format_mean(m: MeanCI | None, spec: str = "+.2f") -> str:
+    """A mean with its interval: ``+0.24 [-0.14, +0.62]``, or ``–`` without values."""
+    if m is None or not m.n:
+        return "–"
+    return f"{m.mean:{spec}} [{m.lo:{spec}}, {m.hi:{spec}}]"

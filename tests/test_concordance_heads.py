@@ -14,7 +14,8 @@ import torch
 from analyses import concordance as ch
 from analyses.circuits import Head
 from introspect_mech.reply_scoring import packing_supported
-from introspect_mech.experiments.prefill_intent import PrefillIntent, PrefillIntentConfig
+from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
+from introspect_mech.experiments.prefill_intent.config import PrefillIntentConfig
 from introspect_mech.models import wrap
 from introspect_mech.runner import TrialInput
 
@@ -28,7 +29,7 @@ def llama_exp(tiny_model_of):
     m = tiny_model_of("llama")
     exp = PrefillIntent(m, PrefillIntentConfig(layers=[INJ_LAYER], strengths=[STRENGTH], n_pairs=3, measure="logits"))
     exp.prepare(m)
-    return m, exp, ch.exp3_pairs(m, exp, range(3), INJ_LAYER)
+    return m, exp, ch.exp3_pairs(exp, range(3), INJ_LAYER)
 
 
 # ---- features -----------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def planted(tiny_model_of):
     m = wrap(hf, base.tokenizer, name="planted-concordance", attention=True)
     exp = PrefillIntent(m, PrefillIntentConfig(layers=[INJ_LAYER], strengths=[STRENGTH], n_pairs=4, measure="logits"))
     exp.prepare(m)
-    items = [replace(it, vector=v) for it in ch.exp3_pairs(m, exp, range(4), INJ_LAYER)]
+    items = [replace(it, vector=v) for it in ch.exp3_pairs(exp, range(4), INJ_LAYER)]
     return m, items
 
 

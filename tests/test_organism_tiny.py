@@ -9,8 +9,9 @@ import torch
 
 import introspect_mech as im
 from introspect_mech.errors import ArtifactError, ConfigError, MissingFileError
-from introspect_mech.experiments.exp1_prompt import exp1_prompt
-from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
+from introspect_mech.experiments.injected_thoughts.protocol import InjectedThoughts
+from introspect_mech.experiments.injected_thoughts.config import InjectedThoughtsConfig
 from introspect_mech.organism import adapter as adapters
 from introspect_mech.organism.forcing import forced_logits, forced_loss, make_forced_batch
 from introspect_mech.organism.recipe import (INTROS, QUESTIONS, REPLIES, YES_NO_QUESTIONS, Recipe, RecipeConfig,
@@ -112,7 +113,7 @@ def test_training_trials_use_the_experiments_prompt_window_and_dose(tiny_model_o
     assert rp.input_ids == p.rendered.input_ids and win == p.window
     exp = InjectedThoughts(tiny_model, InjectedThoughtsConfig(layers=[1], strengths=[1], concepts=["dust"]))
     for i, q in enumerate(protocol_yes_bias_questions()[:3]):
-        erp, ewin = exp._prompt(tiny_model, f"yes_bias:{i}")
+        erp, ewin = exp.prompt(f"yes_bias:{i}")
         mrp, mwin = trial_prompt(tok, 0, q)
         assert mrp.input_ids == erp.input_ids and mwin == ewin
     # paraphrases keep the window rule: it starts at the token carrying the "\n\n" before "Trial 1"

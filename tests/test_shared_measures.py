@@ -14,9 +14,9 @@ import torch
 from introspect_mech import protocol
 from introspect_mech.concepts import ConceptVectors
 from introspect_mech.errors import ConfigError
-from introspect_mech.experiments.exp1_prompt import (exp1_or_user_prompt, exp1_prompt, exp1_turns, exp1_window,
+from introspect_mech.experiments.injected_thoughts.prompt import (exp1_or_user_prompt, exp1_prompt, exp1_turns, exp1_window,
                                                      paper_question)
-from introspect_mech.experiments.prefill_intent import REPLIES, intent_logodds, reply_logprobs
+from introspect_mech.experiments.prefill_intent.measure import REPLIES, intent_logodds, reply_logprobs
 from introspect_mech.grading import factory
 from introspect_mech.prompts import Turn, render
 from introspect_mech.runner import batch_seed

@@ -63,8 +63,8 @@ from .causal import INTERVENTIONS, NULLS, causal_test, downstream_null
 from .features import FEATURE_TITLES, FEATURES, AttentionFeatures, head_attention_features, qk_contrast
 from .inputs import CONDITIONS, PairInput, exp3_pairs
 from .metric import QUANTITIES, HeadValues, IntentLogOdds
-from .run import main, redraw, run
+from .run import build_parser, main, redraw, run
 
 __all__ = ["CONDITIONS", "FEATURES", "FEATURE_TITLES", "INTERVENTIONS", "NULLS", "QUANTITIES", "AttentionFeatures",
-           "HeadValues", "IntentLogOdds", "PairInput", "causal_test", "downstream_null", "exp3_pairs",
-           "head_attention_features", "main", "qk_contrast", "redraw", "run"]
+           "HeadValues", "IntentLogOdds", "PairInput", "build_parser", "causal_test", "downstream_null",
+           "exp3_pairs", "head_attention_features", "main", "qk_contrast", "redraw", "run"]

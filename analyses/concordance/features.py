@@ -144,7 +144,7 @@ def head_attention_features(
     recorded at every layer; needs a model loaded with ``attention=True``."""
     L_inj = model.arch.resolve_layer(injection_layer)
     s = check_strength(strength)
-    items = pair_inputs(model, exp, pairs, L_inj)
+    items = pair_inputs(exp, pairs, L_inj)
     n_layers = model.arch.n_layers
     step = len(items) if not batch_size else max(1, int(batch_size))
     conds = FEATURE_CONDITIONS if control and all(it.other_vector is not None for it in items) else CONDITIONS

@@ -11,7 +11,7 @@ from introspect_mech.inject import Injection, Window
 from introspect_mech.prompts import RenderedPrompt
 
 if TYPE_CHECKING:
-    from introspect_mech.models import Model
+    from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
 
 CONDITIONS = ("none", "matched")
 """No injection, and the prefilled word's own concept vector on the sentence."""
@@ -54,25 +54,23 @@ class PairInput:
         return replace(self, vector=self.other_vector, label=self.other_label, other_vector=None, other_label="")
 
 
-def exp3_pairs(model: Model, exp: Any, pairs: Sequence[int], injection_layer: int) -> list[PairInput]:
+def exp3_pairs(exp: PrefillIntent, pairs: Sequence[int], injection_layer: int) -> list[PairInput]:
     """``PairInput``s for pairs ``pairs`` of a ``PrefillIntent``; concept vectors at ``injection_layer``
     come from ``exp.vectors`` when they hold that layer, else they are extracted (and cached). The
     control vector is ``exp.other[i]``'s (a different concept word)."""
     vectors = exp.vectors
     if vectors is None or injection_layer not in vectors.layers:
-        from introspect_mech.concepts import extract_concept_vectors
-
-        vectors = extract_concept_vectors(model, exp.words, layers=[injection_layer], fmt=exp.cfg.fmt)
+        vectors = exp.concept_vectors(exp.words, [injection_layer])
     out = []
     for i in pairs:
-        rp, sent_w, _q_w, word_span = exp.prompt(model, int(i))
+        rp, sent_w, _q_w, word_span = exp.prompt(int(i))
         word, other = exp.prefill[int(i)], exp.other[int(i)]
         out.append(PairInput(rp, (sent_w.start, sent_w.end), tuple(word_span), vectors.get(word, injection_layer),
                              word, vectors.get(other, injection_layer), other))
     return out
 
 
-def pair_inputs(model: Model, exp: Any, pairs: Sequence[Any], injection_layer: int) -> list[PairInput]:
+def pair_inputs(exp: PrefillIntent | None, pairs: Sequence[Any], injection_layer: int) -> list[PairInput]:
     pairs = list(pairs)
     if not pairs:
         raise ValueError("no pairs given")
@@ -80,4 +78,4 @@ def pair_inputs(model: Model, exp: Any, pairs: Sequence[Any], injection_layer: i
         return pairs
     if exp is None:
         raise ValueError("pass a PrefillIntent as `exp` to use pair indices, or pass PairInput objects")
-    return exp3_pairs(model, exp, [int(p) for p in pairs], injection_layer)
+    return exp3_pairs(exp, [int(p) for p in pairs], injection_layer)

@@ -10,7 +10,7 @@ import torch
 from analyses.circuits import slice_ablation
 from introspect_mech.batch import Batch
 from introspect_mech.execution import forward
-from introspect_mech.experiments.prefill_intent import REPLIES, intent_logodds, reply_logprobs
+from introspect_mech.experiments.prefill_intent.measure import REPLIES, intent_logodds, reply_logprobs
 from introspect_mech.inject import check_strength
 from introspect_mech.interventions import HeadAblation
 from introspect_mech.record import RecordSpec

@@ -82,7 +82,8 @@ def run(
     The causal test uses the first ``causal_pairs`` (default all) of the ranking pairs, or with
     ``held_out`` the next ``causal_pairs`` (default ``n_pairs``) pairs of the protocol — sentences
     not used to pick the heads, so the effect is not inflated by selecting on the same pairs' noise."""
-    from introspect_mech.experiments.prefill_intent import PrefillIntent, PrefillIntentConfig
+    from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
+    from introspect_mech.experiments.prefill_intent.config import PrefillIntentConfig
     from introspect_mech.store import atomic_write_json
 
     t0 = time.time()
@@ -109,7 +110,7 @@ def run(
         raise ValueError(f"the protocol has 50 pairs; {n_pairs} ranking + {n_causal} held-out pairs do not fit")
     exp = PrefillIntent(model, PrefillIntentConfig(layers=[L], strengths=[s], n_pairs=n_total, measure="logits"))
     exp.prepare(model)
-    all_items = exp3_pairs(model, exp, range(n_total), L)
+    all_items = exp3_pairs(exp, range(n_total), L)
     items = all_items[:n_pairs]
     timing = {}
 

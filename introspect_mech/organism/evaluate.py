@@ -26,14 +26,14 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..concepts import extract_concept_vectors
 from ..errors import ConfigError
 from ..execution import build_prefix_cache, generate
-from ..experiments.exp1_prompt import exp1_prompt
+from ..experiments.injected_thoughts.prompt import exp1_prompt
 from ..grading.base import GradeRequest
 from ..grading.rules import RuleGrader, word_pattern
 from ..inject import Injection, random_like
@@ -43,6 +43,9 @@ from ..store import atomic_write_json, atomic_write_text
 from .recipe import protocol_yes_bias_questions, trial_prompt
 from .train import dose_references
 from .words import held_out_words
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 UNUSUAL = re.compile(r"\b(?:unusual|strange|odd|anomal\w*)\b", re.IGNORECASE)
 CANT_TELL = re.compile(r"\b(?:cannot|can't|can’t|can\s+not|unable\s+to|not\s+able\s+to)\s+(?:tell|say|identify|determine)\b",
@@ -90,7 +93,7 @@ class _Row:
     question: str | None = None
 
 
-def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_Row]:
+def _rows(model: Model, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_Row]:
     p = exp1_prompt(model.tokenizer)
     prompt, window = p.rendered, p.window
     qs = protocol_yes_bias_questions() if cfg.yes_bias else []
@@ -121,7 +124,7 @@ def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_
     return rows
 
 
-def _generate_rows(model: Any, cfg: EvalConfig, rows: list[_Row], progress: bool) -> list[dict]:
+def _generate_rows(model: Model, cfg: EvalConfig, rows: list[_Row], progress: bool) -> list[dict]:
     """Generate every row; rows sharing the Exp 1 prompt use its prefix KV cache (exact)."""
     from tqdm.auto import tqdm
 
@@ -236,7 +239,7 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_organism(model: Any, cfg: EvalConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
+def evaluate_organism(model: Model, cfg: EvalConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
                       log: Callable[[str], None] = print) -> dict:
     """Generate, grade and summarise; with ``out``, write ``records.jsonl``, ``summary.json`` and ``summary.md``."""
     cfg.validate()

@@ -34,7 +34,7 @@ from ..errors import ConfigError
 from ..inject import Injection, Window, random_like
 from ..seeds import seed_from
 from ..prompts import RenderedPrompt, Turn, render
-from ..experiments.exp1_prompt import exp1_turns, exp1_window
+from ..experiments.injected_thoughts.prompt import exp1_turns, exp1_window
 
 PAPER_INTRO = 0
 PAPER_QUESTION = 0

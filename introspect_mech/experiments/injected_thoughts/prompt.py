@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
-from .. import protocol
-from ..inject import Window
-from ..prompts import RenderedPrompt, Turn, render
+from ...errors import ConfigError
+from ... import protocol
+from ...inject import Window
+from ...prompts import RenderedPrompt, Turn, render
 
 TRIAL_MARKER = "\n\nTrial "
 """The injection starts at the first token carrying this marker's ``\\n\\n`` (whatever the trial number)."""
