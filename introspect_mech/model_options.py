@@ -34,14 +34,16 @@ def add_model_args(p: argparse.ArgumentParser, *, several: bool = False, default
                         + ("; a comma list gives one per model (empty: none)" if several else ""))
 
 
-def load_model_from_args(args: argparse.Namespace, attention: bool = False, *, model: str | None = None,
-                         adapter: str | None = None) -> Model:
-    """The model the options name (``model``/``adapter`` override ``args.model``/``args.adapter``)."""
+def load_model_from_args(args: argparse.Namespace, attention: bool = False) -> Model:
+    """The model the options name."""
+    return _load(args, args.model, args.adapter, attention)
+
+
+def _load(args: argparse.Namespace, model: str | None, adapter: str | None, attention: bool) -> Model:
     from .models import load_model
 
-    return load_model(model if model is not None else args.model, device=args.device, dtype=args.dtype,
-                      remote=args.remote, trust_remote_code=args.trust_remote_code, attention=attention,
-                      adapter=adapter if adapter is not None else args.adapter)
+    return load_model(model, device=args.device, dtype=args.dtype, remote=args.remote,
+                      trust_remote_code=args.trust_remote_code, attention=attention, adapter=adapter)
 
 
 def models_from_args(args: argparse.Namespace, attention: bool = False) -> list[Model]:
@@ -57,4 +59,4 @@ def models_from_args(args: argparse.Namespace, attention: bool = False) -> list[
     if len(adapters) != len(names):
         raise ConfigError(f"--adapter lists {len(adapters)} folders for {len(names)} models; give one per model "
                           "(an empty entry for none) or a single one for all")
-    return [load_model_from_args(args, attention, model=n or None, adapter=a or None) for n, a in zip(names, adapters)]
+    return [_load(args, n or None, a or None, attention) for n, a in zip(names, adapters)]
