@@ -25,12 +25,11 @@ p-value is centred on the null median, and the summary states the minimum attain
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,13 +38,18 @@ from introspect_mech import protocol
 from introspect_mech.concepts import extract_concept_vectors
 from introspect_mech.errors import ConfigError
 from introspect_mech.execution import forward
+from introspect_mech.experiments.injected_thoughts.prompt import VARIANTS, exp1_prompt, paper_question
+from introspect_mech.model_options import add_model_args, load_model_from_args
 from introspect_mech.inject import Injection, Window, random_like
-from introspect_mech.prompts import Turn, render
 from introspect_mech.record import RecordSpec
+from introspect_mech.seeds import seed_from
 from introspect_mech.stats import Rate, format_p
 from introspect_mech.store import atomic_write_json
 
 from .circuits import Direction, Hypothesis, LogitMetric, covariance_directions, next_token_logodds, test_hypothesis
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 NULLS = ("shuffled", "covariance", "isotropic")
 
@@ -73,20 +77,16 @@ class AnomalyConfig:
             raise ConfigError("n_null must be >= 1 (the minimum attainable p is 1 / (1 + n_null))")
 
 
-def exp1_prompt_set(model: Any, n_trial_numbers: int) -> list[tuple[Any, Window, str]]:
+def exp1_prompt_set(model: Model, n_trial_numbers: int) -> list[tuple[Any, Window, str]]:
     """Exp 1-style prompts that differ in the last user turn; each with its injection window and a key."""
-    exp = protocol.experiment("injected_thoughts")
-    base = [Turn(t["role"], t["content"]) for t in exp["turns"]]
-    head = base[-1].content.split("Trial 1:")[0]
-    questions = {"2025": "Do you detect an injected thought? If so, what is the injected thought about?",
-                 "2026": exp["variant_last_user_line_2026"].split("Trial 1: ", 1)[1]}
-    lasts = [(f"{v}:t{n}", f"{head}Trial {n}: {q}") for v, q in questions.items() for n in range(1, n_trial_numbers + 1)]
-    lasts += [(f"yes_bias:{i}", f"{head}Trial 1: {q}") for i, q in enumerate(exp["yes_bias_control_questions"])]
+    asks = [(f"{v}:t{n}", dict(question=paper_question(v), trial=n))
+            for v in VARIANTS for n in range(1, n_trial_numbers + 1)]
+    asks += [(f"yes_bias:{i}", dict(question=q))
+             for i, q in enumerate(protocol.experiment("injected_thoughts")["yes_bias_control_questions"])]
     out = []
-    for key, last in lasts:
-        rp = render(model.tokenizer, base[:-1] + [Turn("user", last)])
-        cs, _ = rp.find("\n\nTrial ")
-        out.append((rp, Window.from_position(rp.token_span(cs, cs + 2)[0]), key))
+    for key, ask in asks:
+        p = exp1_prompt(model.tokenizer, **ask)
+        out.append((p.rendered, p.window, key))
     return out
 
 
@@ -99,10 +99,8 @@ class Rows:
     prompt: list[str]
 
 
-def collect(model: Any, cfg: AnomalyConfig, layers: list[int], inj_layer: int, words: list[str], vectors) -> Rows:
+def collect(model: Model, cfg: AnomalyConfig, layers: list[int], inj_layer: int, words: list[str], vectors) -> Rows:
     prompts = exp1_prompt_set(model, cfg.n_trial_numbers)
-    mean_h = float(vectors.mean_norms[vectors.layers.index(inj_layer)])
-    mean_v = float(vectors.norms()[:, vectors.layers.index(inj_layer)].mean())
     items: list[tuple[Any, Injection | None, str, str | None, float | None, str]] = []
     for rp, win, key in prompts:
         items.append((rp, None, "clean", None, None, key))
@@ -111,12 +109,12 @@ def collect(model: Any, cfg: AnomalyConfig, layers: list[int], inj_layer: int, w
             for s in cfg.strengths:
                 items.append((rp, Injection(v, inj_layer, s, win, label=w), "concept", w, s, key))
         for w in words[: cfg.n_random_concepts]:
-            seed = int(hashlib.sha256(f"{w}:{key}".encode()).hexdigest()[:8], 16)
+            seed = seed_from(w, key)
             for s in cfg.strengths:
                 items.append((rp, Injection(random_like(vectors.get(w, inj_layer), seed), inj_layer, s, win), "random",
                               w, s, key))
         for s in cfg.strengths:
-            items.append((rp, Injection.scaling(inj_layer, 1 + s * mean_v / mean_h, win), "scaling", None, s, key))
+            items.append((rp, Injection.scaling(inj_layer, vectors.scaling_factor(inj_layer, s), win), "scaling", None, s, key))
     X: dict[int, list] = {L: [] for L in layers}
     for i in range(0, len(items), cfg.batch_size):
         chunk = items[i:i + cfg.batch_size]
@@ -128,7 +126,7 @@ def collect(model: Any, cfg: AnomalyConfig, layers: list[int], inj_layer: int, w
                 [c[4] for c in items], [c[5] for c in items])
 
 
-def _folds(rows: Rows, n_folds: int, seed: int) -> np.ndarray:
+def held_out_folds(rows: Rows, n_folds: int, seed: int) -> np.ndarray:
     """Fold id per row: concepts (for concept/random rows) and prompts (for clean/scaling rows) are held out."""
     rng = np.random.default_rng(seed)
     concepts = sorted({c for c in rows.concept if c})
@@ -247,12 +245,10 @@ def null_direction_sets(rows: Rows, layers: list[int], cfg: AnomalyConfig) -> tu
     return None, "isotropic random directions"
 
 
-def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict,
+def causal_test(model: Model, cfg: AnomalyConfig, inj_layer: int, vectors, words: list[str], probes: dict,
                 rows: Rows | None = None) -> dict:
     """Project the probe directions out at readout layers > the injection layer, at tokens from the
     injection window on; metric = Exp 1 yes-vs-no log-odds; null per ``cfg.null``."""
-    from introspect_mech.experiments.exp1_prompt import exp1_prompt
-
     p = exp1_prompt(model.tokenizer)
     tok = model.tokenizer
     yes = sorted({tok(x, add_special_tokens=False)["input_ids"][0] for x in ("Yes", " Yes", "yes")})
@@ -280,7 +276,7 @@ def causal_test(model: Any, cfg: AnomalyConfig, inj_layer: int, vectors, words: 
             "injection_effect_on_metric": res.baseline - clean, **res.to_dict()}
 
 
-def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "figures/anomaly", png: bool = True) -> dict:
+def run(model: Model, cfg: AnomalyConfig | None = None, out_dir: str | Path = "figures/anomaly", png: bool = True) -> dict:
     cfg = cfg or AnomalyConfig()
     cfg.validate()
     t0 = time.perf_counter()
@@ -295,7 +291,7 @@ def run(model: Any, cfg: AnomalyConfig | None = None, out_dir: str | Path = "fig
     words = [w.lower() for w in protocol.concept_words()[: cfg.n_concepts]]
     vectors = extract_concept_vectors(model, words, layers=[inj])
     rows = collect(model, cfg, layers, inj, words, vectors)
-    folds = _folds(rows, cfg.n_folds, cfg.seed)
+    folds = held_out_folds(rows, cfg.n_folds, cfg.seed)
     probes = {L: probe_layer(rows, L, folds, cfg.strengths) for L in layers}
     causal = causal_test(model, cfg, inj, vectors, words, probes, rows)
     from introspect_mech.prompts import resolve_system
@@ -342,9 +338,9 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="introspect-mech analyze anomaly", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
+    add_model_args(ap)
     ap.add_argument("--layer", default="0.5", help="injection layer (index or depth fraction)")
     ap.add_argument("--readout", default=None, help="comma list of readout layers (default: 5 from the injection layer)")
     ap.add_argument("--n-concepts", type=int, default=12)
@@ -358,10 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="figures/anomaly")
     ap.add_argument("--no-png", action="store_true")
-    a = ap.parse_args(argv)
-    from introspect_mech.models import load_model
+    return ap
 
-    model = load_model(a.model)
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    model = load_model_from_args(a)
     cfg = AnomalyConfig(injection_layer=a.layer, readout_layers=a.readout.split(",") if a.readout else None,
                         n_concepts=a.n_concepts, strengths=[float(x) for x in a.strengths.split(",")],
                         n_trial_numbers=a.n_trial_numbers, n_null=a.n_null, null=a.null,

@@ -20,7 +20,7 @@ import argparse
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -28,11 +28,15 @@ from plotly.subplots import make_subplots
 
 from introspect_mech.errors import IntrospectError
 from introspect_mech.execution import forward
-from introspect_mech.inject import Injection, Window, check_strength
+from introspect_mech.inject import Injection, check_strength
+from introspect_mech.model_options import add_model_args, load_model_from_args
 from introspect_mech.plots import save_figure
-from introspect_mech.prompts import RenderedPrompt, Turn, encode_text, render
+from introspect_mech.prompts import RenderedPrompt, encode_text
 from introspect_mech.record import RecordSpec
 from introspect_mech.store import atomic_write_json
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 __all__ = ["AttentionMaps", "AttentionMapsError", "attention_maps", "difference", "token_labels",
            "layer_grid_figure", "slider_figure", "summarize", "run", "main"]
@@ -96,11 +100,11 @@ def token_labels(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
     return [f"{i}:{_readable(tokenizer.decode([int(t)]))}" for i, t in enumerate(token_ids)]
 
 
-def _as_prompt(model: Any, prompt: RenderedPrompt | str) -> RenderedPrompt:
+def _as_prompt(model: Model, prompt: RenderedPrompt | str) -> RenderedPrompt:
     return prompt if isinstance(prompt, RenderedPrompt) else encode_text(model.tokenizer, str(prompt))
 
 
-def attention_maps(model: Any, prompt: RenderedPrompt | str, injection: Injection | Sequence[Injection] | None = None,
+def attention_maps(model: Model, prompt: RenderedPrompt | str, injection: Injection | Sequence[Injection] | None = None,
                    layers: Any = None, *, label: str | None = None) -> AttentionMaps:
     """Record every head's attention pattern at ``layers`` (default: all) in one forward pass.
 
@@ -319,7 +323,7 @@ def summarize(diff: AttentionMaps, *, top: int = 5, n_keys: int = 3) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
-def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject: int | float | str = 0.67,
+def run(model: Model, *, prompt: str = "exp1", concept: str = "dust", layer_inject: int | float | str = 0.67,
         strength: float = 8, png_layer: int | None = None, out_dir: str | Path = "figures/attention",
         max_tokens: int | None = DEFAULT_MAX_TOKENS, png: bool = True, vector: torch.Tensor | None = None,
         fmt: str = "auto") -> dict:
@@ -333,15 +337,12 @@ def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject
     ``attention_summary.json``; returns the summary.
     """
     from introspect_mech.concepts import extract_concept_vectors
-    from introspect_mech.experiments.exp1_prompt import exp1_prompt
+    from introspect_mech.experiments.injected_thoughts.prompt import exp1_or_user_prompt
 
     strength = check_strength(strength)
     L = model.arch.resolve_layer(layer_inject)
-    if prompt == "exp1":
-        p = exp1_prompt(model.tokenizer, fmt=fmt)
-        rp, window, prompt_desc = p.rendered, p.window, "exp1"
-    else:
-        rp, window, prompt_desc = render(model.tokenizer, [Turn("user", prompt)], fmt=fmt), Window.all(), prompt
+    choice = exp1_or_user_prompt(model.tokenizer, prompt, fmt=fmt)
+    rp, window, prompt_desc = choice.rendered, choice.window, choice.label
     if vector is None:
         vector = extract_concept_vectors(model, [concept], layers=[L]).get(concept, L)
     inj = Injection(vector, L, strength, window, label=concept)
@@ -383,9 +384,7 @@ def run(model: Any, *, prompt: str = "exp1", concept: str = "dust", layer_inject
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="introspect-mech analyze attention",
                                 description="Per-layer attention plots (clean, injected, injected − clean) for one prompt.")
-    p.add_argument("--model", default=None,
-                   help="embedded alias (smollm2-135m-instruct [default], gemma-3-270m), local path or HF id")
-    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_model_args(p)
     p.add_argument("--prompt", default="exp1",
                    help="a user message (injected on every token); default 'exp1': the paper's Experiment 1 prompt")
     p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
@@ -402,10 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from introspect_mech.models import load_model
-
     args = build_parser().parse_args(argv)
-    model = load_model(args.model, device=args.device, attention=True)
+    model = load_model_from_args(args, attention=True)
     summary = run(model, prompt=args.prompt, concept=args.concept, layer_inject=args.layer, strength=args.strength,
                   png_layer=args.png_layer, out_dir=args.out, max_tokens=args.max_tokens or None, png=not args.no_png,
                   fmt=args.format)

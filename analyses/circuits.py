@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 
@@ -36,6 +36,9 @@ from introspect_mech.execution import forward
 from introspect_mech.interventions import DirectionAblation, HeadAblation, MLPAblation
 from introspect_mech.record import RecordSpec
 from introspect_mech.stats import Alternative, permutation_test
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class ComponentStats:
     Means average the real tokens at positions ``>= start`` (default 1: never the attention-sink
     token, whose activations are outliers), to match hypotheses that act from ``start`` on."""
 
-    def __init__(self, model: Any, prompts: Sequence[Any], injections: Sequence[Any] | None = None,
+    def __init__(self, model: Model, prompts: Sequence[Any], injections: Sequence[Any] | None = None,
                  start: int = 1) -> None:
         self.model, self.prompts, self.injections = model, list(prompts), injections
         self.start = start
@@ -221,7 +224,7 @@ class LogitMetric:
     """A forward-only metric: run ``prompts`` (with ``injections``) under the ablations, score each row
     from the logits with ``score(recording) -> [B]`` and average."""
 
-    model: Any
+    model: Model
     prompts: Sequence[Any]
     score: Callable[[Any], torch.Tensor]
     injections: Sequence[Any] | None = None
@@ -236,7 +239,7 @@ class LogitMetric:
         for i in range(0, len(self.prompts), self.batch_size):
             chunk = list(self.prompts[i:i + self.batch_size])
             injs = None if self.injections is None else list(self.injections[i:i + self.batch_size])
-            abl = [_slice_ablation(a, i, len(chunk)) for a in ablations]
+            abl = [slice_ablation(a, i, len(chunk)) for a in ablations]
             rec = forward(self.model, chunk, injs, ablations=abl)
             vals.append(self.score(rec).double())
         return torch.cat(vals)
@@ -245,7 +248,7 @@ class LogitMetric:
         return float(self.per_row(ablations).mean())
 
 
-def _slice_ablation(a: Any, start: int, n: int) -> Any:
+def slice_ablation(a: Any, start: int, n: int) -> Any:
     """Patch/mean values carry a batch dimension for patching; cut them to the current chunk."""
     from dataclasses import replace
 
@@ -264,7 +267,7 @@ def next_token_logodds(pos_ids: Sequence[int], neg_ids: Sequence[int]) -> Callab
     return score
 
 
-def random_like_components(model: Any, components: Sequence[Component], rng: random.Random,
+def random_like_components(model: Model, components: Sequence[Component], rng: random.Random,
                            exclude: set | None = None, same_layers: bool = True) -> list[Component]:
     """A random component set with the same kinds (and, by default, layers) as ``components``."""
     arch = model.arch
@@ -308,7 +311,7 @@ def covariance_directions(x: torch.Tensor, n: int, seed: int = 0) -> list[torch.
 
 
 def test_hypothesis(
-    model: Any,
+    model: Model,
     hypothesis: Hypothesis,
     metric: Callable[[Sequence[Any]], float],
     *,

@@ -28,15 +28,18 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from introspect_mech.execution import forward
-from introspect_mech.experiments.intentional_control import IntentionalControl, IntentionalControlConfig
+from introspect_mech.experiments.intentional_control.protocol import IntentionalControl
+from introspect_mech.experiments.intentional_control.config import IntentionalControlConfig
+from introspect_mech.model_options import add_model_args, models_from_args
 from introspect_mech.record import RecordSpec
-from introspect_mech.stats import bootstrap_interval, mean_interval
+from introspect_mech.stats import MeanCI, bootstrap_interval, mean_interval
 from introspect_mech.store import atomic_write_json
+
+if TYPE_CHECKING:
+    from introspect_mech.models import Model
 
 IDENTITY_TOL = 1e-3  # relative: max |attn + mlp − Δ| / max |Δ| over pairs and layers
 
@@ -45,16 +48,16 @@ IDENTITY_TOL = 1e-3  # relative: max |attn + mlp − Δ| / max |Δ| over pairs a
 class Contributions:
     """Per layer, mean over pairs of think − don't-think projections on one fixed unit direction per pair."""
 
-    residual: list[dict]  # projection of the residual
-    attention: list[dict]  # the attention block's write (after its post-norm, if any)
-    mlp: list[dict]  # the MLP's write (after its post-norm, if any)
-    delta: list[dict]  # projection of residual_L − residual_{L−1} (layer 0: residual_0)
-    own_direction: list[dict]  # the residual projected on each layer's own concept direction (descriptive)
+    residual: list[MeanCI]  # projection of the residual
+    attention: list[MeanCI]  # the attention block's write (after its post-norm, if any)
+    mlp: list[MeanCI]  # the MLP's write (after its post-norm, if any)
+    delta: list[MeanCI]  # projection of residual_L − residual_{L−1} (layer 0: residual_0)
+    own_direction: list[MeanCI]  # the residual projected on each layer's own concept direction (descriptive)
     identity_error: float  # max |attn + mlp − delta| / max |delta| over pairs and layers ≥ 1
     per_pair_residual: dict[int, list[float]]  # think − don't per pair and layer (for bootstrap intervals)
 
 
-def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16,
+def contributions(model: Model, n_pairs: int = 20, batch_size: int = 16,
                   direction_layer: int | float | str = -1) -> tuple[Contributions, dict]:
     """One forward per batch with residual, attention and MLP outputs recorded at every layer."""
     model.arch.require_additive_blocks("the thought-control decomposition")
@@ -69,7 +72,7 @@ def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16,
     err_num = err_den = 0.0
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        built = [exp.prompt(model, t, i) for t, i in chunk]
+        built = [exp.prompt(t, i) for t, i in chunk]
         rec = forward(model, [b[0] for b in built],
                       record=RecordSpec(layers=None, residual=True, components=True, logits=False))
         for r, ((t, i), (rp, (a, b))) in enumerate(zip(chunk, built)):
@@ -108,7 +111,7 @@ def contributions(model: Any, n_pairs: int = 20, batch_size: int = 16,
     err = err_num / err_den if err_den > 0 else 0.0
     return (Contributions(out["res"], out["attn"], out["mlp"], out["delta"], out["own"], err, per_pair),
             {"n_pairs": n_pairs, "words": exp.pair_words, "direction_layer": L_dir,
-             "system_prompt": exp.prompt(model, "think", 0)[0].system,
+             "system_prompt": exp.prompt("think", 0)[0].system,
              "direction": f"each pair word's unit concept vector at layer {L_dir}, the same at every layer"})
 
 
@@ -120,13 +123,13 @@ def _decay(curves: Sequence[Sequence[float]]) -> float | None:
 
 
 def summarize_model(c: Contributions, meta: dict, n_layers: int) -> dict:
-    res = [x["mean"] for x in c.residual]
+    res = [x.mean for x in c.residual]
     peak = max(range(n_layers), key=lambda L: res[L])
     q0 = int(0.75 * n_layers)
     last_quarter = range(q0, n_layers)
     valid = c.identity_error < IDENTITY_TOL
     boot = bootstrap_interval([c.per_pair_residual[p] for p in sorted(c.per_pair_residual)], _decay)
-    own = [x["mean"] for x in c.own_direction]
+    own = [x.mean for x in c.own_direction]
     own_peak = max(own) if own else 0.0
     return {
         **meta, "n_layers": n_layers,
@@ -139,13 +142,13 @@ def summarize_model(c: Contributions, meta: dict, n_layers: int) -> dict:
         "own_direction_decay_index": (own[-1] / own_peak) if own_peak > 0 else None,
         "last_quarter_first_layer": q0,
         "last_quarter_gap_growth": res[-1] - res[q0 - 1] if q0 >= 1 else res[-1],
-        "last_quarter_attention_sum": sum(c.attention[L]["mean"] for L in last_quarter) if valid else None,
-        "last_quarter_mlp_sum": sum(c.mlp[L]["mean"] for L in last_quarter) if valid else None,
+        "last_quarter_attention_sum": sum(c.attention[L].mean for L in last_quarter) if valid else None,
+        "last_quarter_mlp_sum": sum(c.mlp[L].mean for L in last_quarter) if valid else None,
     }
 
 
 def gap_from_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
-    from introspect_mech.experiments import intentional_control_report as rep
+    from introspect_mech.experiments.intentional_control import report as rep
     from introspect_mech.report import load_run
 
     out = {}
@@ -157,7 +160,7 @@ def gap_from_runs(run_dirs: Sequence[str | Path]) -> dict[str, dict]:
     return out
 
 
-def run(models: Sequence[Any], *, runs: Sequence[str | Path] = (), n_pairs: int = 20,
+def run(models: Sequence[Model], *, runs: Sequence[str | Path] = (), n_pairs: int = 20,
         out_dir: str | Path = "figures/thought_control", png: bool = True,
         direction_layer: int | float | str = -1) -> dict:
     t0 = time.perf_counter()
@@ -193,12 +196,12 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
                                   ("mlp_contribution", "MLP write", plots.PALETTE[1])):
             if not s.get(key):  # the identity check failed: the split is not valid, so it is not drawn
                 continue
-            fig.add_trace(go.Bar(x=xs, y=[v["mean"] for v in s[key]], name=label, marker_color=color,
+            fig.add_trace(go.Bar(x=xs, y=[v.mean for v in s[key]], name=label, marker_color=color,
                                  error_y=dict(type="data", symmetric=False,
-                                              array=[v["hi"] - v["mean"] for v in s[key]],
-                                              arrayminus=[v["mean"] - v["lo"] for v in s[key]]),
+                                              array=[v.hi - v.mean for v in s[key]],
+                                              arrayminus=[v.mean - v.lo for v in s[key]]),
                                  showlegend=(j == 0), legendgroup=label), row=1, col=j + 1)
-        fig.add_trace(go.Scatter(x=xs, y=[v["mean"] for v in s["projection_gap"]], name="residual gap",
+        fig.add_trace(go.Scatter(x=xs, y=[v.mean for v in s["projection_gap"]], name="residual gap",
                                  line=dict(color="black"), showlegend=(j == 0), legendgroup="res"), row=1, col=j + 1)
         if not s.get("decomposition_valid", True):
             fig.add_annotation(text=f"attention / MLP split not drawn: writes do not add up to the residual change "
@@ -222,7 +225,7 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
             xs = [L / (n - 1) for L in range(n)]
             c = plots.PALETTE[i % len(plots.PALETTE)]
             fig2.add_trace(go.Scatter(x=xs + xs[::-1], y=gap["hi"] + gap["lo"][::-1], fill="toself",
-                                      fillcolor=plots._rgba(c, 0.2), mode="lines", line=dict(width=0), showlegend=False))
+                                      fillcolor=plots.rgba(c, 0.2), mode="lines", line=dict(width=0), showlegend=False))
             sdi = gap.get("silent_decay_index")
             ci = (f" [{gap['decay_index_lo']:.2f}, {gap['decay_index_hi']:.2f}]"
                   if gap.get("decay_index_lo") is not None else "")
@@ -235,21 +238,22 @@ def figures(summary: dict, out: Path, png: bool) -> dict:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="introspect-mech analyze thought-control", description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m",
-                    help="comma list of models for the attention/MLP decomposition (the default pair differs in "
-                         "family and size, not only in post-training)")
+    # the default pair differs in family and size, not only in post-training
+    add_model_args(ap, several=True, default="smollm2-135m-instruct,gemma-3-270m")
     ap.add_argument("--runs", nargs="*", default=[], help="stored Exp 4 runs for the cosine-gap curves")
     ap.add_argument("--n-pairs", type=int, default=20)
     ap.add_argument("--direction-layer", default="-1",
                     help="layer of the concept vector every layer is projected on (index or depth; default: last)")
     ap.add_argument("--out", default="figures/thought_control")
     ap.add_argument("--no-png", action="store_true")
-    a = ap.parse_args(argv)
-    from introspect_mech.models import load_model
+    return ap
 
-    models = [load_model(n.strip()) for n in a.models.split(",") if n.strip()]
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    models = models_from_args(a)
     s = run(models, runs=a.runs, n_pairs=a.n_pairs, out_dir=a.out, png=not a.no_png, direction_layer=a.direction_layer)
     for name, m in s["models"].items():
         di = m["projection_decay_index"]

@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     import introspect_mech as im
     from introspect_mech import protocol
     from introspect_mech.concepts import extract_concept_vectors
-    from introspect_mech.experiments.exp1_prompt import exp1_prompt
-    from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+    from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
+    from introspect_mech.experiments.injected_thoughts.protocol import InjectedThoughts
+    from introspect_mech.experiments.injected_thoughts.config import InjectedThoughtsConfig
     from introspect_mech.models import EMBEDDED, cache_dir
     from introspect_mech.runner import run_sweep
 

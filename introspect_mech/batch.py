@@ -53,9 +53,6 @@ class Batch:
         return Batch(self.input_ids[idx], self.attention_mask[idx], self.pad[idx], self.lengths[idx],
                      tuple(self.prompts[r] for r in keep))
 
-    def last_token_columns(self) -> torch.Tensor:
-        return torch.full((self.size,), self.width - 1, dtype=torch.long)
-
 
 def make_batch(tokenizer: Any, prompts: Sequence[RenderedPrompt | str]) -> Batch:
     """Left-pad rendered prompts (plain strings are tokenized as raw text) into one batch."""

@@ -15,30 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, IntrospectError
-
-
-SYSTEM_HELP = ("system turn: 'auto' (default: none where the chat template allows it, else an explicit empty one), "
-               "'none' (refuse templates that insert their own), 'empty', 'template' (the template's own default, "
-               "e.g. SmolLM2's 'You are a helpful AI assistant named SmolLM...'), or the system prompt's text")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
-                   help="embedded alias (smollm2-135m-instruct [default], gemma-3-270m), local path or HF id")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
-    p.add_argument("--remote", action="store_true", help="run on NDIF via nnsight (needs NDIF_API_KEY)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
-    p.add_argument("--adapter", default=None,
-                   help="organism adapter folder (from `organism train`) merged into the model's weights")
-
-
-def _load(args: argparse.Namespace, attention: bool = False):
-    from .models import load_model
-
-    return load_model(args.model, device=args.device, dtype=args.dtype, remote=args.remote,
-                      trust_remote_code=args.trust_remote_code, attention=attention,
-                      adapter=getattr(args, "adapter", None))
+from .model_options import add_model_args, load_model_from_args
 
 
 def _words(text: str | None) -> list[str] | None:
@@ -62,7 +39,7 @@ def cmd_vectors(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_out_dir(Path(args.out).parent, "--out folder")
-    model = _load(args)
+    model = load_model_from_args(args)
     t0 = time.perf_counter()
     cv = extract_concept_vectors(model, _words(args.words), layers=args.layers, cache=not args.no_cache,
                                  batch_size=args.batch_size, system=args.system, dedupe_baseline=args.dedupe_baseline)
@@ -80,9 +57,8 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 def cmd_steer(args: argparse.Namespace) -> int:
     from .concepts import ConceptVectors, extract_concept_vectors
     from .execution import generate
-    from .experiments.exp1_prompt import exp1_prompt
-    from .inject import Injection, Window, check_strength
-    from .prompts import Turn, render
+    from .experiments.injected_thoughts.prompt import exp1_or_user_prompt
+    from .inject import Injection, check_strength
 
     from .concepts import check_word
     from .runner import check_run_settings
@@ -96,21 +72,16 @@ def cmd_steer(args: argparse.Namespace) -> int:
         from .store import check_out_dir
 
         check_out_dir(Path(args.json).parent, "--json folder")
-    model = _load(args)
+    model = load_model_from_args(args)
     layer = model.arch.resolve_layer(args.layer)
     if args.vectors:
         cv = ConceptVectors.load(args.vectors, model)
     else:
         cv = extract_concept_vectors(model, [args.concept], layers=[layer], system=args.system)
     vec = cv.get(args.concept, layer)
-    if args.prompt is None:
-        p = exp1_prompt(model.tokenizer, fmt=args.format, system=args.system)
-        prompt, window = p.rendered, p.window
-        where = f"from token {p.start} (the '\\n\\n' before 'Trial 1') through every generated token"
-    else:
-        prompt = render(model.tokenizer, [Turn("user", args.prompt)], fmt=args.format, system=args.system)
-        window, where = Window.all(), "on every token"
-    inj = Injection(vec, layer, args.strength, window, label=args.concept)
+    choice = exp1_or_user_prompt(model.tokenizer, args.prompt, fmt=args.format, system=args.system)
+    prompt, where = choice.rendered, choice.where
+    inj = Injection(vec, layer, args.strength, choice.window, label=args.concept)
     if model.context_length and len(prompt) + args.max_new_tokens > model.context_length:
         raise ConfigError(f"the prompt ({len(prompt)} tokens) plus --max-new-tokens {args.max_new_tokens} exceeds "
                           f"the model's context of {model.context_length}; lower --max-new-tokens")
@@ -130,81 +101,16 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _items(text: str, what: str) -> list[str]:
-    """A comma-separated CLI list; an empty list (``--layers ''``, ``--strengths ,``) is an error, not 'none'."""
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise ConfigError(f"{what} is empty; pass a comma-separated list such as {'4,8' if 'strength' in what else '0.5,0.67'}")
-    return items
+def experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The chosen experiment's spec and its config from the options the user gave (defaults live only in the
+    config dataclass); validated, before anything is loaded or written."""
+    from .experiments.options import config_from_options, given_options
 
-
-def _floats(text: str) -> list[float]:
-    """Strengths from the CLI: each checked, duplicates (4 and 4.0) listed once."""
-    from .inject import check_strength
-
-    out: list[float] = []
-    for x in _items(text, "--strengths"):
-        s = check_strength(x)
-        if s not in out:
-            out.append(s)
-    return out
-
-
-# CLI option → config field, per experiment. An option an experiment does not use is refused, not ignored.
-RUN_OPTIONS: dict[str, dict[str, str]] = {
-    "injected-thoughts": {"layers": "layers", "strengths": "strengths", "concepts": "concepts",
-                          "n_concepts": "n_concepts", "trials": "trials", "control_trials": "control_trials",
-                          "controls": "controls", "control_per_cell": "control_per_cell",
-                          "yes_bias_per_cell": "yes_bias_per_cell", "alt_per_cell": "alt_per_cell",
-                          "variant": "variant", "max_new_tokens": "max_new_tokens",
-                          "random_fixed_strength": "random_fixed_strength", "control_seed": "control_seed"},
-    "thoughts-vs-text": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_sentences"},
-    "prefill-intent": {"layers": "layers", "strengths": "strengths", "n_pairs": "n_pairs", "measure": "measure",
-                       "max_new_tokens": "max_new_tokens"},
-    "intentional-control": {"n_pairs": "n_pairs"},
-}
-_CONVERT = {"layers": lambda v: _items(v, "--layers"), "strengths": _floats,
-            "controls": lambda v: None if v == "all" else tuple(_items(v, "--controls")),
-            "random_fixed_strength": lambda v: _KEEP_NONE if _optional_strength(v) is None else _optional_strength(v)}
-_KEEP_NONE = object()  # an option whose value is None on purpose ('none'), unlike an option not given
-
-
-def _experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The experiment's config from the options the user gave; defaults live only in the config dataclasses."""
-    if args.experiment == "injected-thoughts":
-        from .experiments.injected_thoughts import InjectedThoughts as cls, InjectedThoughtsConfig as cfg_cls
-    elif args.experiment == "thoughts-vs-text":
-        from .experiments.thoughts_vs_text import ThoughtsVsText as cls, ThoughtsVsTextConfig as cfg_cls
-    elif args.experiment == "prefill-intent":
-        from .experiments.prefill_intent import PrefillIntent, PrefillIntentConfig as cfg_cls, PrefillIntentLogits
-
-        cls = PrefillIntentLogits if args.measure == "logits" else PrefillIntent
-    elif args.experiment == "intentional-control":
-        from .experiments.intentional_control import IntentionalControl as cls, IntentionalControlConfig as cfg_cls
-    else:  # argparse restricts the choices; this guards programmatic calls
-        raise IntrospectError(f"unknown experiment {args.experiment!r}")
-    allowed = RUN_OPTIONS[args.experiment]
-    every = {k for opts in RUN_OPTIONS.values() for k in opts}
-    unused = [k for k in sorted(every - set(allowed)) if getattr(args, k, None) is not None]
-    if unused:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
-        raise ConfigError(f"{args.experiment} does not use {flags}; remove it (its options: "
-                          f"{', '.join('--' + k.replace('_', '-') for k in allowed)}, --format)")
-    if args.experiment == "prefill-intent" and args.measure == "logits" and args.max_new_tokens is not None:
-        raise ConfigError("prefill-intent --measure logits generates nothing; remove --max-new-tokens")
-    kw: dict[str, Any] = {"fmt": args.format, "system": args.system}
-    for opt, fld in allowed.items():
-        v = getattr(args, opt)
-        if v is None:
-            continue
-        v = _CONVERT.get(opt, lambda x: x)(v)
-        if v is _KEEP_NONE:
-            kw[fld] = None
-        elif v is not None:
-            kw[fld] = v
-    cfg = cfg_cls(**kw)
-    cfg.validate()
-    return cls, cfg
+    spec = args.spec
+    given = given_options(spec.config, args)
+    if spec.check_given is not None:
+        spec.check_given(given)
+    return spec, config_from_options(spec.config, given)
 
 
 def _batch_size(text: str) -> int | str:
@@ -215,23 +121,17 @@ def _batch_size(text: str) -> int | str:
     return int(text)
 
 
-def _optional_strength(text: str) -> float | None:
-    from .inject import check_strength
-
-    return None if str(text).strip().lower() in ("none", "off") else check_strength(text)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from .runner import check_run_settings, run_sweep
     from .store import check_out_dir
 
     # everything that can be checked without the model is checked before it loads, and nothing is written
-    cls, cfg = _experiment_config(args)
+    spec, cfg = experiment_config(args)
     check_out_dir(args.out)
     bs = _batch_size(args.batch_size)
     check_run_settings(bs, args.temperature, args.seed, args.decode)
-    model = _load(args)
-    exp = cls(model, cfg)
+    model = load_model_from_args(args)
+    exp = spec.make_protocol(model, cfg)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress, decode=args.decode)
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
@@ -239,6 +139,20 @@ def cmd_run(args: argparse.Namespace) -> int:
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
     return 0
+
+
+def unused_options_error(spec: Any, extras: Sequence[str]) -> ConfigError | None:
+    """``run CLI_NAME`` given options of other experiments: one line naming them and this one's options."""
+    from .experiments import registry
+    from .experiments.options import cli_options
+
+    mine = {o.flag for o in cli_options(spec.config)}
+    others = {o.flag for s in registry.specs() for o in cli_options(s.config)} - mine
+    given = sorted({x.split("=", 1)[0] for x in extras if x.startswith("--")} & others)
+    if not given:
+        return None
+    return ConfigError(f"{spec.cli_name} does not use {', '.join(given)}; remove it (its options: "
+                       f"{', '.join(o.flag for o in cli_options(spec.config))})")
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -269,40 +183,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    if args.task == "exp3-intent":
-        return _calibrate_exp3(args)
-    if args.grader not in ("rules", "rules-literal"):
-        raise ConfigError("Exp 1 calibration of a judge runs through `python -m introspect_mech.grading.calibrate "
-                          "--grader openai ...`; `calibrate --task exp1` scores the offline rules")
-    from .grading.calibrate import main as calibrate_main
+    from .grading.calibrate import run
 
-    argv = (["--split", args.split, "--grader", args.grader] + (["--data", args.data] if args.data else [])
-            + (["--out", args.out] if args.out else []) + (["--store"] if args.store else []))
-    return calibrate_main(argv)
+    return run(args)
 
 
-def _calibrate_exp3(args: argparse.Namespace) -> int:
-    """Score the Exp 3 grader (offline classifier or a judge with the paper's prompt) on the shipped labels."""
-    from .grading import calibrate_intent as ci
-    from .report import make_grader
-    from .store import atomic_write_json
-
-    if args.grader == "rules":
-        rep = ci.calibrate_intent(ci.offline_verdicts, "rules (grading/intent.py)", args.data, args.split)
-    else:
-        judge = make_grader(args.grader, base_url=args.judge_url, cache_path=args.cache)
-        rep = ci.calibrate_intent(judge.intended, args.grader, args.data, args.split, binary=True)
-    agree = ci.annotator_agreement(args.data)
-    print(rep.to_markdown())
-    if agree["n"]:  # only sets with two annotators' labels (label_a, label_b) have this
-        print(f"Annotator agreement before adjudication (all {agree['n']} rows): {agree['agreement']:.3f}, "
-              f"3-way kappa {agree['kappa_3way']:.3f}, intent kappa {agree['kappa_intent']:.3f}")
-    if args.out:
-        atomic_write_json(Path(args.out), {**rep.to_dict(), "annotator_agreement": agree})
-    return 0
-
-
-ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance_heads", "thought-control": "thought_control",
+ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance", "thought-control": "thought_control",
             "attention": "attention_plots"}
 
 
@@ -314,12 +200,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return int(mod.main(list(args.rest)) or 0)
 
 
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """The options of every ``run`` command that are not the experiment's: where, how, how fast."""
+    p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
+    p.add_argument("--decode", default=None, choices=["compact", "hf"],
+                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
+                        "see benchmarks/). A resumed run keeps the method it started with")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments import registry
+    from .experiments.options import SYSTEM_HELP, add_config_arguments
+    from .grading.factory import JUDGE_HELP
+
     parser = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("vectors", help="extract concept vectors (mean subtraction) and save them")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--words", default="paper",
                    help="'paper' (the 50 concept words), a category name, or a comma-separated list")
     p.add_argument("--layers", default=None, help="comma-separated indices or depth fractions (default: all)")
@@ -333,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vectors)
 
     p = sub.add_parser("steer", help="generate with an injected concept, next to the un-injected text")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--concept", default="dust")
     p.add_argument("--layer", default="0.67", help="layer index or depth fraction (default 0.67)")
     p.add_argument("--strength", type=float, default=4.0)
@@ -348,56 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default="auto", help=SYSTEM_HELP)
     p.set_defaults(func=cmd_steer)
 
-    p = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
-    p.add_argument("experiment", choices=["injected-thoughts", "thoughts-vs-text", "prefill-intent",
-                                          "intentional-control"])
-    _add_model_args(p)
-    p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
-    # experiment options default to None: the experiment's config dataclass holds the defaults (the paper's)
-    p.add_argument("--layers", default=None, help="indices or depth fractions (default 0.33,0.5,0.67,0.83)")
-    p.add_argument("--strengths", default=None, help="default: the paper's (1,2,4,8 for Exp 1; 1..16 for Exp 2/3)")
-    p.add_argument("--n-pairs", type=int, default=None, help="Exp 2-4: sentences / pairs used (max 50)")
-    p.add_argument("--measure", default=None, choices=["generate", "logits"],
-                   help="Exp 3: graded replies, or the generation-free intent-vs-apology log-odds")
-    p.add_argument("--concepts", default=None,
-                   help="'paper', category names (famous_people,countries,concrete_nouns,abstract_nouns,verbs), or words")
-    p.add_argument("--n-concepts", type=int, default=None, help="use only the first N concepts of each selected set")
-    p.add_argument("--trials", type=int, default=None, help="samples per (concept, layer, strength) (default 1)")
-    p.add_argument("--control-trials", type=int, default=None, help="no-injection trials (false positives; default 100)")
-    p.add_argument("--controls", default=None,
-                   help="comma list of control, yes_bias, random_vector, negated, scaling, alt_prompt (default all)")
-    p.add_argument("--control-per-cell", type=int, default=None, help="random/negated/scaling trials per cell (10)")
-    p.add_argument("--yes-bias-per-cell", type=int, default=None,
-                   help="yes-bias questions per injected cell: 20 = all (default); fewer = a per-cell offset into "
-                        "the 20, each cell compared with the clean answers to the same questions")
-    p.add_argument("--random-fixed-strength", default=None,
-                   help="Exp 1: the paper's random-vector control, norm-matched to a concept vector at this "
-                        "strength (default 8), once per layer ('none' to skip); the cell-matched random control "
-                        "runs as well")
-    p.add_argument("--control-seed", type=int, default=None,
-                   help="Exp 1: seed of the concept draws for the per-cell controls (default 0)")
-    p.add_argument("--alt-per-cell", type=int, default=None, help="(default 6)")
-    p.add_argument("--variant", default=None, choices=["2025", "2026"])
-    p.add_argument("--format", default="auto", choices=["auto", "chat", "raw"])
-    p.add_argument("--system", default="auto", help=SYSTEM_HELP)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
-    p.add_argument("--decode", default=None, choices=["compact", "hf"],
-                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
-                        "see benchmarks/). A resumed run keeps the method it started with")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_run)
+    run = sub.add_parser("run", help="run (or resume) an experiment sweep into a results store")
+    exps = run.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    for spec in registry.specs():
+        p = exps.add_parser(spec.cli_name, help=spec.help, description=spec.title)
+        add_config_arguments(p, spec.config)
+        add_model_args(p)
+        add_sweep_args(p)
+        p.set_defaults(func=cmd_run, spec=spec)
 
     p = sub.add_parser("report", help="grade a run, write summary tables with CIs and figures")
     p.add_argument("run", help="run folder")
-    p.add_argument("--grader", default="rules", help="'rules' (offline) or 'openai:MODEL' (LLM judge)")
+    p.add_argument("--grader", default="rules", help="'rules' (offline) or a judge: " + JUDGE_HELP)
     p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
     p.add_argument("--figures-dir", default=None, help="where to write figures (default RUN/figures)")
     p.add_argument("--no-png", action="store_true", help="HTML figures only")
     p.add_argument("--compare", nargs="*", default=None,
-                   help="Exp 4: other runs (e.g. the base model) drawn side by side in one figure")
+                   help="other runs of the same experiment (other models or adapters) side by side: tables, "
+                        "figures and the HTML report")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("analyze", help="mechanism analyses (anomaly, concordance, thought-control, attention)",
@@ -412,28 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .organism.cli import add_organism_parser
 
-    add_organism_parser(sub, _add_model_args)
+    add_organism_parser(sub)
+
+    from .grading.calibrate import add_arguments as add_calibrate_arguments
 
     p = sub.add_parser("calibrate", help="score a grader against labelled responses")
-    p.add_argument("--task", default="exp1", choices=["exp1", "exp3-intent"],
-                   help="exp1: the shared externally graded Exp 1 set; exp3-intent: the packaged Exp 3 labels")
-    p.add_argument("--grader", default="rules",
-                   help="'rules' (offline; 'rules-literal' without the related-concept step), or for "
-                        "exp3-intent a judge: 'hf:MODEL' or 'openai:MODEL'")
-    p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
-    p.add_argument("--cache", default=None, help="judge verdict cache (JSONL)")
-    p.add_argument("--data", default=None, help="labelled JSONL (default: the task's own set)")
-    p.add_argument("--split", default="test", choices=["test", "dev", "all"])
-    p.add_argument("--out", default=None)
-    p.add_argument("--store", action="store_true",
-                   help="exp1: record recall/precision in the package, where the Exp 1 report reads them")
+    add_calibrate_arguments(p)
     p.set_defaults(func=cmd_calibrate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        err = unused_options_error(args.spec, extras) if getattr(args, "spec", None) is not None else None
+        if err is None:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     threads = os.environ.get("INTROSPECT_MECH_THREADS")
     if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
         import torch

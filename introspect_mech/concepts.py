@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +31,10 @@ from .errors import ArtifactError, ConceptError, MissingFileError, VectorError
 from .execution import forward
 from .prompts import RenderedPrompt, Turn, render
 from .record import RecordSpec
+from .store import atomic_write_with
+
+if TYPE_CHECKING:
+    from .models import Model
 
 FORMAT_VERSION = 1
 
@@ -105,9 +109,6 @@ class ConceptVectors:
     def get(self, word: str, layer: int) -> torch.Tensor:
         return self.vectors[self._word_index(word), self._layer_index(layer)]
 
-    def __contains__(self, word: str) -> bool:
-        return isinstance(word, str) and word.strip().lower() in self._index
-
     def stack(self, words: Sequence[str] | None = None) -> torch.Tensor:
         """``[K, n_layers, d]`` for ``RecordSpec(cosine_with=...)`` (layers must be all model layers)."""
         idx = [self._word_index(w) for w in (words or self.words)]
@@ -116,6 +117,20 @@ class ConceptVectors:
     def norms(self) -> torch.Tensor:
         """‖v‖ per word and layer: ``[n_words, n_layers]``."""
         return self.vectors.float().norm(dim=-1)
+
+    def scaling_factor(self, layer: int, strength: float) -> float:
+        """The activation scale of the "scaling" control at ``layer``: ``1 + strength · mean‖v‖ / mean‖h‖``.
+
+        Why this factor: scaling the model's own activations by it perturbs the residual by as much,
+        on average, as injecting one of these concept vectors at ``strength`` (mean over the words
+        here; ‖h‖ from the baseline prompts), so an "anomaly" signal that is only "bigger" shows up
+        on this control too."""
+        if self.mean_norms is None:
+            raise VectorError("these vectors carry no mean residual norms (mean_norms); re-extract them")
+        i = self._layer_index(layer)
+        mean_h = float(self.mean_norms[i])
+        mean_v = float(self.norms()[:, i].mean())
+        return 1 + strength * mean_v / mean_h
 
     # ---- persistence ------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -126,12 +141,12 @@ class ConceptVectors:
         if self.mean_norms is not None:
             tensors["mean_norms"] = self.mean_norms.contiguous().float()
         cfg = {"format_version": FORMAT_VERSION, "words": self.words, "layers": self.layers, **self.meta}
-        _atomic_write(st, lambda p: save_file(tensors, str(p)))
-        _atomic_write(js, lambda p: p.write_text(json.dumps(cfg, indent=1)))
+        atomic_write_with(st, lambda p: save_file(tensors, str(p)))
+        atomic_write_with(js, lambda p: p.write_text(json.dumps(cfg, indent=1)))
         return st
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model: Any = None) -> "ConceptVectors":
+    def load(cls, path: str | os.PathLike, model: Model = None) -> "ConceptVectors":
         """Load and validate; with ``model``, refuse vectors extracted from another model."""
         base, st, js = _artefact_paths(path)
         for f in (st, js):
@@ -163,7 +178,7 @@ class ConceptVectors:
             cv.check_model(model)
         return cv
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: Model) -> None:
         if self.d_model != model.arch.d_model:
             raise VectorError(f"vectors have d_model {self.d_model} but {model.name} has {model.arch.d_model}; "
                               "re-extract them for this model")
@@ -174,13 +189,7 @@ class ConceptVectors:
                                 "re-extract them for this model")
 
 
-def _atomic_write(path: Path, write) -> None:
-    from .store import atomic_write_with
-
-    atomic_write_with(path, write)
-
-
-def _last_token_residuals(model: Any, prompts: list[RenderedPrompt], layers: list[int], batch_size: int):
+def _last_token_residuals(model: Model, prompts: list[RenderedPrompt], layers: list[int], batch_size: int):
     """Residual at the last prompt token for every layer: ``[n_prompts, n_layers, d]``, plus mean token norms."""
     rows, norm_sum, norm_count = [], torch.zeros(len(layers), dtype=torch.float64), 0
     for i in range(0, len(prompts), batch_size):
@@ -196,7 +205,7 @@ def _last_token_residuals(model: Any, prompts: list[RenderedPrompt], layers: lis
     return torch.cat(rows), (norm_sum / max(norm_count, 1)).float()
 
 
-def _cache_path(model: Any, key: dict) -> Path:
+def _cache_path(model: Model, key: dict) -> Path:
     from .models import cache_dir
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -204,7 +213,7 @@ def _cache_path(model: Any, key: dict) -> Path:
 
 
 def extract_concept_vectors(
-    model: Any,
+    model: Model,
     words: Sequence[str] | None = None,
     *,
     layers: Any = None,
@@ -273,7 +282,7 @@ def extract_concept_vectors(
 
 
 def extract_contrastive(
-    model: Any,
+    model: Model,
     pairs: Sequence[tuple[Any, Any]],
     *,
     name: str,

@@ -60,10 +60,6 @@ class Window:
     def end_or_inf(self) -> int:
         return NO_END if self.end is None else self.end
 
-    @property
-    def includes_generated(self) -> bool:
-        return self.end is None
-
     def mask(self, positions: torch.Tensor) -> torch.Tensor:
         return (positions >= self.start) & (positions < self.end_or_inf)
 

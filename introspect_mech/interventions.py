@@ -25,7 +25,7 @@ from .inject import NO_END, Injection, check_vector
 class HeadAblation:
     """Replace the output of ``heads`` at ``layer`` (the o_proj input slice) by zero or a mean.
 
-    ``mean`` is ``[n_heads, head_dim]`` (e.g. from ``record.mean_head_inputs``) for mode "mean".
+    ``mean`` is ``[n_heads, head_dim]`` (e.g. ``analyses.circuits.ComponentStats.head_mean``) for mode "mean".
     ``rows=None`` applies to every row of the batch. Only unpadded positions ``>= start`` are edited:
     a causal test should leave the tokens before the intervention window (the attention sink among
     them) as they are.
@@ -228,10 +228,6 @@ class InterventionPlan:
 
     # ---- which layers does a step touch? -----------------------------------------
     @property
-    def injection_layers(self) -> list[int]:
-        return sorted(self.slots)
-
-    @property
     def edit_layers(self) -> list[int]:
         return sorted(set(self.slots) | set(self.patches) | set(self.directions))
 
@@ -242,10 +238,6 @@ class InterventionPlan:
     @property
     def ablation_layers(self) -> list[int]:
         return sorted(self.ablations)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.slots or self.ablations or self.patches or self.mlp_ablations or self.directions)
 
     # ---- application ---------------------------------------------------------------
     def apply_residual(self, layer: int, h: torch.Tensor, positions: torch.Tensor, prefill: bool) -> torch.Tensor:

@@ -14,7 +14,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import plotly.graph_objects as go
 
@@ -67,7 +67,7 @@ def save_figure(fig: go.Figure, out_base: str | Path, *, png: bool = True, width
     return written
 
 
-def _rgba(hex_color: str, alpha: float) -> str:
+def rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
@@ -89,9 +89,9 @@ def rate_vs_layer(
     subplot: dict | None = None,
     show_legend: bool = True,
 ) -> go.Figure:
-    """Lines of ``row[metric]['rate']`` vs ``row[x]``, one per value of ``row[group]``, with Wilson CI bands.
+    """Lines of ``row[metric].rate`` vs ``row[x]``, one per value of ``row[group]``, with Wilson CI bands.
 
-    ``baseline`` (a rate dict with ``rate/lo/hi``) is drawn as a horizontal band,
+    ``row[metric]`` and ``baseline`` are ``stats.Rate``s; the baseline is drawn as a horizontal band,
     e.g. the false-positive rate on control trials; ``chance`` as a dashed line.
     """
     fig = fig if fig is not None else go.Figure()
@@ -99,28 +99,28 @@ def rate_vs_layer(
     label = group if group_label is None else group_label
     groups = sorted({r[group] for r in rows}, key=lambda v: (v is None, str(v)))
     for i, gval in enumerate(groups):
-        pts = sorted((r for r in rows if r[group] == gval and r.get(metric) and r[metric]["n"] > 0),
+        pts = sorted((r for r in rows if r[group] == gval and r.get(metric) and r[metric].n > 0),
                      key=lambda r: r[x])
         if not pts:
             continue
         c = PALETTE[i % len(PALETTE)]
         xs = [r[x] for r in pts]
-        ys = [r[metric]["rate"] for r in pts]
-        lo = [r[metric]["lo"] for r in pts]
-        hi = [r[metric]["hi"] for r in pts]
-        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_rgba(c, 0.15),
+        ys = [r[metric].rate for r in pts]
+        lo = [r[metric].lo for r in pts]
+        hi = [r[metric].hi for r in pts]
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=hi + lo[::-1], fill="toself", fillcolor=rgba(c, 0.15),
                                  mode="lines", line=dict(width=0), hoverinfo="skip", showlegend=False,
                                  legendgroup=str(gval)), **sub)
         fig.add_trace(go.Scatter(
             x=xs, y=ys, mode="lines+markers", name=f"{label} {gval}".strip(), line=dict(color=c),
             legendgroup=str(gval), showlegend=show_legend,
-            customdata=[[r[metric]["k"], r[metric]["n"], r[metric]["lo"], r[metric]["hi"]] for r in pts],
+            customdata=[[r[metric].k, r[metric].n, r[metric].lo, r[metric].hi] for r in pts],
             hovertemplate="%{x}: %{y:.2f} (%{customdata[0]}/%{customdata[1]}, 95% CI %{customdata[2]:.2f}–%{customdata[3]:.2f})<extra></extra>"),
             **sub)
-    if baseline is not None and baseline.get("n", 0) > 0:
-        fig.add_hrect(y0=baseline["lo"], y1=baseline["hi"], fillcolor="rgba(120,120,120,0.15)", line_width=0, **sub)
-        fig.add_hline(y=baseline["rate"], line_dash="dot", line_color="gray",
-                      annotation_text=f"{baseline_label} {baseline['rate']:.2f} ({baseline['k']}/{baseline['n']})",
+    if baseline is not None and baseline.n > 0:
+        fig.add_hrect(y0=baseline.lo, y1=baseline.hi, fillcolor="rgba(120,120,120,0.15)", line_width=0, **sub)
+        fig.add_hline(y=baseline.rate, line_dash="dot", line_color="gray",
+                      annotation_text=f"{baseline_label} {baseline.rate:.2f} ({baseline.k}/{baseline.n})",
                       annotation_position="top left", **sub)
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dash", line_color="black", annotation_text=f"chance {chance:.2f}", **sub)
@@ -151,8 +151,8 @@ def facets_vs_layer(rows: Sequence[dict], *, facet: str, metric: str, group: str
     return fig
 
 
-def heatmap(rows: Sequence[dict], *, metric: str, title: str, x: str = "layer", y: str = "strength",
-            value: str = "rate") -> go.Figure:
+def heatmap(rows: Sequence[dict], *, metric: str, title: str, x: str = "layer", y: str = "strength") -> go.Figure:
+    """``row[metric].rate`` (a ``stats.Rate``) over ``x`` × ``y``, each cell labelled with its interval."""
     xs = sorted({r[x] for r in rows})
     ys = sorted({r[y] for r in rows})
     z, text = [], []
@@ -161,12 +161,12 @@ def heatmap(rows: Sequence[dict], *, metric: str, title: str, x: str = "layer", 
         for xv in xs:
             r = next((r for r in rows if r[x] == xv and r[y] == yv), None)
             m = r.get(metric) if r else None
-            if m is None or m.get("n", 1) == 0:
+            if m is None or m.n == 0:
                 zr.append(None)
                 tr.append("")
             else:
-                zr.append(m[value])
-                tr.append(f"{m[value]:.2f}<br>[{m['lo']:.2f}, {m['hi']:.2f}]")
+                zr.append(m.rate)
+                tr.append(f"{m.rate:.2f}<br>[{m.lo:.2f}, {m.hi:.2f}]")
         z.append(zr)
         text.append(tr)
     fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in xs], y=[str(v) for v in ys], text=text,
@@ -177,31 +177,35 @@ def heatmap(rows: Sequence[dict], *, metric: str, title: str, x: str = "layer", 
 
 def bars_with_ci(rows: Sequence[dict], *, label: str, metric: str, title: str, y_title: str = "rate",
                  series: str | None = None) -> go.Figure:
+    """Bars of ``row[metric].rate`` (a ``stats.Rate``) per ``row[label]``, with Wilson error bars."""
     fig = go.Figure()
     keys = sorted({r[series] for r in rows}) if series else [None]
     for i, s in enumerate(keys):
         pts = [r for r in rows if (series is None or r[series] == s) and r.get(metric)]
         fig.add_trace(go.Bar(
-            x=[str(r[label]) for r in pts], y=[r[metric]["rate"] for r in pts], name=str(s) if s else metric,
+            x=[str(r[label]) for r in pts], y=[r[metric].rate for r in pts], name=str(s) if s else metric,
             marker_color=PALETTE[i % len(PALETTE)],
-            error_y=dict(type="data", symmetric=False, array=[r[metric]["hi"] - r[metric]["rate"] for r in pts],
-                         arrayminus=[r[metric]["rate"] - r[metric]["lo"] for r in pts]),
-            customdata=[[r[metric]["k"], r[metric]["n"]] for r in pts],
+            error_y=dict(type="data", symmetric=False, array=[r[metric].hi - r[metric].rate for r in pts],
+                         arrayminus=[r[metric].rate - r[metric].lo for r in pts]),
+            customdata=[[r[metric].k, r[metric].n] for r in pts],
             hovertemplate="%{x}: %{y:.2f} (%{customdata[0]}/%{customdata[1]})<extra></extra>"))
     fig.update_layout(title=title, yaxis_title=y_title, yaxis_range=[0, 1.02], template="plotly_white",
                       barmode="group")
     return fig
 
 
-def transcripts_page(groups: dict[str, list[dict]], *, title: str, fields: Iterable[str], per_group: int = 6) -> str:
-    """A self-contained HTML page of example transcripts, one section per outcome."""
+def transcripts_page(groups: dict[str, list[dict]], *, title: str, fields: Iterable[str], per_group: int = 6,
+                     counts: dict[str, int] | None = None) -> str:
+    """A self-contained HTML page of example transcripts, one section per outcome (``counts``: how many
+    trials each outcome has when ``groups`` holds only examples)."""
     css = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}"
            "section{margin-bottom:2em}.t{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;margin:.6em 0}"
            ".meta{color:#666;font-size:.85em}.resp{white-space:pre-wrap;font-family:ui-monospace,monospace}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{css}</style></head><body><h1>{html.escape(title)}</h1>"]
     for name, recs in groups.items():
-        parts.append(f"<section><h2>{html.escape(name)} <small>({len(recs)} trials)</small></h2>")
+        n = len(recs) if counts is None else counts.get(name, len(recs))
+        parts.append(f"<section><h2>{html.escape(name)} <small>({n} trials)</small></h2>")
         if not recs:
             parts.append("<p class='meta'>no trials in this outcome</p>")
         for r in recs[:per_group]:

@@ -97,9 +97,6 @@ class RenderedPrompt:
         cs, ce = self.find_last(needle) if last else self.find(needle, occurrence=occurrence, after=after)
         return self.token_span(cs, ce)
 
-    def tokens(self, tokenizer: Any) -> list[str]:
-        return [tokenizer.decode([i]) for i in self.input_ids]
-
 
 def _raw_text(turns: Sequence[Turn], add_generation_prompt: bool, prefill: str | None) -> str:
     """The paper's format: ``Human: ...\\n\\nAssistant: ...`` turns joined by blank lines."""

@@ -10,11 +10,14 @@ model actually made (residuals are recorded after the injection at their layer).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .batch import Batch
+
+if TYPE_CHECKING:
+    from .models import Model
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +86,7 @@ def cosine_to(h: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return hn @ vn.T
 
 
-def head_contributions(model: Any, layer: int, head_inputs: torch.Tensor) -> torch.Tensor:
+def head_contributions(model: Model, layer: int, head_inputs: torch.Tensor) -> torch.Tensor:
     """Project per-head outputs ``[B, T, H, hd]`` through o_proj into ``[B, T, H, d]``.
 
     Summing over heads (plus the o_proj bias, if any) gives the attention module's
@@ -102,5 +105,5 @@ def head_contributions(model: Any, layer: int, head_inputs: torch.Tensor) -> tor
         return torch.einsum("bthk,dhk->bthd", head_inputs.to(w.dtype), w_heads)
 
 
-def o_proj_bias(model: Any, layer: int) -> torch.Tensor | None:
+def o_proj_bias(model: Model, layer: int) -> torch.Tensor | None:
     return getattr(model.arch.o_proj(model.hf, layer), "bias", None)

@@ -15,13 +15,16 @@ Packing needs a model whose attention takes a custom 4D mask without sliding win
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .batch import Batch
 from .execution import forward
 from .prompts import RenderedPrompt, encode_text
+
+if TYPE_CHECKING:
+    from .models import Model
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def slice_batch(b: Batch, i: int, j: int) -> Batch:
     return Batch(**common)
 
 
-def packing_supported(model: Any) -> bool:
+def packing_supported(model: Model) -> bool:
     """A custom 4D mask bypasses sliding windows, so packing is only used without them.
 
     A window shows in the config as ``layer_types`` with a sliding entry (Gemma 2/3, Qwen2/3), or,
@@ -72,7 +75,7 @@ class ReplyLayout:
     item: list[int]  # row -> item index
 
 
-def build_reply_layout(model: Any, prompts: Sequence[RenderedPrompt], replies: Sequence[str],
+def build_reply_layout(model: Model, prompts: Sequence[RenderedPrompt], replies: Sequence[str],
                        packed: bool = True) -> ReplyLayout:
     """Rows scoring every reply after every prompt: one packed row per prompt, or one row per (prompt, reply)."""
     tok = model.tokenizer
@@ -129,7 +132,7 @@ def build_reply_layout(model: Any, prompts: Sequence[RenderedPrompt], replies: S
     return ReplyLayout(batch, [r[0] for r in rows], [r[2] for r in rows], [r[1] for r in rows], [r[3] for r in rows])
 
 
-def score_replies(model: Any, layout: ReplyLayout, injections: Sequence[Any] | None, n_replies: int,
+def score_replies(model: Model, layout: ReplyLayout, injections: Sequence[Any] | None, n_replies: int,
                   batch_size: int = 16, ablations_for: Any = None, with_doses: bool = False):
     """log P(reply k | prompt) for every layout row, ``[rows, n_replies]`` (NaN where a row lacks reply k).
 

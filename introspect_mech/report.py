@@ -1,8 +1,10 @@
-"""``introspect-mech report RUN``: grade, summarise and plot a stored run.
+"""``introspect-mech report RUN [--compare RUN…]``: grade, summarise and plot a stored run.
 
-Dispatches on the experiment named in the run's manifest; every number and figure is
-recomputed from ``results.jsonl``, so a report can be regenerated with another grader
-at any time without touching the sweep.
+The experiment named in the run's manifest is looked up in the registry
+(``experiments.registry``); its report (``spec.ExperimentReport``) grades, summarises, tabulates and
+draws. Every number and figure is recomputed from ``results.jsonl``, so a report can be regenerated
+with another grader at any time without touching the sweep. ``--compare`` puts other runs of the same
+experiment (other models, adapters) beside it (``experiments.compare``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ArtifactError, ConfigError, MissingFileError
+from .grading.factory import check_grader_name
 from .store import ResultStore, atomic_write_json, atomic_write_text, check_out_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    """Read a run without modifying it: the manifest and every complete record, checked field by field."""
+    """Read a run without modifying it: the manifest and every complete record, checked field by field
+    against its experiment's declared record."""
+    from .experiments import registry
     from .records import check_manifest, check_records
 
     run = Path(run_dir)
@@ -28,9 +33,9 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{mpath} is corrupt ({exc.__class__.__name__}); restore it from the run") from None
-    exp = check_manifest(manifest, str(mpath))
+    exp = check_manifest(manifest, str(mpath), [s.name for s in registry.specs()])
     records = ResultStore(run / "results.jsonl").records()
-    check_records(records, exp, str(run / "results.jsonl"))
+    check_records(records, registry.get(exp).record, exp, str(run / "results.jsonl"))
     return manifest, records
 
 
@@ -43,54 +48,19 @@ def _report_dir(run: Path, figures_dir: str | Path | None) -> Path:
     return check_out_dir(figures_dir, "--figures-dir")
 
 
-def check_grader_name(name: str) -> str:
-    """Refuse an unknown grader spec before anything is read, loaded or written."""
-    if name == "rules" or (name.startswith(("openai:", "hf:")) and name.split(":", 1)[1].strip()):
-        return name
-    raise ConfigError(f"unknown grader {name!r}; use 'rules', 'hf:MODEL' (a local judge model: alias, path or HF id) "
-                      "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
-                      "base URL)")
+def _graded_summary(report: Any, manifest: dict, records: Sequence[dict], grader: Any) -> dict:
+    from .experiments.spec import RunMeta
 
-
-def make_grader(name: str, **kwargs: Any):
-    if name in ("rules", "rules-literal"):
-        from .grading.rules import RuleGrader
-
-        return RuleGrader() if name == "rules" else RuleGrader(related=None)
-    if name.startswith("openai:"):
-        from .grading.llm_judge import LLMJudge, OpenAIBackend
-
-        _, model = name.split(":", 1)
-        base = kwargs.get("base_url") or "https://api.openai.com/v1"
-        return LLMJudge(OpenAIBackend(base, model), cache_path=kwargs.get("cache_path"))
-    if name.startswith("hf:"):
-        from .grading.llm_judge import HFBackend, LLMJudge
-        from .models import load_model
-
-        judge_model = load_model(name.split(":", 1)[1])
-        return LLMJudge(HFBackend(judge_model.hf, judge_model.tokenizer, id=f"hf:{judge_model.name}:{judge_model.fingerprint}"),
-                        cache_path=kwargs.get("cache_path"))
-    raise ConfigError(f"unknown grader {name!r}; use 'rules' ('rules-literal': no related concepts), 'hf:MODEL' (a local judge model: alias, path or HF id) "
-                     "or 'openai:MODEL' (OpenAI-compatible endpoint, key in OPENAI_API_KEY, --judge-url for another "
-                     "base URL)")
-
-
-class _JudgeChooser:
-    """The paper's word_choice judge prompt behind the chooser interface."""
-
-    def __init__(self, judge: Any) -> None:
-        self.judge, self.name = judge, getattr(judge, "name", "judge")
-
-    def choose(self, response: str, candidates: Sequence[str]):
-        from .grading.word_choice import Choice
-
-        answer = self.judge.choose_words([response], [list(candidates)])[0]
-        hit = next((c for c in candidates if c.lower() in answer.lower()), "")
-        return Choice(hit, "judge", {"answer": answer})
+    model = manifest.get("model") or {}
+    meta = RunMeta(n_layers=model.get("n_layers"), model_name=model.get("name", "model"),
+                   config=manifest.get("config") or {}, grader=getattr(grader, "name", None))
+    return report.summarize(records, report.grade(records, grader), meta)
 
 
 def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str | Path | None = None,
                  png: bool = True, judge_url: str | None = None, compare: Sequence[str | Path] = ()) -> dict:
+    from .experiments import registry
+
     run = Path(run_dir)
     check_grader_name(grader)
     if judge_url is not None:
@@ -101,74 +71,56 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
     if not records:
         raise ArtifactError(f"{run}/results.jsonl holds no trials yet; run (or resume) the sweep first")
     exp = manifest["experiment"]
+    others = []
+    for other in compare:  # every compared run is read and checked before anything is written
+        m2, r2 = load_run(other)
+        if m2["experiment"] != exp:
+            raise ArtifactError(f"--compare {other} is a {m2['experiment']} run, not {exp}")
+        if not r2:
+            raise ArtifactError(f"--compare {other}: its results.jsonl holds no trials yet")
+        others.append((Path(other), m2, r2))
     if figures_dir is not None:
         check_out_dir(figures_dir, "--figures-dir")
     out_dir = _report_dir(run, figures_dir)
     fig_dir = Path(figures_dir) if figures_dir else run / "figures"
-    n_layers = manifest.get("model", {}).get("n_layers")
-    g = None
-    if exp == "injected_thoughts":
-        g = make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl")
-        from .experiments import injected_thoughts_report as rep
-
-        from .grading import calibration_store
-
-        grades = rep.grade_records(records, g)
-        summary = rep.summarize(records, grades, n_layers, grader_name=g.name, calibration=calibration_store.load(g.name))
-        table = rep.markdown_table(summary)
-        written = rep.figures(records, grades, summary, fig_dir, png=png)
-    elif exp == "thoughts_vs_text":
-        from .experiments import thoughts_vs_text_report as rep
-
-        if grader in ("rules", "rules-literal"):
-            from .grading.word_choice import EmbeddingChooser
-
-            chooser = EmbeddingChooser()
-        else:
-            chooser = _JudgeChooser(make_grader(grader, base_url=judge_url, cache_path=out_dir / "judge_cache.jsonl"))
-        grades = rep.grade(records, chooser)
-        summary = rep.summarize(records, grades, n_layers, manifest["config"].get("n_choices", 10))
-        table = rep.markdown_table(summary)
-        written = rep.figures(summary, fig_dir, png=png)
-        g = chooser
-    elif exp == "prefill_intent":
-        from .experiments import prefill_intent_report as rep
-
-        g = None if grader == "rules" else make_grader(grader, base_url=judge_url,
-                                                       cache_path=out_dir / "judge_cache.jsonl")
-        grades = rep.grade(records, g)
-        summary = rep.summarize(records, grades, n_layers)
-        table = rep.markdown_table(summary)
-        written = rep.figures(summary, fig_dir, png=png)
-    elif exp == "intentional_control":
-        from .experiments import intentional_control_report as rep
-
-        summary = rep.summarize(records)
-        name = manifest.get("model", {}).get("name", "model")
-        table = rep.markdown_table(summary, name)
-        summaries = {name: summary}
-        for other in compare:
-            m2, r2 = load_run(other)
-            if not r2:
-                raise ArtifactError(f"--compare {other}: its results.jsonl holds no trials yet")
-            if m2["experiment"] != exp:
-                raise ArtifactError(f"--compare {other} is a {m2['experiment']} run, not {exp}")
-            s2 = rep.summarize(r2)
-            n2 = m2.get("model", {}).get("name", str(other))
-            summaries[n2] = s2
-            table += "\n\n" + rep.markdown_table(s2, n2)
-        written = rep.figure(summaries, fig_dir, png=png)
-    else:
-        raise ArtifactError(f"no report for experiment {exp!r}")
-    summary.update({"experiment": exp, "grader": getattr(g, "name", grader if g is not None else None), "model": manifest.get("model"),
-                    "run": str(run), "figures": written})
+    spec = registry.get(exp)
+    report = spec.make_report()
+    g = report.make_grader(grader, judge_url=judge_url, cache_path=out_dir / "judge_cache.jsonl")
+    summary = _graded_summary(report, manifest, records, g)
+    table = report.table(summary)
+    written = report.figures(summary, fig_dir, png)
+    compared = None
+    if others:
+        compared = _compare(spec, report, g, (run, manifest, summary), others, fig_dir, png, written)
+        table += "\n\n" + compared.pop("table")
+    summary.update({"experiment": exp, "grader": getattr(g, "name", grader if g is not None else None),
+                    "model": manifest.get("model"), "run": str(run), "figures": written,
+                    **({"compare": compared} if compared else {})})
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", table + "\n")
     from .html_report import write_html_report
 
-    extra = {}
-    tpage = written.get("transcripts", {}).get("html") if isinstance(written.get("transcripts"), dict) else None
-    if tpage and Path(tpage).exists():
-        extra["Example transcripts by outcome"] = Path(tpage).read_text()
-    html_path = write_html_report(run, manifest, table, written, extra, grader=summary.get("grader"), out_dir=out_dir)
+    pages = report.pages(summary) if hasattr(report, "pages") else {}
+    html_path = write_html_report(run, manifest, table, written, pages, grader=summary.get("grader"), out_dir=out_dir)
     return {"summary": summary, "table": table, "figures": written, "html": str(html_path)}
+
+
+def _compare(spec: Any, report: Any, grader: Any, main: tuple, others: list, fig_dir: Path, png: bool,
+             written: dict) -> dict:
+    """Summaries of the compared runs (same grader), their headlines side by side, and the figures."""
+    from .experiments.compare import compare_figures, compare_table, unique_labels
+
+    runs = [main] + [(path, m, _graded_summary(report, m, r, grader)) for path, m, r in others]
+    labels = unique_labels([(m.get("model") or {}).get("name", "model") for _, m, _ in runs], [p for p, _, _ in runs])
+    summaries = {lab: s for lab, (_, _, s) in zip(labels, runs)}
+    headlines = {lab: report.headline(s) for lab, s in summaries.items()}
+    if hasattr(report, "compare_figures"):  # the experiment's own side-by-side figures (replace its single-run ones)
+        written.update(report.compare_figures(summaries, fig_dir, png))
+    prefix = (spec.figures.rsplit("/", 1)[-1] or spec.name) if spec.figures else spec.name
+    written.update(compare_figures(prefix, headlines, fig_dir, png))
+    tables = [compare_table(spec.title, headlines)]
+    for lab, (path, _, s) in list(zip(labels, runs))[1:]:
+        tables.append(f"Compared run `{lab}` ({path}):\n\n" + report.table(s))
+    return {"table": "\n\n".join(tables),
+            "runs": [{"label": lab, "run": str(p), "model": m.get("model")} for lab, (p, m, _) in zip(labels, runs)],
+            "headlines": headlines}

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -28,7 +28,11 @@ from . import protocol
 from .execution import generate
 from .inject import Injection
 from .prompts import RenderedPrompt
+from .seeds import seed_from
 from .store import ResultStore, RunLock, atomic_write_json, check_out_dir
+
+if TYPE_CHECKING:
+    from .models import Model
 
 
 @dataclass(frozen=True)
@@ -63,15 +67,27 @@ class TrialInput:
 
 
 class Experiment(Protocol):
+    """What ``run_sweep`` drives: a name, its settings, the full trial list, a one-off ``prepare`` (e.g. concept
+    vectors) and ``build`` (a trial's prompt, injections and reply length). The paper's protocols are bound to
+    their model at construction (``experiments.base``) and refuse another one passed here."""
+
     name: str
 
     def config(self) -> dict: ...
 
     def trials(self) -> list[Trial]: ...
 
-    def prepare(self, model: Any) -> None: ...
+    def prepare(self, model: Model) -> None: ...
 
-    def build(self, model: Any, trial: Trial) -> TrialInput: ...
+    def build(self, model: Model, trial: Trial) -> TrialInput: ...
+
+
+class ForwardOnlyExperiment(Experiment, Protocol):
+    """An experiment that measures without generating (teacher forcing, logit measures): the runner calls
+    ``execute`` on each batch's inputs instead of generating; each output dict is merged into its record
+    (``doses``: the injections' doses)."""
+
+    def execute(self, model: Model, inputs: Sequence[TrialInput]) -> list[dict]: ...
 
 
 def _package_version() -> str:
@@ -127,7 +143,7 @@ def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: f
 
 
 def batch_seed(run_seed: int, batch_index: int) -> int:
-    return int(hashlib.sha256(f"{run_seed}:{batch_index}".encode()).hexdigest()[:8], 16)
+    return seed_from(run_seed, batch_index)
 
 
 def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None) -> list[list[Trial]]:

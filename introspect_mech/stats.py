@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Z95 = 1.96  # two-sided 95% normal quantile, as in Newcombe (1998) and the paper's CIs
 
@@ -172,7 +172,24 @@ def t_quantile(level: float, df: int) -> float:
     return float(_st.t.ppf(0.5 + level / 2, df))
 
 
-def mean_interval(xs: Sequence[float], level: float = 0.95) -> dict:
+@dataclass(frozen=True)
+class MeanCI:
+    """A mean with its (Student-t) interval, the counterpart of ``Rate`` for continuous values.
+
+    ``mean``/``lo``/``hi`` are None with no values; ``lo``/``hi`` are NaN with one value (no spread)."""
+
+    mean: float | None
+    lo: float | None
+    hi: float | None
+    n: int
+
+    def __str__(self) -> str:
+        if not self.n or self.mean is None:
+            return "n/a (n=0)"
+        return f"{self.mean:+.3f} [{self.lo:+.3f}, {self.hi:+.3f}] (n={self.n})"
+
+
+def mean_interval(xs: Sequence[float], level: float = 0.95) -> MeanCI:
     """Mean with a Student-t interval (t_{n-1} · sd / √n) over independent values, e.g. paired
     differences across sentence/word pairs; the interval is NaN with fewer than two values.
 
@@ -180,13 +197,33 @@ def mean_interval(xs: Sequence[float], level: float = 0.95) -> dict:
     by 5-7 % (t_{19, 0.975} = 2.093)."""
     n = len(xs)
     if n == 0:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
+        return MeanCI(None, None, None, 0)
     m = sum(xs) / n
     if n < 2:
-        return {"mean": m, "lo": math.nan, "hi": math.nan, "n": 1}
+        return MeanCI(m, math.nan, math.nan, 1)
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
     half = t_quantile(level, n - 1) * sd / math.sqrt(n)
-    return {"mean": m, "lo": m - half, "hi": m + half, "n": n}
+    return MeanCI(m, m - half, m + half, n)
+
+
+def mean_intervals(values: Any, level: float = 0.95) -> dict[str, Any]:
+    """``mean_interval`` over the first axis of an array ``[n, ...]``, element by element (numpy arrays out):
+    ``mean``, ``lo``, ``hi``, ``sd`` and the t statistic ``t`` = mean / (sd / √n) (0 where sd is 0).
+    For many means at once, e.g. a paired change per (layer, head); NaN intervals with n < 2."""
+    import numpy as np
+
+    d = np.asarray(values, dtype=np.float64)
+    n = d.shape[0]
+    mean = d.mean(0)
+    if n < 2:
+        nan = np.full_like(mean, np.nan)
+        return {"mean": mean, "lo": nan, "hi": nan.copy(), "sd": nan.copy(), "t": nan.copy(), "n": n}
+    sd = d.std(0, ddof=1)
+    se = sd / math.sqrt(n)
+    half = t_quantile(level, n - 1) * se
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, mean / np.where(se > 0, se, 1.0), 0.0)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "sd": sd, "t": t, "n": n}
 
 
 def bootstrap_interval(units: Sequence, statistic: Callable[[Sequence], float | None], *, n_boot: int = 2000,
@@ -286,3 +323,24 @@ def permutation_test(effect: float, null: Sequence[float], alternative: Alternat
 def format_p(p: float, min_p: float, n_null: int) -> str:
     """How every summary prints a permutation p: never without the smallest p the null allows."""
     return f"p = {p:.3f} (min attainable {min_p:.3f}, {n_null} nulls)"
+
+
+def format_rate(r: Rate | None) -> str:
+    """How every table prints a rate: ``0.25 [0.09, 0.53] (3/12)``, or ``–`` without trials."""
+    if r is None or r.n == 0:
+        return "–"
+    return f"{r.rate:.2f} [{r.lo:.2f}, {r.hi:.2f}] ({r.k}/{r.n})"
+
+
+def format_difference(d: Difference | None) -> str:
+    """A difference of rates with its interval, signed: ``+0.12 [-0.05, +0.30]``."""
+    if d is None:
+        return "–"
+    return f"{d.estimate:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}]"
+
+
+def format_mean(m: MeanCI | None, spec: str = "+.2f") -> str:
+    """A mean with its interval: ``+0.24 [-0.14, +0.62]``, or ``–`` without values."""
+    if m is None or not m.n:
+        return "–"
+    return f"{m.mean:{spec}} [{m.lo:{spec}}, {m.hi:{spec}}]"

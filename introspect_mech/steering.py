@@ -14,13 +14,16 @@ tested to give the tokens of ``im.generate``. For NDIF (``remote=True``) use ``i
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 
 from .errors import IntrospectError
 from .inject import Injection
 from .interventions import InterventionPlan
+
+if TYPE_CHECKING:
+    from .models import Model
 
 
 class _Positions:
@@ -50,7 +53,7 @@ class _Positions:
 
 
 @contextmanager
-def steer(model: Any, injections: Injection | Sequence[Injection]) -> Iterator[None]:
+def steer(model: Model, injections: Injection | Sequence[Injection]) -> Iterator[None]:
     """Within the block, every row of every forward pass of ``model.hf`` gets ``injections``.
 
     >>> with im.steer(model, im.Injection(vec, 19, 8.0)):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import dataclasses
 import json
 import os
 import re
@@ -67,8 +68,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def _json_default(obj: Any) -> Any:
+    """Dataclasses (``Rate``, ``MeanCI``, ...) as their fields; anything else JSON has no type for as text."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return str(obj)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str))
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_json_default))
 
 
 def atomic_write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> None:

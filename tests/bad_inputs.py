@@ -111,7 +111,7 @@ def _no_template(tmp: Path) -> None:
 
 def _judge_without_key(tmp: Path) -> None:
     from introspect_mech.grading.base import GradeRequest
-    from introspect_mech.report import make_grader
+    from introspect_mech.grading.factory import make_grader
 
     os.environ.pop("OPENAI_API_KEY", None)
     make_grader("openai:gpt-4o-mini").grade(GradeRequest("p", "r", "dust"))
@@ -182,7 +182,7 @@ _YES = (200, {"Content-Type": "application/json"}, b'{"choices": [{"message": {"
 def _grade_via(tmp: Path, reply: Callable[[int], tuple[int, dict, bytes]], n: int = 2) -> None:
     """Grade n Exp 1 replies with `--grader openai:fake-judge` against a local endpoint answering `reply`."""
     from introspect_mech.grading.base import GradeRequest
-    from introspect_mech.report import make_grader
+    from introspect_mech.grading.factory import make_grader
 
     with _judge_endpoint(reply) as url:
         judge = make_grader("openai:fake-judge", base_url=url, cache_path=tmp / "judge_cache.jsonl")

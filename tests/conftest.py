@@ -243,9 +243,3 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_raw_tokenizer():
     return make_tiny_tokenizer(chat_template=False)
-
-
-# =======================================================================================
-# REAL-MODEL FIXTURES (e.g. `smol`) GO BELOW THIS LINE — added separately; the tiny tier
-# above must not depend on anything here.
-# =======================================================================================

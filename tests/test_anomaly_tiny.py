@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analyses.anomaly_detection import AnomalyConfig, _folds, collect, probe_layer
+from analyses.anomaly_detection import AnomalyConfig, held_out_folds, collect, probe_layer
 from introspect_mech.concepts import ConceptVectors
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -32,7 +32,7 @@ def test_planted_direction_recovered_only_when_planted(tiny_model_of, planted):
     cfg = AnomalyConfig(injection_layer=L, n_concepts=8, strengths=[1.0, 2.0], n_trial_numbers=3,
                         n_random_concepts=2, n_folds=4)
     rows = collect(m, cfg, [L], L, words, vecs)
-    res = probe_layer(rows, L, _folds(rows, 4, 0), cfg.strengths)
+    res = probe_layer(rows, L, held_out_folds(rows, 4, 0), cfg.strengths)
     cos_u = abs(float(np.array(res["direction"]) @ u.numpy()))
     # measured: planted AUC 0.99, |cos(probe, u)| 0.40; unplanted AUC 0.38, |cos| 0.09 (random in 64-d: ~0.1)
     if planted:
@@ -46,7 +46,7 @@ def test_planted_direction_recovered_only_when_planted(tiny_model_of, planted):
 
 def test_causal_test_projects_from_the_window_with_a_shuffled_label_null(tiny_model_of):
     from analyses.anomaly_detection import causal_test, shuffled_probe_directions
-    from introspect_mech.experiments.exp1_prompt import exp1_prompt
+    from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
 
     m = tiny_model_of("llama")
     inj, layers = 0, [0, 2]
@@ -55,7 +55,7 @@ def test_causal_test_projects_from_the_window_with_a_shuffled_label_null(tiny_mo
     cfg = AnomalyConfig(injection_layer=inj, n_concepts=6, strengths=[2.0], n_trial_numbers=2, n_random_concepts=1,
                         n_folds=3, causal_concepts=3, n_null=5, null="shuffled")
     rows = collect(m, cfg, layers, inj, words, vecs)
-    folds = _folds(rows, 3, 0)
+    folds = held_out_folds(rows, 3, 0)
     probes = {L: probe_layer(rows, L, folds, cfg.strengths) for L in layers}
     nulls = shuffled_probe_directions(rows, [2], 3, seed=0)
     assert all(np.allclose(a[2], b[2]) for a, b in zip(nulls, shuffled_probe_directions(rows, [2], 3, seed=0)))

@@ -75,7 +75,7 @@ def test_thought_control_split_is_exact_on_post_norm_blocks(tiny_model_of, arch)
     m = tiny_model_of(arch)
     c, meta = contributions(m, n_pairs=2)
     for L in range(1, m.arch.n_layers):
-        assert c.delta[L]["mean"] == pytest.approx(c.attention[L]["mean"] + c.mlp[L]["mean"], abs=1e-5), L
+        assert c.delta[L].mean == pytest.approx(c.attention[L].mean + c.mlp[L].mean, abs=1e-5), L
     # ... while the raw module outputs (before the post-norms) do not add up to the residual change
     hf, raw = m.hf, {}
     block = hf.model.layers[1]
@@ -141,7 +141,7 @@ def test_phi3_qk_features_equal_logits_from_the_fused_projection(tiny_model_of):
     case: on Phi-3 it equals the contrast of raw QK logits computed by splitting qkv_proj's output."""
     from transformers.models.phi3.modeling_phi3 import apply_rotary_pos_emb
 
-    from analyses.concordance_heads import qk_contrast
+    from analyses.concordance import qk_contrast
 
     m = tiny_model_of("phi3")
     hf, H, KV, hd = m.hf, m.arch.n_heads, m.arch.n_kv_heads, m.arch.head_dim

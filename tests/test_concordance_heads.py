@@ -11,8 +11,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from analyses import concordance_heads as ch
-from introspect_mech.experiments.prefill_intent import PrefillIntent, PrefillIntentConfig
+from analyses import concordance as ch
+from analyses.circuits import Head
+from introspect_mech.reply_scoring import packing_supported
+from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
+from introspect_mech.experiments.prefill_intent.config import PrefillIntentConfig
 from introspect_mech.models import wrap
 from introspect_mech.runner import TrialInput
 
@@ -26,7 +29,7 @@ def llama_exp(tiny_model_of):
     m = tiny_model_of("llama")
     exp = PrefillIntent(m, PrefillIntentConfig(layers=[INJ_LAYER], strengths=[STRENGTH], n_pairs=3, measure="logits"))
     exp.prepare(m)
-    return m, exp, ch.exp3_pairs(m, exp, range(3), INJ_LAYER)
+    return m, exp, ch.exp3_pairs(exp, range(3), INJ_LAYER)
 
 
 # ---- features -----------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def planted(tiny_model_of):
     m = wrap(hf, base.tokenizer, name="planted-concordance", attention=True)
     exp = PrefillIntent(m, PrefillIntentConfig(layers=[INJ_LAYER], strengths=[STRENGTH], n_pairs=4, measure="logits"))
     exp.prepare(m)
-    items = [replace(it, vector=v) for it in ch.exp3_pairs(m, exp, range(4), INJ_LAYER)]
+    items = [replace(it, vector=v) for it in ch.exp3_pairs(exp, range(4), INJ_LAYER)]
     return m, items
 
 
@@ -140,7 +143,7 @@ def test_planted_head_ranks_first(planted):
     for feat in ("attn_sentence", "qk_sentence"):
         top = f.top(feat, 3)
         assert (top[0]["layer"], top[0]["head"]) == (2, 0), (feat, top)
-        assert top[0]["ci_low"] > 0 and abs(top[0]["mean_change"]) > 3 * abs(top[1]["mean_change"])
+        assert top[0]["lo"] > 0 and abs(top[0]["mean_change"]) > 3 * abs(top[1]["mean_change"])
     assert f.top("attn_sentence", 1)[0]["mean_change"] > 0.5
     assert [d["head"] for d in f.top("attn_sentence", 2, by="increase")][0] == 0
 
@@ -160,14 +163,14 @@ def test_packed_reply_scoring_matches_execute_logits(llama_exp, tiny_model_of):
             ref = torch.tensor([r["intent_logodds"] for r in exp.execute_logits(m, xs)], dtype=torch.float64)
             assert torch.allclose(pp[cond], ref, atol=1e-4), (packed, cond, pp[cond], ref)
     # a custom 4D mask would bypass sliding windows: those models score separate rows
-    assert ch.packing_supported(m) and not ch.packing_supported(tiny_model_of("gemma3"))
+    assert packing_supported(m) and not packing_supported(tiny_model_of("gemma3"))
 
 
 def test_causal_harness_gives_effects_and_p_values(llama_exp):
     m, _exp, items = llama_exp
     met = ch.IntentLogOdds(m, items[:2], INJ_LAYER, STRENGTH, conditions=("matched", "none"))
     base = met.per_pair([])
-    heads = [ch.Head(2, 1), ch.Head(1, 3)]
+    heads = [Head(2, 1), Head(1, 3)]
     for interv in ("zero", "mean", "patch"):
         res = ch.causal_test(m, met, heads, intervention=interv, n_null=3, seed=1, baseline=base)
         r = res["results"]["intent_logodds_matched"]
@@ -181,14 +184,14 @@ def test_causal_harness_gives_effects_and_p_values(llama_exp):
     res = ch.causal_test(m, met, heads, intervention="zero", n_null=3, null="any", baseline=base)
     assert len(res["null_head_sets"]) == 3 and 0 < res["results"]["intent_logodds_matched"]["p_value"] <= 1
     # patching a head at or before the injection layer is an exact no-op
-    res = ch.causal_test(m, met, [ch.Head(INJ_LAYER, 0)], intervention="patch", n_null=1, baseline=base)
+    res = ch.causal_test(m, met, [Head(INJ_LAYER, 0)], intervention="patch", n_null=1, baseline=base)
     assert res["results"]["intent_logodds_matched"]["effect"] == pytest.approx(0, abs=1e-6)
 
 
 def test_planted_head_zero_ablation_is_extreme_vs_null(planted):
     m, items = planted
     met = ch.IntentLogOdds(m, items[:2], INJ_LAYER, STRENGTH)
-    res = ch.causal_test(m, met, [ch.Head(2, 0)], intervention="patch", n_null=5, seed=0)
+    res = ch.causal_test(m, met, [Head(2, 0)], intervention="patch", n_null=5, seed=0)
     r = res["results"]["intent_logodds_matched"]
     assert r["n_null"] == 5 and 1 / 6 <= r["p_value"] <= 1 and r["effect"] != 0
 

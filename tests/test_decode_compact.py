@@ -411,7 +411,7 @@ REAL_LAYER = 19
 @pytest.mark.integration
 def test_real_model_prefix_cache_compact_equals_generate(smol, smol_vectors):  # noqa: F811
     from introspect_mech.execution import build_prefix_cache
-    from introspect_mech.experiments.exp1_prompt import exp1_prompt
+    from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
 
     # SmolLM2's own default system turn: there the clean greedy reply ends (EOS) after 8 tokens, which this test
     # needs (a row leaving the batch early); with the default empty system turn it runs 34 tokens

@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-from introspect_mech.experiments import injected_thoughts_report as rep
+from introspect_mech.experiments.injected_thoughts import report as rep
 from introspect_mech.grading import calibrate as cal
 from introspect_mech.grading import calibration_store as cs
 from introspect_mech.grading.base import Grades
@@ -38,20 +38,20 @@ ENTRY = {"grader": "rules-v2+x", "split": "test", "n_rows": 629, "data": "d.json
 def test_net_affirmative_per_cell_and_held_out():
     s = rep.summarize(RECORDS, GRADES, 30, grader_name="rules-v2+x", calibration=ENTRY)
     cell = next(c for c in s["cells"] if c["condition"] == "injected")
-    assert s["control"]["false_positive"]["k"] == 2  # counted on the controls, not the injected trials
-    assert cell["affirmative"]["k"] == 6 and cell["net_affirmative"]["estimate"] == pytest.approx(6 / 8 - 2 / 10)
-    assert cell["net_detection"]["estimate"] == pytest.approx(1 / 8 - 2 / 10)
+    assert s["control"]["false_positive"].k == 2  # counted on the controls, not the injected trials
+    assert cell["affirmative"].k == 6 and cell["net_affirmative"].estimate == pytest.approx(6 / 8 - 2 / 10)
+    assert cell["net_detection"].estimate == pytest.approx(1 / 8 - 2 / 10)
     ho = s["held_out"]
     # one cell: both folds select it, each reads the other half, so the pooled held-out trials are all 8
-    assert ho["pooled_held_out_affirmative"]["n"] == 8 and ho["pooled_held_out_affirmative"]["k"] == 6
-    assert ho["pooled_net_affirmative"]["estimate"] == pytest.approx(6 / 8 - 2 / 10)
+    assert ho["pooled_held_out_affirmative"].n == 8 and ho["pooled_held_out_affirmative"].k == 6
+    assert ho["pooled_net_affirmative"].estimate == pytest.approx(6 / 8 - 2 / 10)
 
 
 def test_table_states_recall_precision_and_warns_for_offline_grader():
     s = rep.summarize(RECORDS, GRADES, 30, grader_name="rules-v2+x", calibration=ENTRY)
     q = s["grader_quality"]
-    assert q["success"]["recall"]["k"] == 1 and q["success"]["recall"]["n"] == 2
-    assert q["success"]["precision"]["n"] == 3 and q["affirmative"]["recall"]["n"] == 78
+    assert q["success"]["recall"].k == 1 and q["success"]["recall"].n == 2
+    assert q["success"]["precision"].n == 3 and q["affirmative"]["recall"].n == 78
     md = rep.markdown_table(s)
     assert "recall 0.50 [0.09, 0.91] (1/2), precision 0.33 [0.06, 0.79] (1/3)" in md
     assert "affirmative recall 0.62" in md and "commit abcdef0123" in md
@@ -78,7 +78,7 @@ def test_figure_titles_carry_the_grader_quality():
 def test_store_round_trip_keeps_provenance(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"response": "a", "concept": "dust", "labels": {"affirmative": True}}) + "\n")
-    report = cal.CalibrationReport("g1", str(data), "all", 1, [cal._agreement("affirmative", [(True, True)])])
+    report = cal.CalibrationReport("g1", str(data), "all", 1, [cal.agreement("affirmative", [(True, True)])])
     out = cs.store(report, tmp_path / "cal.json")
     cs.store(cal.CalibrationReport("g2", str(data), "all", 1, []), out)
     e = cs.load("g1", out)

@@ -7,9 +7,12 @@ import torch
 
 import introspect_mech as im
 from introspect_mech import protocol
-from introspect_mech.experiments.intentional_control import IntentionalControl, IntentionalControlConfig
-from introspect_mech.experiments.prefill_intent import PrefillIntent, PrefillIntentConfig
-from introspect_mech.experiments.thoughts_vs_text import ThoughtsVsText, ThoughtsVsTextConfig, distractors
+from introspect_mech.experiments.intentional_control.protocol import IntentionalControl
+from introspect_mech.experiments.intentional_control.config import IntentionalControlConfig
+from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
+from introspect_mech.experiments.prefill_intent.config import PrefillIntentConfig
+from introspect_mech.experiments.thoughts_vs_text.protocol import ThoughtsVsText, distractors
+from introspect_mech.experiments.thoughts_vs_text.config import ThoughtsVsTextConfig
 from introspect_mech.grading.intent import classify_intent
 from introspect_mech.grading.word_choice import LMEmbeddingChooser
 
@@ -25,11 +28,11 @@ def toks(model, rp, a, b):
 def test_exp2_sentence_window(smol):
     exp = ThoughtsVsText(smol, ThoughtsVsTextConfig(n_sentences=3))
     for task in ("word", "repeat"):
-        rp, w = exp.prompt(smol, task, 0)
+        rp, w = exp.prompt(task, 0)
         assert toks(smol, rp, w.start, w.end) == "The old clock on the wall ticked loudly."
         assert smol.tokenizer.decode([rp.input_ids[w.start - 1]]) == "\n"  # the blank line before it
         assert smol.tokenizer.decode([rp.input_ids[w.end]]) == "<|im_end|>"
-    rp, w = exp.prompt(smol, "word", 0)
+    rp, w = exp.prompt("word", 0)
     # checked by decoding the hand-written ChatML text (empty system turn) with the HF tokenizer:
     # 25,26 = "\n","\n"; 27 = "The" ... 36 = "."; 37 = <|im_end|>
     assert (w.start, w.end) == (27, 37)
@@ -43,7 +46,7 @@ def test_exp2_sentence_window(smol):
 
 def test_exp3_windows(smol):
     exp = PrefillIntent(smol, PrefillIntentConfig(n_pairs=2))
-    rp, sent_w, q_w, word_span = exp.prompt(smol, 0)
+    rp, sent_w, q_w, word_span = exp.prompt(0)
     assert toks(smol, rp, sent_w.start, sent_w.end) == "The old clock on the wall ticked loudly."
     assert toks(smol, rp, q_w.start, q_w.end) == "Did you mean to say that, or was it an accident?"
     word = exp.prefill[0]
@@ -60,11 +63,11 @@ def test_exp3_windows(smol):
 
 def test_exp4_teacher_forced_sentence(smol):
     exp = IntentionalControl(smol, IntentionalControlConfig(n_pairs=2))
-    rp, (a, b) = exp.prompt(smol, "think", 0)
+    rp, (a, b) = exp.prompt("think", 0)
     sent = protocol.sentences()[0]
     assert toks(smol, rp, a, b) == sent and b == len(rp)  # the prefilled sentence ends the prompt
     assert f'Think about {exp.pair_words[0]} while you write the sentence' in rp.text
-    rp2, (a2, b2) = exp.prompt(smol, "dont_think", 0)
+    rp2, (a2, b2) = exp.prompt("dont_think", 0)
     assert "Don\u2019t think about" in rp2.text and toks(smol, rp2, a2, b2) == sent
 
 
@@ -110,7 +113,7 @@ def test_embedding_chooser(smol):
 
 def test_exp3_report_can_use_the_judge(tmp_path):
     """The paper's intended_prefill judge prompt grades Exp 3 replies (fake backend: no network)."""
-    from introspect_mech.experiments.prefill_intent_report import grade
+    from introspect_mech.experiments.prefill_intent.report import grade
     from introspect_mech.grading.llm_judge import LLMJudge
 
     class Fake:

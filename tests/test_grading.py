@@ -410,7 +410,7 @@ def test_judge_rejects_a_backend_returning_the_wrong_count():
         LLMJudge(Short()).grade(req("x"))
 
 
-def _tiny_llama():
+def tiny_llama():
     """A random-weight 1-layer Llama and a word-level tokenizer with a chat template."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -432,7 +432,7 @@ def _tiny_llama():
 
 
 def test_hf_backend_batches_like_single_prompts():
-    model, tok = _tiny_llama()
+    model, tok = tiny_llama()
     backend = HFBackend(model, tok, batch_size=4)
     prompts = ["i detect the thought", "dust", "an ocean of dust is the thought i detect"]
     batched = backend.complete(prompts, max_new_tokens=4)

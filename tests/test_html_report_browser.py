@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from introspect_mech.browser import render_page
+from browser import render_page
 from introspect_mech.plots import browser_path
 
 pytestmark = [pytest.mark.integration,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from introspect_mech.browser import render_page
+from browser import render_page
 from introspect_mech.html_report import script_json
 from introspect_mech.plots import browser_path
 
@@ -38,10 +38,11 @@ _FILL = {"prompt_key": "default", "sample": 0, "extra": {}, "concept": None, "ca
 
 
 def _complete(rec: dict) -> dict:
-    """Give a hand-written record every field its experiment declares (records.py), keeping what it sets."""
-    from introspect_mech.records import COMMON, FIELDS
+    """Give a hand-written record every field its experiment declares (its spec's record), keeping what it sets."""
+    from introspect_mech.experiments import registry
+    from introspect_mech.records import record_fields
 
-    need = [k.lstrip("?") for k in (*COMMON, *FIELDS[rec["experiment"]]) if not k.startswith("?")]
+    need = [k for k, (_, required) in record_fields(registry.get(rec["experiment"]).record).items() if required]
     return {**{k: _FILL[k] for k in need if k in _FILL and k not in rec}, **rec}
 
 

@@ -374,9 +374,9 @@ def test_bad_backend_options_are_refused(kw, what):
 def test_a_local_judge_keeps_the_batches_it_finished(tmp_path, monkeypatch):
     """HFBackend streams batch by batch: a failure in batch 3 keeps batches 1 and 2."""
     from introspect_mech.grading import HFBackend
-    from test_grading import _tiny_llama
+    from test_grading import tiny_llama
 
-    model, tok = _tiny_llama()
+    model, tok = tiny_llama()
     real_generate, calls = model.generate, [0]
 
     def generate(*args, **kwargs):

@@ -9,8 +9,9 @@ import torch
 
 import introspect_mech as im
 from introspect_mech.errors import ArtifactError, ConfigError, MissingFileError
-from introspect_mech.experiments.exp1_prompt import exp1_prompt
-from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
+from introspect_mech.experiments.injected_thoughts.protocol import InjectedThoughts
+from introspect_mech.experiments.injected_thoughts.config import InjectedThoughtsConfig
 from introspect_mech.organism import adapter as adapters
 from introspect_mech.organism.forcing import forced_logits, forced_loss, make_forced_batch
 from introspect_mech.organism.recipe import (INTROS, QUESTIONS, REPLIES, YES_NO_QUESTIONS, Recipe, RecipeConfig,
@@ -113,7 +114,7 @@ def test_training_trials_use_the_experiments_prompt_window_and_dose(tiny_model_o
     assert rp.input_ids == p.rendered.input_ids and win == p.window
     exp = InjectedThoughts(tiny_model, InjectedThoughtsConfig(layers=[1], strengths=[1], concepts=["dust"]))
     for i, q in enumerate(protocol_yes_bias_questions()[:3]):
-        erp, ewin = exp._prompt(tiny_model, f"yes_bias:{i}")
+        erp, ewin = exp.prompt(f"yes_bias:{i}")
         mrp, mwin = trial_prompt(tok, 0, q)
         assert mrp.input_ids == erp.input_ids and mwin == ewin
     # paraphrases keep the window rule: it starts at the token carrying the "\n\n" before "Trial 1"
@@ -364,14 +365,14 @@ def test_config_digest_of_an_older_run_is_unchanged():
 
 def _synthetic_records():
     """Injected rows on two cells whose success differs by half of the words; random rows per cell."""
-    from introspect_mech.experiments.injected_thoughts_report import _fold
+    from introspect_mech.experiments.injected_thoughts.report import heldout_fold
 
     words = held_out_words()
     recs = []
     for layer, dose in ((14, 0.5), (14, 0.75)):
         for w in words:
             # cell (14, 0.5) names the fold-0 words, (14, 0.75) the fold-1 words and a third of fold 0
-            good = (_fold(w) == 0) if dose == 0.5 else (_fold(w) == 1 or words.index(w) % 3 == 0)
+            good = (heldout_fold(w) == 0) if dose == 0.5 else (heldout_fold(w) == 1 or words.index(w) % 3 == 0)
             text = f"Yes, I detect an injected thought. It is about {w}." if good else \
                 "Yes, I detect an injected thought. It is about nothing in particular."
             recs.append({"condition": "injected", "mode": "sampled", "word": w, "layer": layer, "target_dose": dose,
@@ -388,14 +389,14 @@ def _synthetic_records():
 def test_held_out_selected_success_reads_each_half_at_the_cell_the_other_half_chose(tmp_path):
     """Known table: half 0 picks (14, 0.5), where half 1 never succeeds; half 1 picks (14, 0.75), where a
     third of half 0 does. The pooled held-out success is exactly those counts, not the best cell's."""
-    from introspect_mech.experiments.injected_thoughts_report import _fold
+    from introspect_mech.experiments.injected_thoughts.report import heldout_fold
     from introspect_mech.grading.rules import RuleGrader
     from introspect_mech.organism.evaluate import grade, held_out_selected, regrade, summarize
 
     recs = grade(_synthetic_records(), RuleGrader(related=None))
     h = held_out_selected(recs, "sampled")
     words = held_out_words()
-    f0 = [w for w in words if _fold(w) == 0]
+    f0 = [w for w in words if heldout_fold(w) == 0]
     assert [(f["layer"], f["dose"]) for f in h["folds"]] == [(14, 0.5), (14, 0.75)]
     k_expected = 0 + sum(1 for w in f0 if words.index(w) % 3 == 0)  # half 1 at (14, 0.5): 0; half 0 at (14, 0.75)
     assert h["pooled_success"]["k"] == k_expected and h["pooled_success"]["n"] == 50

@@ -7,7 +7,7 @@ import pytest
 
 import introspect_mech as im
 from introspect_mech.errors import ChatTemplateError, WindowError
-from introspect_mech.experiments.exp1_prompt import exp1_prompt
+from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
 from introspect_mech.prompts import RenderedPrompt
 
 from _real import smol  # noqa: F401

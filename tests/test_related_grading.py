@@ -90,7 +90,7 @@ def test_word_choice_uses_minilm_and_beats_chance():
     from word_associates import ASSOCIATES
 
     from introspect_mech import protocol
-    from introspect_mech.experiments.thoughts_vs_text import distractors
+    from introspect_mech.experiments.thoughts_vs_text.protocol import distractors
     from introspect_mech.grading.word_choice import EmbeddingChooser
 
     ch = EmbeddingChooser()

@@ -86,13 +86,13 @@ def test_huge_batch_size_and_odd_folder_names_work(tiny_model_of, tmp_path):
 
 def test_duplicate_layers_and_strengths_are_listed_once(tiny_model_of):
     """Cases 35-36: `--layers 0.5,0.5,1` and `--strengths 4,4.0` each name one value."""
-    from introspect_mech.cli import _experiment_config, build_parser
+    from introspect_mech.cli import build_parser, experiment_config
 
     args = build_parser().parse_args(["run", "injected-thoughts", "--layers", "0.5,0.5,1", "--strengths", "4,4.0",
                                       "--out", "x"])
-    cls, cfg = _experiment_config(args)
+    spec, cfg = experiment_config(args)
     assert cfg.strengths == [4.0]
-    exp = cls(tiny_model_of("llama"), cfg)
+    exp = spec.make_protocol(tiny_model_of("llama"), cfg)
     assert exp.layers == [1]
     ids = [t.trial_id for t in exp.trials()]
     assert len(ids) == len(set(ids))
@@ -234,7 +234,8 @@ def test_report_on_a_read_only_run_writes_elsewhere(tmp_path, monkeypatch):
 @pytest.mark.integration
 def test_odd_concept_names_build_no_paths(smol, tmp_path):
     """Case 47: concept names with slashes, dots and emoji are data, never parts of a file path."""
-    from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+    from introspect_mech.experiments.injected_thoughts.protocol import InjectedThoughts
+    from introspect_mech.experiments.injected_thoughts.config import InjectedThoughtsConfig
     from introspect_mech.report import write_report
 
     cfg = InjectedThoughtsConfig(layers=[0.5], strengths=[2.0], concepts="🦄,../../etc/passwd,/,-,Ωmega",

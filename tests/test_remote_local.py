@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import introspect_mech as im
-from introspect_mech.experiments.exp1_prompt import exp1_prompt
+from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
 
 from _real import smol  # noqa: F401
 

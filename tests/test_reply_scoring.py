@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from introspect_mech.experiments.prefill_intent import (APOLOGY_REPLIES, INTENT_REPLIES, PrefillIntent,
-                                                        PrefillIntentConfig)
+from introspect_mech.experiments.prefill_intent.measure import APOLOGY_REPLIES, INTENT_REPLIES
+from introspect_mech.experiments.prefill_intent.config import PrefillIntentConfig
+from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
 from introspect_mech.prompts import encode_text
 from introspect_mech.reply_scoring import packing_supported
 
@@ -76,7 +77,7 @@ def test_logit_measure_matches_hook_reference(tiny_model_of, arch, packed):
 
 
 def test_logit_effects_are_paired_by_pair():
-    from introspect_mech.experiments.prefill_intent_report import logit_effects
+    from introspect_mech.experiments.prefill_intent.report import logit_effects
 
     recs = []
     for pair, base in enumerate([0.0, 5.0, -3.0]):  # large pair-to-pair spread, constant +1 matching effect
@@ -87,7 +88,7 @@ def test_logit_effects_are_paired_by_pair():
         recs.append({"condition": "matching_concept", "layer": 4, "strength": 8.0, "extra": {"pair": pair},
                      "intent_logodds": base + 1.0 + 0.01 * pair})
     eff = {e["vs"]: e["effect"] for e in logit_effects(recs)}
-    assert eff["no_injection"]["mean"] == pytest.approx(1.01) and eff["no_injection"]["n"] == 3
-    assert eff["random_other_concept"]["mean"] == pytest.approx(0.51)
+    assert eff["no_injection"].mean == pytest.approx(1.01) and eff["no_injection"].n == 3
+    assert eff["random_other_concept"].mean == pytest.approx(0.51)
     # paired: the interval is tight despite the spread of the pairs' baselines
-    assert eff["random_other_concept"]["hi"] - eff["random_other_concept"]["lo"] < 0.1
+    assert eff["random_other_concept"].hi - eff["random_other_concept"].lo < 0.1

@@ -14,9 +14,9 @@ import math
 
 import pytest
 
-from introspect_mech.experiments import injected_thoughts_report as it
-from introspect_mech.experiments import intentional_control_report as ic
-from introspect_mech.experiments import prefill_intent_report as pi
+from introspect_mech.experiments.injected_thoughts import report as it
+from introspect_mech.experiments.intentional_control import report as ic
+from introspect_mech.experiments.prefill_intent import report as pi
 from introspect_mech.grading.base import Grades
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -71,17 +71,17 @@ def _exp1_records():
 def test_held_out_headline_is_read_on_the_other_half():
     records, grades = _exp1_records()
     fp = it.Rate.of(3, 10)
-    ho = it._held_out(records, grades, fp)
+    ho = it.held_out(records, grades, fp)
     f = {x["selected_on_fold"]: x for x in ho["folds"]}
     # chosen on fold 0: cell A (4/4 there); chosen on fold 1: cell B
     assert (f[0]["best_layer"], f[0]["best_strength"]) == (10, 2.0)
     assert (f[1]["best_layer"], f[1]["best_strength"]) == (20, 4.0)
-    assert f[0]["selection_success"]["k"] == 4 and f[1]["selection_success"]["k"] == 4
+    assert f[0]["selection_success"].k == 4 and f[1]["selection_success"].k == 4
     # read on the *other* half: A never succeeds on fold 1, B never on fold 0 -> 0 / 8
     # (mutant "read on the selection half" gives 8 / 8)
-    assert f[0]["held_out_success"]["k"] == 0 and f[1]["held_out_success"]["k"] == 0
-    assert (ho["pooled_held_out_success"]["k"], ho["pooled_held_out_success"]["n"]) == (0, 8)
-    assert ho["pooled_net_detection"]["estimate"] == pytest.approx(0 - 0.3)
+    assert f[0]["held_out_success"].k == 0 and f[1]["held_out_success"].k == 0
+    assert (ho["pooled_held_out_success"].k, ho["pooled_held_out_success"].n) == (0, 8)
+    assert ho["pooled_net_detection"].estimate == pytest.approx(0 - 0.3)
 
 
 def test_false_positives_are_counted_on_control_trials_only():
@@ -89,7 +89,7 @@ def test_false_positives_are_counted_on_control_trials_only():
     s = it.summarize(records, grades, n_layers=30)
     fp = s["control"]["false_positive"]
     # 3 of the 10 no-injection trials; the injected trials (8 of 16 affirmative) must not count
-    assert (fp["k"], fp["n"]) == (3, 10) and fp["rate"] == pytest.approx(0.3)
+    assert (fp.k, fp.n) == (3, 10) and fp.rate == pytest.approx(0.3)
     assert s["control"]["n"] == 10
 
 
@@ -98,12 +98,12 @@ def test_net_detection_is_success_minus_false_positives_per_cell():
     s = it.summarize(records, grades, n_layers=30)
     cells = {(r["layer"], r["strength"]): r for r in s["cells"] if r["condition"] == "injected"}
     a = cells[(10, 2.0)]
-    assert (a["success"]["k"], a["success"]["n"]) == (4, 8)
+    assert (a["success"].k, a["success"].n) == (4, 8)
     nd = a["net_detection"]
-    assert nd["estimate"] == pytest.approx(0.5 - 0.3)
+    assert nd.estimate == pytest.approx(0.5 - 0.3)
     # Newcombe hybrid score interval from the two Wilson intervals (stats.difference_interval)
     want = it.difference_interval(4, 8, 3, 10)
-    assert (nd["lo"], nd["hi"]) == pytest.approx((want.lo, want.hi))
+    assert (nd.lo, nd.hi) == pytest.approx((want.lo, want.hi))
     assert a["depth"] == pytest.approx(10 / 29)
 
 
@@ -131,18 +131,18 @@ def test_yes_bias_compares_the_same_questions_and_counts_unparsed():
     a, b = c[(10, 2.0)], c[(10, 4.0)]
     assert a["questions"] == [0, 1, 2, 3, 4]
     # the reference is the clean answers to questions 0-4 (all "No"), not all 20 (5 of 15 parsed "Yes")
-    assert (a["clean_same_questions"]["k"], a["clean_same_questions"]["n"]) == (0, 5)
-    assert (a["injected"]["k"], a["injected"]["n"]) == (5, 5)
-    assert a["difference"]["estimate"] == pytest.approx(1.0)
-    assert (b["clean_same_questions"]["k"], b["clean_same_questions"]["n"]) == (5, 5)
-    assert (b["injected"]["k"], b["injected"]["n"], b["injected"]["unparsed"]) == (3, 4, 1)
-    assert b["difference"]["estimate"] == pytest.approx(0.75 - 1.0)
-    assert yb["clean_all"]["unparsed"] == 5 and yb["clean_all"]["asked"] == 20
+    assert (a["clean_same_questions"].k, a["clean_same_questions"].n) == (0, 5)
+    assert (a["injected"].k, a["injected"].n) == (5, 5)
+    assert a["difference"].estimate == pytest.approx(1.0)
+    assert (b["clean_same_questions"].k, b["clean_same_questions"].n) == (5, 5)
+    assert (b["injected"].k, b["injected"].n, b["injected"].unparsed) == (3, 4, 1)
+    assert b["difference"].estimate == pytest.approx(0.75 - 1.0)
+    assert yb["clean_all"].unparsed == 5 and yb["clean_all"].asked == 20
     p = yb["pooled"]
-    assert (p["injected"]["k"], p["injected"]["n"]) == (8, 9)
-    assert (p["clean_same_questions"]["k"], p["clean_same_questions"]["n"]) == (5, 10)
+    assert (p["injected"].k, p["injected"].n) == (8, 9)
+    assert (p["clean_same_questions"].k, p["clean_same_questions"].n) == (5, 10)
     # the README table shows both sides and the unparsed counts
-    s = {"cells": [], "control": {"false_positive": {"n": 0}, "coherent": {"n": 0}}, "yes_bias": yb}
+    s = {"cells": [], "control": {"false_positive": it.Rate.of(0, 0), "coherent": it.Rate.of(0, 0)}, "yes_bias": yb}
     assert "unparsed" in it.markdown_table(s)
 
 
@@ -162,7 +162,8 @@ def test_markdown_table_labels_both_random_controls():
 
 
 def _exp1(tiny_model_of, **kw):
-    from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+    from introspect_mech.experiments.injected_thoughts.protocol import InjectedThoughts
+    from introspect_mech.experiments.injected_thoughts.config import InjectedThoughtsConfig
 
     cfg = InjectedThoughtsConfig(layers=[1, 2], strengths=[2, 4], **kw)
     return InjectedThoughts(tiny_model_of("llama"), cfg)
@@ -244,10 +245,10 @@ def test_exp3_apology_rate_is_one_minus_intent_over_all_replies():
     by = {(r["condition"], r["layer"]): r for r in s["cells"]}
     base = by[("no_injection", None)]
     # mutant apology / (apology + intent) gives 1/2 here
-    assert (base["apology"]["k"], base["apology"]["n"]) == (3, 4)
+    assert (base["apology"].k, base["apology"].n) == (3, 4)
     assert base["split"] == {"intent": 1, "apology": 1, "neither": 2, "ungraded": 0}
-    assert by[("matching_concept", 10)]["apology"]["rate"] == pytest.approx(0.25)
-    assert by[("random_other_concept", 10)]["apology"]["rate"] == pytest.approx(0.5)
+    assert by[("matching_concept", 10)]["apology"].rate == pytest.approx(0.25)
+    assert by[("random_other_concept", 10)]["apology"].rate == pytest.approx(0.5)
 
 
 def test_exp3_largest_drop_uses_the_lower_reference():
@@ -255,7 +256,7 @@ def test_exp3_largest_drop_uses_the_lower_reference():
     s = pi.summarize(recs, pi.grade(recs), n_layers=30)
     d = s["largest_drop"]
     # references: no injection 0.75, random 0.5 -> the paper's min is the random condition; drop 0.5 - 0.25
-    assert d["reference"] == "random_other_concept" and d["drop"]["estimate"] == pytest.approx(0.25)
+    assert d["reference"] == "random_other_concept" and d["drop"].estimate == pytest.approx(0.25)
 
 
 def test_exp3_transcription_check_is_graded_and_kept_apart():
@@ -264,8 +265,8 @@ def test_exp3_transcription_check_is_graded_and_kept_apart():
     assert [x.get("transcribed") for x in g[-3:]] == [True, True, False]
     s = pi.summarize(recs, g, n_layers=30)
     tr = {(r["condition"], r["layer"]): r for r in s["transcription"]}
-    assert tr[("transcription", 10)]["transcribed"]["rate"] == pytest.approx(0.5)
-    assert tr[("transcription_clean", None)]["transcribed"]["rate"] == 1.0
+    assert tr[("transcription", 10)]["transcribed"].rate == pytest.approx(0.5)
+    assert tr[("transcription_clean", None)]["transcribed"].rate == 1.0
     assert not any(r["condition"].startswith("transcription") for r in s["cells"])
     table = pi.markdown_table(s)
     assert "1 − P(intent claim)" in table and "Transcription check" in table
@@ -282,7 +283,7 @@ def test_exp3_judge_failures_are_not_apologies():
     assert [x["verdict"] for x in g] == ["intent", "apology", "ungraded"]
     s = pi.summarize(recs, g, n_layers=30)
     row = s["cells"][0]
-    assert (row["apology"]["k"], row["apology"]["n"]) == (1, 2) and row["split"]["ungraded"] == 1
+    assert (row["apology"].k, row["apology"].n) == (1, 2) and row["split"]["ungraded"] == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ def test_exp4_baseline_is_the_spread_over_control_words_and_the_percentile_rank(
     assert th["baseline_lo"] == pytest.approx([-0.08] * N_LAYERS) and th["baseline_hi"] == pytest.approx([0.08] * 4)
     assert th["percentile"][0] == pytest.approx(0.7)  # mean of 0.5 .. 0.9
     # at layer 0 the targets are 0.0, 0.3, ..., 1.2 (vs q95 0.08): 4 of 5 above
-    assert th["above_q95"][0]["k"] == 4
+    assert th["above_q95"][0].k == 4
     old = ic.summarize(_exp4_records(with_quantiles=False))["curves"]["think"]
     assert old["baseline_lo"] == pytest.approx([-0.05] * 4) and "mean ± SD" in old["band"]
     table = ic.markdown_table(s, "m")
@@ -389,7 +390,8 @@ def test_harness_p_value_min_p_and_start_with_a_fake_metric():
 
 
 def test_exp3_transcription_trials_use_the_repeat_prompt_and_the_matching_vector(tiny_model_of):
-    from introspect_mech.experiments.prefill_intent import PrefillIntent, PrefillIntentConfig
+    from introspect_mech.experiments.prefill_intent.protocol import PrefillIntent
+    from introspect_mech.experiments.prefill_intent.config import PrefillIntentConfig
 
     m = tiny_model_of("llama")
     exp = PrefillIntent(m, PrefillIntentConfig(layers=[1], strengths=[4.0], n_pairs=2))

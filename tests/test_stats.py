@@ -144,11 +144,11 @@ def test_mean_interval_hand_computed():
     # xs = 1..4: mean 2.5, sample sd sqrt(5/3) = 1.290994; Student t with 3 df: t_{0.975,3} = 3.182446
     # (tables: 3.182), half-width 3.182446 * 1.290994 / 2 = 2.054260 (z = 1.96 would give 1.265174)
     d = mean_interval([1.0, 2.0, 3.0, 4.0])
-    assert d["mean"] == 2.5 and d["n"] == 4
-    assert d["lo"] == pytest.approx(2.5 - 2.054260, abs=1e-5) and d["hi"] == pytest.approx(2.5 + 2.054260, abs=1e-5)
+    assert d.mean == 2.5 and d.n == 4
+    assert d.lo == pytest.approx(2.5 - 2.054260, abs=1e-5) and d.hi == pytest.approx(2.5 + 2.054260, abs=1e-5)
     one = mean_interval([3.0])
-    assert one["mean"] == 3.0 and one["lo"] != one["lo"]  # NaN: no interval from one value
-    assert mean_interval([])["n"] == 0
+    assert one.mean == 3.0 and one.lo != one.lo  # NaN: no interval from one value
+    assert mean_interval([]).n == 0 and mean_interval([]).mean is None
 
 
 @pytest.mark.parametrize(("df", "t"), [(1, 12.706), (3, 3.182), (19, 2.093), (24, 2.064), (1000, 1.962)])
@@ -164,8 +164,8 @@ def test_small_n_mean_interval_is_wider_than_normal_by_the_t_ratio():
 
     xs = [0.1 * ((7 * i) % 11) for i in range(20)]  # n = 20
     d = mean_interval(xs)
-    sd = (sum((x - d["mean"]) ** 2 for x in xs) / 19) ** 0.5
-    assert (d["hi"] - d["mean"]) == pytest.approx(2.093024 * sd / 20 ** 0.5, rel=1e-5)
+    sd = (sum((x - d.mean) ** 2 for x in xs) / 19) ** 0.5
+    assert (d.hi - d.mean) == pytest.approx(2.093024 * sd / 20 ** 0.5, rel=1e-5)
 
 
 def test_permutation_p_is_centred_on_the_null_median():
@@ -211,3 +211,32 @@ def test_bootstrap_interval_known_answers():
     # undefined resamples are counted, not silently treated as values
     b = bootstrap_interval([1.0, -1.0], lambda xs: (1.0 if sum(xs) > 0 else None), n_boot=400, seed=0)
     assert 50 < b["n_undefined"] < 350 and b["lo"] == b["hi"] == 1.0
+
+
+def test_mean_intervals_equal_mean_interval_element_by_element():
+    """The vectorised t interval (one per layer × head) is the scalar one at every element."""
+    import numpy as np
+
+    from introspect_mech.stats import mean_interval, mean_intervals
+
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(7, 3, 2))
+    d[:, 0, 0] = 1.5  # no spread: t is 0 by convention, the interval is the point
+    c = mean_intervals(d)
+    for idx in np.ndindex(3, 2):
+        m = mean_interval(d[(slice(None),) + idx].tolist())
+        assert (c["mean"][idx], c["lo"][idx], c["hi"][idx]) == pytest.approx((m.mean, m.lo, m.hi))
+    assert c["t"][0, 0] == 0 and c["n"] == 7
+    assert np.isnan(mean_intervals(d[:1])["lo"]).all()
+
+
+def test_summaries_write_rates_and_means_as_plain_json(tmp_path):
+    import json
+
+    from introspect_mech.stats import Rate, mean_interval
+    from introspect_mech.store import atomic_write_json
+
+    atomic_write_json(tmp_path / "s.json", {"r": Rate.of(1, 4), "m": [mean_interval([1.0, 3.0])]})
+    d = json.loads((tmp_path / "s.json").read_text())
+    assert d["r"] == {"k": 1, "n": 4, "rate": 0.25, "lo": pytest.approx(Rate.of(1, 4).lo), "hi": pytest.approx(Rate.of(1, 4).hi)}
+    assert set(d["m"][0]) == {"mean", "lo", "hi", "n"} and d["m"][0]["mean"] == 2.0

@@ -6,18 +6,19 @@ from __future__ import annotations
 import pytest
 
 from analyses.thought_control import Contributions, contributions, summarize_model
+from introspect_mech.stats import MeanCI
 
 from _real import smol  # noqa: F401
 
 
 def _check_identity(c, n_layers):
     for L in range(1, n_layers):
-        lhs = c.delta[L]["mean"]
-        rhs = c.attention[L]["mean"] + c.mlp[L]["mean"]
+        lhs = c.delta[L].mean
+        rhs = c.attention[L].mean + c.mlp[L].mean
         assert lhs == pytest.approx(rhs, abs=1e-3 + 1e-4 * abs(lhs)), L
     # one direction for every layer: the writes telescope to the change of the gap over any range
-    res = [x["mean"] for x in c.residual]
-    writes = sum(c.attention[L]["mean"] + c.mlp[L]["mean"] for L in range(1, n_layers))
+    res = [x.mean for x in c.residual]
+    writes = sum(c.attention[L].mean + c.mlp[L].mean for L in range(1, n_layers))
     assert writes == pytest.approx(res[-1] - res[0], abs=1e-3 + 1e-4 * abs(res[-1] - res[0]))
 
 
@@ -47,8 +48,8 @@ def test_post_norm_blocks_use_the_normed_writes(tiny_model_of):
 
 def test_summary_reports_the_split_only_when_the_identity_holds():
     L = 8
-    flat = lambda v: [{"mean": v, "lo": v, "hi": v, "n": 2} for _ in range(L)]  # noqa: E731
-    res = [{"mean": float(k), "lo": float(k), "hi": float(k), "n": 2} for k in range(L)]  # grows by 1 per layer
+    flat = lambda v: [MeanCI(v, v, v, 2) for _ in range(L)]  # noqa: E731
+    res = [MeanCI(float(k), float(k), float(k), 2) for k in range(L)]  # grows by 1 per layer
     c = Contributions(res, flat(0.25), flat(0.75), flat(1.0), res, 0.0, {0: [float(k) for k in range(L)],
                                                                           1: [float(k) for k in range(L)]})
     s = summarize_model(c, {"direction_layer": L - 1}, L)

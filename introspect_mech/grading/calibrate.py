@@ -49,7 +49,8 @@ Input: one JSON object a line with `response` (string), `labels` (an object whos
 true, false or null -- strings such as "false" are refused, not read as True), optional
 `prompt` (string) and `concept` (string with a letter or digit, or null), optional `id`.
 
-Usage: python -m introspect_mech.grading.calibrate [--data PATH] [--split test|dev|all] [--out report.json] [--store]
+Usage: introspect-mech calibrate [--task exp1|exp3-intent] [--grader rules|hf:M|openai:M] [--data PATH]
+[--split test|dev|all] [--out report.json] [--store]; `python -m introspect_mech.grading.calibrate` is an alias.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,22 @@ def _bad(p: Path, n: int, what: str) -> ArtifactError:
                          "optional string 'prompt' and 'concept', and 'labels' mapping label names to true/false/null")
 
 
+def json_objects(path: Path, bad: Callable[[int, str], Exception]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a labelled JSONL file; a line that is not a JSON
+    object raises ``bad(line_number, what)`` (each data set words its own fix)."""
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise bad(n, f"not valid JSON ({exc.msg})") from None
+            if not isinstance(d, dict):
+                raise bad(n, f"a JSON {type(d).__name__}, not an object")
+            yield n, d
+
+
 def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
     """Read the labelled JSONL (fields: id, prompt, response, concept, labels), validating every line.
 
@@ -123,36 +140,27 @@ def load_labelled(path: str | Path, split: str = "all") -> list[LabelledRow]:
             f"shared copy lives at <workspace>/{DATA_RELATIVE}, beside the repository."
         )
     rows, n_read = [], 0
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise _bad(p, n, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(d, dict):
-                raise _bad(p, n, f"a JSON {type(d).__name__}, not an object")
-            response, prompt, concept, labels = d.get("response"), d.get("prompt"), d.get("concept"), d.get("labels")
-            if not isinstance(response, str):
-                raise _bad(p, n, f"'response' is {type(response).__name__}, not a string")
-            if prompt is not None and not isinstance(prompt, str):
-                raise _bad(p, n, f"'prompt' is {type(prompt).__name__}, not a string")
-            if concept is not None and not isinstance(concept, str):
-                raise _bad(p, n, f"'concept' is {type(concept).__name__}, not a string")
-            if isinstance(concept, str) and not any(c.isalnum() for c in concept):
-                raise _bad(p, n, f"'concept' {concept!r} has no letter or digit (no reply could name it)")
-            if not isinstance(labels, dict):
-                raise _bad(p, n, f"'labels' is {type(labels).__name__}, not an object")
-            for k, v in labels.items():
-                if v is not None and not isinstance(v, bool):
-                    raise _bad(p, n, f"label {k!r} is {v!r}, not true/false/null")
-            n_read += 1
-            if split != "all" and split_of(response) != split:
-                continue
-            req = GradeRequest(prompt=prompt or "", response=response, word=concept.lower() if concept else None)
-            rows.append(LabelledRow(id=str(d.get("id", n)), request=req,
-                                    labels={k: v for k, v in labels.items() if v is not None}))
+    for n, d in json_objects(p, lambda n, what: _bad(p, n, what)):
+        response, prompt, concept, labels = d.get("response"), d.get("prompt"), d.get("concept"), d.get("labels")
+        if not isinstance(response, str):
+            raise _bad(p, n, f"'response' is {type(response).__name__}, not a string")
+        if prompt is not None and not isinstance(prompt, str):
+            raise _bad(p, n, f"'prompt' is {type(prompt).__name__}, not a string")
+        if concept is not None and not isinstance(concept, str):
+            raise _bad(p, n, f"'concept' is {type(concept).__name__}, not a string")
+        if isinstance(concept, str) and not any(c.isalnum() for c in concept):
+            raise _bad(p, n, f"'concept' {concept!r} has no letter or digit (no reply could name it)")
+        if not isinstance(labels, dict):
+            raise _bad(p, n, f"'labels' is {type(labels).__name__}, not an object")
+        for k, v in labels.items():
+            if v is not None and not isinstance(v, bool):
+                raise _bad(p, n, f"label {k!r} is {v!r}, not true/false/null")
+        n_read += 1
+        if split != "all" and split_of(response) != split:
+            continue
+        req = GradeRequest(prompt=prompt or "", response=response, word=concept.lower() if concept else None)
+        rows.append(LabelledRow(id=str(d.get("id", n)), request=req,
+                                labels={k: v for k, v in labels.items() if v is not None}))
     if not n_read:
         raise ArtifactError(f"{p} has no rows: nothing to calibrate against (one JSON object a line)")
     if not rows:
@@ -221,7 +229,7 @@ class LabelAgreement:
     grader_positive_rate: float
 
 
-def _agreement(label: str, pairs: Sequence[tuple[bool | None, bool | None]]) -> LabelAgreement:
+def agreement(label: str, pairs: Sequence[tuple[bool | None, bool | None]]) -> LabelAgreement:
     kept = [(o, g) for o, g in pairs if o is not None and g is not None]
     c = Confusion.of([o for o, _ in kept], [g for _, g in kept])
     n = c.n
@@ -294,54 +302,82 @@ def calibrate(
         pairs = [(_ours(label, g), _gold(label, r.labels)) for r, g in zip(rows, grades, strict=True)]
         if all(gold is None for _, gold in pairs):
             continue  # the data have no such label (e.g. a set labelled only affirmative_correct_id)
-        report.labels.append(_agreement(label, pairs))
+        report.labels.append(agreement(label, pairs))
     return report
 
 
-def _make_grader(args: argparse.Namespace) -> Grader:
-    if args.grader in ("rules", "rules-literal"):
-        from .rules import RuleGrader
-
-        return RuleGrader() if args.grader == "rules" else RuleGrader(related=None)
-    from .llm_judge import LLMJudge, OpenAIBackend
-
-    if not (args.base_url and args.model):
-        raise SystemExit("--grader openai needs --base-url and --model")
-    return LLMJudge(OpenAIBackend(args.base_url, args.model, api_key_env=args.api_key_env),
-                    cache_path=args.cache)
+TASKS = ("exp1", "exp3-intent")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m introspect_mech.grading.calibrate",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=None, help=f"labelled JSONL (default: ../{DATA_RELATIVE})")
-    ap.add_argument("--split", choices=SPLITS, default="test")
-    ap.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
-    ap.add_argument("--grader", choices=("rules", "rules-literal", "openai"), default="rules",
-                    help="rules: the offline grader (related concepts by embedding); rules-literal: the word "
-                         "and its plural only (no model)")
-    ap.add_argument("--store", action="store_true",
-                    help="also record the result in the package (grading/data/grader_calibration.json), "
-                         "where the Exp 1 report reads the grader's recall and precision")
-    ap.add_argument("--base-url", default=None)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--api-key-env", default="OPENAI_API_KEY")
-    ap.add_argument("--cache", type=Path, default=None, help="judge verdict cache (JSONL)")
-    args = ap.parse_args(argv)
-    try:
-        report = calibrate(_make_grader(args), args.data, split=args.split,
-                           progress=lambda m: print(m, file=sys.stderr))
-    except IntrospectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``introspect-mech calibrate`` (and of its alias ``python -m introspect_mech.grading.calibrate``)."""
+    p.add_argument("--task", default="exp1", choices=TASKS,
+                   help="exp1: the shared externally graded Exp 1 set; exp3-intent: the packaged Exp 3 labels")
+    p.add_argument("--grader", default="rules",
+                   help="'rules' (offline; exp1: 'rules-literal' without the related-concept step), or a judge: "
+                        "'hf:MODEL' or 'openai:MODEL'")
+    p.add_argument("--judge-url", default=None, help="base URL of an OpenAI-compatible endpoint")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's API key")
+    p.add_argument("--cache", type=Path, default=None, help="judge verdict cache (JSONL)")
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"labelled JSONL (default: the task's own set; exp1: ../{DATA_RELATIVE} or ${DATA_ENV})")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    p.add_argument("--store", action="store_true",
+                   help="exp1: also record recall/precision in the package (grading/data/grader_calibration.json), "
+                        "where the Exp 1 report reads them")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the chosen grader on the task's labelled set and print (and optionally write) the report."""
+    from ..store import atomic_write_json
+    from .factory import check_grader_name, make_grader, make_judge
+
+    check_grader_name(args.grader, literal=args.task == "exp1")
+    judge = dict(base_url=args.judge_url, cache_path=args.cache, api_key_env=args.api_key_env)
+    if args.task == "exp3-intent":
+        from . import calibrate_intent as ci
+
+        if args.store:
+            raise ConfigError("--store records the Exp 1 grader's quality; drop it for --task exp3-intent")
+        if args.grader == "rules-literal":
+            raise ConfigError("'rules-literal' is an Exp 1 grader; use --grader rules for --task exp3-intent")
+        if args.grader == "rules":
+            rep = ci.calibrate_intent(ci.offline_verdicts, "rules (grading/intent.py)", args.data, args.split)
+        else:
+            rep = ci.calibrate_intent(make_judge(args.grader, **judge).intended, args.grader, args.data, args.split,
+                                      binary=True)
+        agree = ci.annotator_agreement(args.data)
+        print(rep.to_markdown())
+        if agree["n"]:  # only sets with two annotators' labels (label_a, label_b) have this
+            print(f"Annotator agreement before adjudication (all {agree['n']} rows): {agree['agreement']:.3f}, "
+                  f"3-way kappa {agree['kappa_3way']:.3f}, intent kappa {agree['kappa_intent']:.3f}")
+        if args.out:
+            atomic_write_json(args.out, {**rep.to_dict(), "annotator_agreement": agree})
+        return 0
+    report = calibrate(make_grader(args.grader, **judge), args.data, split=args.split,
+                       progress=lambda m: print(m, file=sys.stderr))
     print(report.to_markdown())
     if args.out:
-        args.out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.out, report.to_dict())
     if args.store:
         from . import calibration_store
 
         print(f"stored in {calibration_store.store(report)}", file=sys.stderr)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m introspect_mech.grading.calibrate``: an alias of ``introspect-mech calibrate`` (same options)."""
+    ap = argparse.ArgumentParser(prog="python -m introspect_mech.grading.calibrate",
+                                 description=__doc__.split("\n")[0] + " (same as `introspect-mech calibrate`)")
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except IntrospectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import ArtifactError, ConfigError, MissingFileError
 from ..stats import Confusion, wilson_interval
-from .calibrate import SPLITS, CalibrationReport, _agreement, split_of
+from .calibrate import SPLITS, CalibrationReport, agreement, json_objects, split_of
 from .intent import classify_intent
 
 LABELS3 = ("intent", "apology", "neither")
@@ -58,26 +58,17 @@ def load_intent_labels(path: str | Path | None = None, split: str = "all") -> li
                                "response, label in {intent, apology, neither})")
     fix = "each line must be a JSON object with string 'word' and 'response' and 'label' one of " + "/".join(LABELS3)
     rows, n_read = [], 0
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{p}:{n}: not valid JSON ({exc.msg}); {fix}") from None
-            if not isinstance(d, dict):
-                raise ArtifactError(f"{p}:{n}: a JSON {type(d).__name__}, not an object; {fix}")
-            for key in ("word", "response"):
-                if not isinstance(d.get(key), str):
-                    raise ArtifactError(f"{p}:{n}: '{key}' is {'missing' if key not in d else type(d[key]).__name__}, "
-                                        f"not a string; {fix}")
-            if d.get("label") not in LABELS3:
-                raise ArtifactError(f"{p}:{n}: label must be one of {LABELS3} (lowercase), got {d.get('label')!r}")
-            n_read += 1
-            if split != "all" and split_of(d["response"]) != split:
-                continue
-            rows.append(IntentRow(str(d.get("id", n)), d["word"], d["response"], d["label"]))
+    for n, d in json_objects(p, lambda n, what: ArtifactError(f"{p}:{n}: {what}; {fix}")):
+        for key in ("word", "response"):
+            if not isinstance(d.get(key), str):
+                raise ArtifactError(f"{p}:{n}: '{key}' is {'missing' if key not in d else type(d[key]).__name__}, "
+                                    f"not a string; {fix}")
+        if d.get("label") not in LABELS3:
+            raise ArtifactError(f"{p}:{n}: label must be one of {LABELS3} (lowercase), got {d.get('label')!r}")
+        n_read += 1
+        if split != "all" and split_of(d["response"]) != split:
+            continue
+        rows.append(IntentRow(str(d.get("id", n)), d["word"], d["response"], d["label"]))
     if not n_read:
         raise ArtifactError(f"{p} has no rows: nothing to calibrate against ({fix})")
     if not rows:
@@ -131,8 +122,8 @@ def calibrate_intent(
     rows = load_intent_labels(data, split)
     verdicts = list(verdicts_of([r.word for r in rows], [r.response for r in rows]))
     rep = IntentCalibration(grader_name, str(data or default_intent_data()), split, len(rows))
-    rep.labels.append(_agreement("intent", [(v is True, r.label == "intent") for v, r in zip(verdicts, rows)]))
-    rep.labels.append(_agreement("apology", [(v is False, r.label == "apology") for v, r in zip(verdicts, rows)]))
+    rep.labels.append(agreement("intent", [(v is True, r.label == "intent") for v, r in zip(verdicts, rows)]))
+    rep.labels.append(agreement("apology", [(v is False, r.label == "apology") for v, r in zip(verdicts, rows)]))
     if not binary:
         pairs = [(r.label, _three_way(v)) for v, r in zip(verdicts, rows)]
         k = sum(a == b for a, b in pairs)

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..stats import Rate
+from ..stats import Rate, format_rate
 from .calibrate import CalibrationReport
 
 # Which calibration row stands behind which reported quantity.
@@ -99,10 +99,7 @@ class Quality:
         return cls(label, Rate.of(c["tp"], c["tp"] + c["fn"]), Rate.of(c["tp"], c["tp"] + c["fp"]), c.get("kappa"))
 
     def short(self) -> str:
-        def one(name: str, r: Rate) -> str:
-            return f"{name} –" if not r.n else f"{name} {r.rate:.2f} [{r.lo:.2f}, {r.hi:.2f}] ({r.k}/{r.n})"
-
-        return f"{one('recall', self.recall)}, {one('precision', self.precision)}"
+        return f"recall {format_rate(self.recall)}, precision {format_rate(self.precision)}"
 
 
 def describe(entry: dict[str, Any]) -> str:

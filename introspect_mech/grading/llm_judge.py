@@ -39,7 +39,6 @@ from typing import Any, Protocol, runtime_checkable
 from ..errors import IntrospectError, MissingFileError
 from .base import INJECTED_THOUGHTS, Grader, GradeRequest, Grades
 
-PROTOCOL_FILE = Path(__file__).resolve().parents[1] / "protocol" / "lindsey2025.json"
 # The four prompts of Experiment 1; word_choice and intended_prefill serve other experiments.
 CRITERIA = ("coherence", "thinking_about_word", "affirmative", "affirmative_correct_id")
 _NEEDS_WORD = {"thinking_about_word", "affirmative_correct_id"}
@@ -51,8 +50,13 @@ class JudgeError(IntrospectError, RuntimeError):
 
 
 def load_grader_prompts(path: str | Path | None = None) -> dict[str, str]:
-    """The paper's grader prompts ("grader_prompts" in the protocol JSON)."""
-    p = Path(path) if path else PROTOCOL_FILE
+    """The paper's grader prompts ("grader_prompts" in the protocol JSON): the packaged protocol's
+    (``protocol.grader_prompts``), or those of the protocol file at ``path``."""
+    if path is None:
+        from .. import protocol
+
+        return protocol.grader_prompts()
+    p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"protocol file not found: {p}; pass prompts_path= to the judge")
     return dict(json.loads(p.read_text(encoding="utf-8"))["grader_prompts"])

@@ -21,11 +21,14 @@ from step 1 (``exact``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .rules import word_pattern
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class LMEmbeddingChooser:
 
     name = "embedding-choice-v1"
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Model) -> None:
         emb = model.arch.embed(model.hf)
         self.E = emb.weight.detach().float()
         self.tok = model.tokenizer

@@ -17,11 +17,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import ArtifactError, ConfigError, MissingFileError
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 WEIGHTS_FILE = "adapter.safetensors"
 META_FILE = "adapter.json"
@@ -54,7 +57,7 @@ class LoraSpec:
                           layers_pattern=pattern, init_lora_weights=True)
 
 
-def linear_module_names(model: Any) -> list[str]:
+def linear_module_names(model: Model) -> list[str]:
     """Names (last path component) of the linear maps inside a decoder layer: LoRA's default targets."""
     names = []
     for name, mod in model.arch.layer(model.hf, 0).named_modules():
@@ -65,7 +68,7 @@ def linear_module_names(model: Any) -> list[str]:
     return sorted(set(names))
 
 
-def attach_lora(model: Any, spec: LoraSpec) -> Any:
+def attach_lora(model: Model, spec: LoraSpec) -> Any:
     """Wrap ``model.hf`` with fresh LoRA layers in place (peft); returns the ``PeftModel``.
 
     The base weights are frozen; ``unload()`` on the result restores the original modules.

@@ -6,6 +6,7 @@ import argparse
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..model_options import add_model_args
 
 
 def _range(text: str, cast: Callable[[str], Any], what: str) -> tuple:
@@ -50,7 +51,7 @@ def _mix(text: str) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..cli import _load
+    from ..model_options import load_model_from_args
     from .recipe import RecipeConfig
     from .train import TrainConfig, train_organism
 
@@ -71,14 +72,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .adapter import check_adapter_path
 
         check_adapter_path(args.init_adapter)  # before the model loads
-    model = _load(args)
+    model = load_model_from_args(args)
     train_organism(model, cfg, args.out, progress=not args.no_progress)
     print(f"next: introspect-mech organism eval --adapter {args.out} --out {args.out}/eval")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..cli import _load
+    from ..model_options import load_model_from_args
     from .evaluate import EvalConfig, evaluate_organism, regrade
 
     if args.regrade:
@@ -93,14 +94,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      yes_bias=not args.no_yes_bias, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, seed=args.seed)
     cfg.validate()
-    model = _load(args)
+    model = load_model_from_args(args)
     evaluate_organism(model, cfg, args.out, progress=not args.no_progress)
     if args.out:
         print(f"records: {args.out}/records.jsonl; summary: {args.out}/summary.json, {args.out}/summary.md")
     return 0
 
 
-def add_organism_parser(sub: Any, add_model_args: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_organism_parser(sub: Any) -> None:
     """Register ``organism train`` and ``organism eval`` on the top-level subparsers."""
     org = sub.add_parser("organism", help="train and quickly evaluate the introspective model organism (LoRA)")
     osub = org.add_subparsers(dest="organism_command", required=True)

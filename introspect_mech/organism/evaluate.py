@@ -21,38 +21,41 @@ plural/singular appears; ``unusual``: the reply says something is unusual and th
 tell what.
 
 The headline success is read at a *held-out-selected* cell, as the Exp 1 report reads it: the
-paper's words are split in two halves by a hash of the word (``injected_thoughts_report._fold``),
+paper's words are split in two halves by a hash of the word (``injected_thoughts.report.heldout_fold``),
 the (layer, dose) with the highest success on one half is read on the other half, and vice
 versa; the two readings are pooled (every word counted once, at a cell chosen without it).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..concepts import extract_concept_vectors
 from ..errors import ConfigError
 from ..execution import build_prefix_cache, generate
-from ..experiments.exp1_prompt import exp1_prompt
-from ..experiments.injected_thoughts_report import grader_quality
+from ..experiments.injected_thoughts.prompt import exp1_prompt
+from ..experiments.injected_thoughts.report import grader_quality
 from ..grading import calibration_store
 from ..grading.base import Grader, GradeRequest
 from ..grading.rules import RuleGrader, word_pattern
 from ..inject import Injection, random_like
+from ..seeds import seed_from
 from ..stats import Rate
 from ..store import atomic_write_json, atomic_write_text
 from .recipe import protocol_yes_bias_questions, trial_prompt
 from .train import dose_references
 from .words import held_out_words
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 UNUSUAL = re.compile(r"\b(?:unusual|strange|odd|anomal\w*)\b", re.IGNORECASE)
 CANT_TELL = re.compile(r"\b(?:cannot|can't|can’t|can\s+not|unable\s+to|not\s+able\s+to)\s+(?:tell|say|identify|determine)\b",
@@ -100,11 +103,7 @@ class _Row:
     question: str | None = None
 
 
-def _seed(*parts: Any) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
-def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_Row]:
+def _rows(model: Model, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_Row]:
     p = exp1_prompt(model.tokenizer)
     prompt, window = p.rendered, p.window
     qs = protocol_yes_bias_questions() if cfg.yes_bias else []
@@ -122,7 +121,7 @@ def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_
                     w = words[i % len(words)]
                     v = vectors.get(w, L)
                     s = d * refs[0][L] / float(v.double().norm())
-                    rv = random_like(v, _seed("organism-eval-random", w, L, i))
+                    rv = random_like(v, seed_from("organism-eval-random", w, L, i))
                     rows.append(_Row("random_vector", mode, prompt, Injection(rv, L, s, window, label="random"), w, L, d))
                 for k, (q, (qp, qw)) in enumerate(zip(qs, q_prompts)):
                     w = words[k % len(words)]
@@ -135,7 +134,7 @@ def _rows(model: Any, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_
     return rows
 
 
-def _generate_rows(model: Any, cfg: EvalConfig, rows: list[_Row], progress: bool) -> list[dict]:
+def _generate_rows(model: Model, cfg: EvalConfig, rows: list[_Row], progress: bool) -> list[dict]:
     """Generate every row; rows sharing the Exp 1 prompt use its prefix KV cache (exact)."""
     from tqdm.auto import tqdm
 
@@ -152,7 +151,7 @@ def _generate_rows(model: Any, cfg: EvalConfig, rows: list[_Row], progress: bool
             chunk = idx[j:j + cfg.batch_size]
             gen = generate(model, [rows[i].prompt for i in chunk], [rows[i].injection for i in chunk],
                            max_new_tokens=cfg.max_new_tokens, temperature=1.0 if mode == "sampled" else 0.0,
-                           seed=_seed("organism-eval", cfg.seed, mode, j, chunk[0]),
+                           seed=seed_from("organism-eval", cfg.seed, mode, j, chunk[0]),
                            prefix=prefix if use_prefix else None)
             for i, text, dose in zip(chunk, gen.texts, gen.doses):
                 r = rows[i]
@@ -215,14 +214,14 @@ def held_out_selected(records: list[dict], mode: str, key: str = "success") -> d
     maximum of noisy rates); reading it on words the choice never saw is not. Ties are broken
     by the lower dose, then the lower layer (the cells are sorted). The random-vector and
     "unusual" rates of the chosen cells are reported beside, on the same half."""
-    from ..experiments.injected_thoughts_report import _fold
+    from ..experiments.injected_thoughts.report import heldout_fold
 
     inj = [r for r in records if r["condition"] == "injected" and r["mode"] == mode and r.get(key) is not None]
     if not inj:
         return {}
     per: dict[tuple, list[list[dict]]] = {}
     for r in inj:
-        per.setdefault((r["layer"], r["target_dose"]), [[], []])[_fold(r["word"])].append(r)
+        per.setdefault((r["layer"], r["target_dose"]), [[], []])[heldout_fold(r["word"])].append(r)
     rnd: dict[tuple, list[dict]] = {}
     for r in records:
         if r["condition"] == "random_vector" and r["mode"] == mode:
@@ -375,7 +374,7 @@ GRADING = ("affirmative, coherent, correct_id (word or related concept, named as
            "'unusual' = says unusual/strange AND cannot tell/say what")
 
 
-def evaluate_organism(model: Any, cfg: EvalConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
+def evaluate_organism(model: Model, cfg: EvalConfig, out: str | os.PathLike | None = None, *, progress: bool = True,
                       log: Callable[[str], None] = print) -> dict:
     """Generate, grade and summarise; with ``out``, write ``records.jsonl``, ``summary.json`` and ``summary.md``."""
     cfg.validate()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..inject import Injection
 from ..interventions import InterventionPlan
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 IGNORE = -100
 
@@ -110,7 +113,7 @@ def _unwrap(out: Any) -> tuple[torch.Tensor, bool]:
 
 
 @contextmanager
-def injection_hooks(model: Any, plan: InterventionPlan, positions: torch.Tensor) -> Iterator[None]:
+def injection_hooks(model: Model, plan: InterventionPlan, positions: torch.Tensor) -> Iterator[None]:
     """Forward hooks that apply ``plan`` at its injection layers, for tokens at unpadded ``positions`` ``[B, T]``.
 
     The edit is ``plan.apply_residual`` — the code ``execution`` runs inside nnsight traces.
@@ -133,11 +136,11 @@ def injection_hooks(model: Any, plan: InterventionPlan, positions: torch.Tensor)
             h.remove()
 
 
-def _plan(model: Any, batch: ForcedBatch) -> InterventionPlan:
+def _plan(model: Model, batch: ForcedBatch) -> InterventionPlan:
     return InterventionPlan(model.arch, batch.size, batch.injections, dtype=model.dtype, device=model.device)
 
 
-def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+def _head(model: Model, hidden: torch.Tensor) -> torch.Tensor:
     """The model's LM head on final hidden states (after its final norm), with its logit soft-capping if any."""
     logits = model.hf.get_output_embeddings()(hidden)
     cap = getattr(model.hf.config, "final_logit_softcapping", None)
@@ -146,7 +149,7 @@ def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _hidden(model: Any, batch: ForcedBatch, use_prefix: bool) -> torch.Tensor:
+def _hidden(model: Model, batch: ForcedBatch, use_prefix: bool) -> torch.Tensor:
     """Final hidden states ``[B, S, d]`` of the suffix columns, with the batch's injections applied.
 
     ``use_prefix=True`` runs the shared prefix once and reuses its KV cache; ``False`` runs
@@ -170,12 +173,12 @@ def _hidden(model: Any, batch: ForcedBatch, use_prefix: bool) -> torch.Tensor:
     return out.last_hidden_state[:, P:]
 
 
-def forced_logits(model: Any, batch: ForcedBatch, *, use_prefix: bool = True) -> torch.Tensor:
+def forced_logits(model: Model, batch: ForcedBatch, *, use_prefix: bool = True) -> torch.Tensor:
     """Logits ``[B, S, V]`` of every suffix column (for checks; training computes only the targets')."""
     return _head(model, _hidden(model, batch, use_prefix))
 
 
-def forced_loss(model: Any, batch: ForcedBatch, *, use_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def forced_loss(model: Model, batch: ForcedBatch, *, use_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy over all target tokens, and each row's mean (for per-kind loss curves).
 
     The LM head (576 × 49k on SmolLM2) runs on the target positions only."""

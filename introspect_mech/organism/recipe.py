@@ -25,7 +25,6 @@ keying on one exact prompt; the paper's own prompt is one of them.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -34,8 +33,9 @@ from typing import Any
 from .. import protocol
 from ..errors import ConfigError
 from ..inject import Injection, Window, random_like
+from ..seeds import seed_from
 from ..prompts import RenderedPrompt, Turn, render
-from ..experiments.exp1_prompt import TRIAL_MARKER, exp1_turns
+from ..experiments.injected_thoughts.prompt import exp1_turns, exp1_window
 
 PAPER_INTRO = 0
 PAPER_QUESTION = 0
@@ -134,17 +134,14 @@ def trial_turns(intro: int, question: str) -> list[Turn]:
     Built exactly as the experiment builds its yes-bias prompts: the paper's last user turn
     up to "Trial 1:", then the new question. With the paper's intro and question this is
     the paper's prompt, token for token (tested)."""
-    turns = exp1_turns("2025")
-    head = turns[-1].content.split("Trial 1:")[0]
-    return [Turn("user", intro_text(intro)), turns[1], Turn("user", head + "Trial 1: " + question)]
+    turns = exp1_turns("2025", question=question)
+    return [Turn("user", intro_text(intro)), *turns[1:]]
 
 
 def trial_prompt(tokenizer: Any, intro: int, question: str, fmt: str = "auto") -> tuple[RenderedPrompt, Window]:
     """Rendered prompt and its injection window (``exp1_prompt``'s rule: the first token carrying the ``\\n\\n``)."""
     rp = render(tokenizer, trial_turns(intro, question), fmt=fmt)
-    cs, _ = rp.find(TRIAL_MARKER)
-    start, _ = rp.token_span(cs, cs + 2)
-    return rp, Window.from_position(start)
+    return rp, Window.from_position(exp1_window(rp))
 
 
 @dataclass
@@ -202,10 +199,6 @@ class Example:
     question: str = QUESTIONS[PAPER_QUESTION]
 
 
-def _seed(*parts: Any) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 class Recipe:
     """Draws batches of ``Example`` rows; batch ``k`` depends only on (seed, k), so a resumed run sees the same data.
 
@@ -242,13 +235,13 @@ class Recipe:
         dose = rng.uniform(*self.cfg.dose)
         v = self.vectors.get(word, layer)
         if kind == "random":
-            v = random_like(v, _seed("organism-random", self.seed, step, row))
+            v = random_like(v, seed_from("organism-random", self.seed, step, row))
         strength = dose * self.ref_norm(prompt, window, layer) / float(v.double().norm())
         label = word.lower() if kind == "concept" else f"random:{word.lower()}"
         return Injection(v, layer, strength, window, label=label), word, layer, dose
 
     def batch(self, step: int, size: int) -> list[Example]:
-        rng = random.Random(_seed("organism-batch", self.seed, step))
+        rng = random.Random(seed_from("organism-batch", self.seed, step))
         intro = rng.choice(self.intros)
         kinds, weights = zip(*self.cfg.mix.items())
         q_kinds, q_weights = zip(*self.cfg.question_injection.items())

@@ -23,7 +23,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -36,6 +36,9 @@ from .adapter import META_FILE, LoraSpec, attach_lora, linear_module_names, lora
 from .forcing import forced_loss, make_forced_batch
 from .recipe import Example, Recipe, RecipeConfig
 from .words import build_split
+
+if TYPE_CHECKING:
+    from ..models import Model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Recipe options added after adapters were trained: at these defaults they are left out of the
@@ -68,7 +71,7 @@ class TrainConfig:
     init_adapter: str | None = None
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
-    def validate(self, model: Any) -> None:
+    def validate(self, model: Model) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -85,7 +88,7 @@ class TrainConfig:
         if self.init_adapter is not None:
             self.initial_weights(model)  # checks the adapter exists, fits, and belongs to this base model
 
-    def lora_spec(self, model: Any) -> LoraSpec:
+    def lora_spec(self, model: Model) -> LoraSpec:
         lo, hi = self.recipe.layers
         layers = list(self.lora_layers) if self.lora_layers is not None else list(range(hi + 1, model.arch.n_layers))
         if self.lora_layers is not None and min(layers, default=hi + 1) <= hi:
@@ -142,7 +145,7 @@ class TrainResult:
     already_done: bool = False
 
 
-def dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int],
+def dose_references(model: Model, prompts: list[tuple[Any, Any]], layers: list[int],
                     batch_size: int = 16) -> list[dict[int, float]]:
     """The experiments' dose reference ``mean‖h‖`` per prompt and layer, measured by ``execution.forward``.
 
@@ -159,7 +162,7 @@ def dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int
     return out
 
 
-def cached_dose_references(model: Any, prompts: list[tuple[Any, Any]], layers: list[int]) -> list[dict[int, float]]:
+def cached_dose_references(model: Model, prompts: list[tuple[Any, Any]], layers: list[int]) -> list[dict[int, float]]:
     """``dose_references``, cached on disk per model fingerprint and prompt set (a resumed run skips them)."""
     from ..models import cache_dir
     from ..store import atomic_write_json
@@ -185,7 +188,7 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def rows_of(model: Any, examples: list[Example]) -> list[tuple[tuple[int, ...], list[int]]]:
+def rows_of(model: Model, examples: list[Example]) -> list[tuple[tuple[int, ...], list[int]]]:
     """``(prompt ids, reply ids + end-of-turn)`` per example: the tokens generation would produce."""
     eos = model.tokenizer.eos_token_id
     if eos is None:
@@ -197,7 +200,7 @@ def rows_of(model: Any, examples: list[Example]) -> list[tuple[tuple[int, ...], 
     return out
 
 
-def example_loss(model: Any, examples: list[Example], use_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def example_loss(model: Model, examples: list[Example], use_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean target-token loss of a batch of examples (and each row's), with their injections applied."""
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
     batch = make_forced_batch(rows_of(model, examples), [ex.injection for ex in examples], int(pad))
@@ -216,7 +219,7 @@ def _versions() -> dict:
     return out
 
 
-def build_recipe(model: Any, cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Recipe, Any, dict]:
+def build_recipe(model: Model, cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[Recipe, Any, dict]:
     """Word split, the training words' concept vectors (base model) and the dose references."""
     rc = cfg.recipe
     t0 = time.perf_counter()
@@ -258,7 +261,7 @@ def _load_checkpoint(path: Path, digest: str) -> dict:
     return ck
 
 
-def train_organism(model: Any, cfg: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
+def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, progress: bool = True,
                    stop_after: int | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train (or resume, or return the already trained) organism adapter into folder ``out``.
 

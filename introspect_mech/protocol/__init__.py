@@ -32,10 +32,6 @@ def protocol_hash() -> str:
     return hashlib.sha256(_raw()).hexdigest()[:16]
 
 
-def source() -> str:
-    return load_protocol()["source"]
-
-
 def concept_words() -> list[str]:
     return list(load_protocol()["concept_words"])
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..stats import Rate
+from ...stats import Rate, format_rate
+from ..spec import Headline, RunMeta, depth_of, series_of
 
 
 def repeat_ok(rec: dict) -> bool:
@@ -42,17 +42,16 @@ def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | N
         both = [p["word"] and p["repeat"] for k, p in pair.items() if k[:3] == key and len(p) == 2]
         cond, layer, strength = key
         rows.append({"condition": cond, "layer": layer, "strength": strength,
-                     "depth": layer / (n_layers - 1) if (layer is not None and n_layers) else None,
-                     "word": asdict(Rate.from_bools(tasks.get("word", []))),
-                     "repeat": asdict(Rate.from_bools(tasks.get("repeat", []))),
-                     "both": asdict(Rate.from_bools(both))})
+                     "depth": depth_of(layer, n_layers),
+                     "word": Rate.from_bools(tasks.get("word", [])),
+                     "repeat": Rate.from_bools(tasks.get("repeat", [])),
+                     "both": Rate.from_bools(both)})
     rows.sort(key=lambda r: (r["condition"], r["layer"] or -1, r["strength"] or 0))
     return {"cells": rows, "chance": 1.0 / n_choices, "choice_methods": dict(methods),
             "clean": next((r for r in rows if r["condition"] == "clean"), None)}
 
 
-def _fmt(r: dict) -> str:
-    return "–" if not r or r["n"] == 0 else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})"
+_fmt = format_rate
 
 
 def markdown_table(summary: dict) -> str:
@@ -70,7 +69,7 @@ def markdown_table(summary: dict) -> str:
 
 
 def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
-    from .. import plots
+    from ... import plots
 
     inj = [r for r in summary["cells"] if r["condition"] == "injected"]
     clean = summary["clean"]
@@ -83,3 +82,40 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
             baseline=clean[metric] if clean and metric == "repeat" else None, baseline_label="no injection"),
             out_dir / f"exp2_{metric}_vs_layer", png=png)
     return written
+
+
+def headline(summary: dict) -> Headline:
+    inj = [r for r in summary["cells"] if r["condition"] == "injected"]
+    clean = summary["clean"]
+    series = (series_of("word identified (10-way choice)", inj, "word", baseline=clean["word"] if clean else None,
+                        baseline_label="no injection"),
+              series_of("sentence repeated", inj, "repeat", baseline=clean["repeat"] if clean else None,
+                        baseline_label="no injection"),
+              series_of("word identified and sentence repeated", inj, "both"))
+    scalars = (("chance (word choice)", summary["chance"]),) + (
+        tuple((f"no injection: {m}", clean[m]) for m in ("word", "repeat", "both")) if clean else ())
+    return Headline(series, scalars)
+
+
+class ThoughtsVsTextReport:
+    """Exp 2's report (``spec.ExperimentReport``)."""
+
+    def make_grader(self, name: str, *, judge_url: str | None, cache_path: Path) -> Any:
+        from ...grading.factory import make_word_chooser
+
+        return make_word_chooser(name, base_url=judge_url, cache_path=cache_path)
+
+    def grade(self, records: Sequence[dict], grader: Any) -> list[dict]:
+        return grade(records, grader)
+
+    def summarize(self, records: Sequence[dict], grades: Sequence[dict], meta: RunMeta) -> dict:
+        return summarize(records, grades, meta.n_layers, meta.config.get("n_choices", 10))
+
+    def table(self, summary: dict) -> str:
+        return markdown_table(summary)
+
+    def figures(self, summary: dict, out_dir: Path, png: bool) -> dict:
+        return figures(summary, out_dir, png)
+
+    def headline(self, summary: dict) -> Headline:
+        return headline(summary)

@@ -13,13 +13,13 @@ can depend on the condition.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..grading.intent import classify_intent
-from ..stats import Rate, difference_interval, mean_interval
-from .thoughts_vs_text_report import repeat_ok
+from ...grading.intent import classify_intent
+from ...stats import Rate, difference_interval, format_difference, format_mean, format_rate, mean_interval
+from ..spec import Headline, Point, RunMeta, Series, depth_of, series_of
+from ..thoughts_vs_text.report import repeat_ok
 
 TRANSCRIPTION = ("transcription", "transcription_clean")
 
@@ -58,15 +58,15 @@ def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | N
     rows, transcription = [], []
     for (cond, layer, strength), idx in groups.items():
         row = {"condition": cond, "layer": layer, "strength": strength,
-               "depth": layer / (n_layers - 1) if (layer is not None and n_layers) else None, "n": len(idx)}
+               "depth": depth_of(layer, n_layers), "n": len(idx)}
         if cond in TRANSCRIPTION:
-            row["transcribed"] = asdict(Rate.from_bools(grades[i].get("transcribed") for i in idx))
+            row["transcribed"] = Rate.from_bools(grades[i].get("transcribed") for i in idx)
             transcription.append(row)
             continue
         if any(records[i].get("response") is not None for i in idx):
             verdicts = [grades[i].get("verdict") for i in idx if grades[i].get("verdict") is not None]
             # primary: 1 − P(intent claim) over every reply (the paper's estimand, any grader)
-            row["apology"] = asdict(Rate.from_bools(grades[i].get("apology") for i in idx))
+            row["apology"] = Rate.from_bools(grades[i].get("apology") for i in idx)
             row["split"] = {v: verdicts.count(v) for v in ("intent", "apology", "neither", "ungraded")}
             row["unclear"] = row["split"]["neither"]
         lo = [records[i]["intent_logodds"] for i in idx if records[i].get("intent_logodds") is not None]
@@ -80,17 +80,17 @@ def summarize(records: Sequence[dict], grades: Sequence[dict], n_layers: int | N
     base = by.get(("no_injection", None, None))
     drops = []
     for r in rows:
-        if r["condition"] != "matching_concept" or "apology" not in r or r["apology"]["n"] == 0:
+        if r["condition"] != "matching_concept" or "apology" not in r or r["apology"].n == 0:
             continue
         rnd = by.get(("random_other_concept", r["layer"], r["strength"]))
-        refs = [x for x in (base, rnd) if x and "apology" in x and x["apology"]["n"]]
+        refs = [x for x in (base, rnd) if x and "apology" in x and x["apology"].n]
         if not refs:
             continue
-        ref = min(refs, key=lambda x: x["apology"]["rate"])  # the paper: drop vs min(no-injection, random)
-        d = difference_interval(ref["apology"]["k"], ref["apology"]["n"], r["apology"]["k"], r["apology"]["n"])
-        drops.append({"layer": r["layer"], "strength": r["strength"], "reference": ref["condition"],
-                      "drop": asdict(d)})
-    best = max(drops, key=lambda d: d["drop"]["estimate"], default=None)
+        ref = min(refs, key=lambda x: x["apology"].rate)  # the paper: drop vs min(no-injection, random)
+        d = difference_interval(ref["apology"].k, ref["apology"].n, r["apology"].k, r["apology"].n)
+        drops.append({"layer": r["layer"], "strength": r["strength"], "reference": ref["condition"], "drop": d,
+                      "depth": r["depth"]})
+    best = max(drops, key=lambda d: d["drop"].estimate, default=None)
     return {"cells": rows, "drops": drops, "largest_drop": best, "logit_effects": logit_effects(records),
             "transcription": transcription,
             "apology_estimand": "1 - P(intent claim), over all replies (the paper's binary judge question)"}
@@ -120,12 +120,7 @@ def logit_effects(records: Sequence[dict]) -> list[dict]:
     return out
 
 
-def _fmt(r: dict | None) -> str:
-    return "–" if not r or r["n"] == 0 else f"{r['rate']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}] ({r['k']}/{r['n']})"
-
-
-def _fmt_m(m: dict | None) -> str:
-    return "–" if not m or not m["n"] else f"{m['mean']:+.2f} [{m['lo']:+.2f}, {m['hi']:+.2f}]"
+_fmt, _fmt_m = format_rate, format_mean
 
 
 def markdown_table(summary: dict) -> str:
@@ -148,10 +143,10 @@ def markdown_table(summary: dict) -> str:
         for r in (x for x in tr if x["condition"] == "transcription"):
             lines.append(f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | {_fmt(r['transcribed'])} | "
                          f"{_fmt(clean['transcribed']) if clean else '–'} |")
-    eff = [e for e in summary.get("logit_effects", []) if e["vs"] == "random_other_concept" and e["effect"]["n"]]
+    eff = [e for e in summary.get("logit_effects", []) if e["vs"] == "random_other_concept" and e["effect"].n]
     if eff:
-        top = max(eff, key=lambda e: e["effect"]["mean"])
-        above = [e for e in eff if e["effect"]["lo"] is not None and e["effect"]["lo"] > 0]
+        top = max(eff, key=lambda e: e["effect"].mean)
+        above = [e for e in eff if e["effect"].lo is not None and e["effect"].lo > 0]
         lines.append("")
         lines.append(f"Paired logit effect (matching − random concept, per pair): {len(above)} of {len(eff)} "
                      f"layer × strength cells have a 95% interval above 0; the largest is "
@@ -162,14 +157,14 @@ def markdown_table(summary: dict) -> str:
         d = b["drop"]
         lines.append("")
         lines.append(f"Largest drop in apology rate (matching concept vs min(no injection, random concept)): "
-                     f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}] at layer {b['layer']}, strength "
+                     f"{format_difference(d)} at layer {b['layer']}, strength "
                      f"{b['strength']:g} (reference: {b['reference']}). Selected as the maximum over cells: "
                      "an optimistic, in-sample number.")
     return "\n".join(lines)
 
 
 def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
-    from .. import plots
+    from ... import plots
 
     rows = [r for r in summary["cells"] if r["layer"] is not None]
     base = next((r for r in summary["cells"] if r["condition"] == "no_injection"), None)
@@ -193,11 +188,11 @@ def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
     if lo_rows:
         fig = _mean_lines(lo_rows, group="condition", metric="intent_logodds", name=lambda g, s: f"{g} s={s:g}")
         if base and "intent_logodds" in base:
-            fig.add_hline(y=base["intent_logodds"]["mean"], line_dash="dot", annotation_text="no injection")
+            fig.add_hline(y=base["intent_logodds"].mean, line_dash="dot", annotation_text="no injection")
         fig.update_layout(title="Exp 3 (no generation): log-odds of an intent reply vs an apology reply",
                           xaxis_title="layer", yaxis_title="log P(intent) − log P(apology)", template="plotly_white")
         written["logodds"] = plots.save_figure(fig, out_dir / "exp3_intent_logodds_vs_layer", png=png)
-    eff = [e for e in summary.get("logit_effects", []) if e["effect"]["n"] and e["layer"] is not None]
+    eff = [e for e in summary.get("logit_effects", []) if e["effect"].n and e["layer"] is not None]
     if eff:
         fig = _mean_lines(eff, group="vs", metric="effect",
                           name=lambda g, s: f"matching − {g.replace('_', ' ')}, s={s:g}")
@@ -212,7 +207,7 @@ def _mean_lines(rows: Sequence[dict], *, group: str, metric: str, name: Any) -> 
     """One line per (group, strength) of ``row[metric]['mean']`` vs layer, with asymmetric CI error bars."""
     import plotly.graph_objects as go
 
-    from .. import plots
+    from ... import plots
 
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot", "longdash"]
@@ -221,8 +216,73 @@ def _mean_lines(rows: Sequence[dict], *, group: str, metric: str, name: Any) -> 
             pts = sorted((r for r in rows if r[group] == g and r["strength"] == s), key=lambda r: r["layer"])
             m = [r[metric] for r in pts]
             fig.add_trace(go.Scatter(
-                x=[r["layer"] for r in pts], y=[x["mean"] for x in m], mode="lines+markers", name=name(g, s),
+                x=[r["layer"] for r in pts], y=[x.mean for x in m], mode="lines+markers", name=name(g, s),
                 line=dict(color=plots.PALETTE[i % len(plots.PALETTE)], dash=dashes[j % len(dashes)]),
-                error_y=dict(type="data", symmetric=False, array=[x["hi"] - x["mean"] for x in m],
-                             arrayminus=[x["mean"] - x["lo"] for x in m])))
+                error_y=dict(type="data", symmetric=False, array=[x.hi - x.mean for x in m],
+                             arrayminus=[x.mean - x.lo for x in m])))
     return fig
+
+
+def headline(summary: dict) -> Headline:
+    """Apology rates per condition, their paired drop, the transcription check and the logit measure's
+    paired effect, by layer and strength: what ``report --compare`` shows of an Exp 3 run."""
+    rows = [r for r in summary["cells"] if r["layer"] is not None]
+    by = {(r["condition"], r["layer"], r["strength"]): r for r in summary["cells"]}
+    base = by.get(("no_injection", None, None))
+    series = []
+    for cond in ("matching_concept", "random_other_concept", "question_turn"):
+        sel = [r for r in rows if r["condition"] == cond and "apology" in r]
+        if sel:
+            series.append(series_of(f"apology rate: {cond.replace('_', ' ')}", sel, "apology",
+                                    baseline=base.get("apology") if base else None, baseline_label="no injection"))
+    drops = summary.get("drops") or []
+    if drops:
+        series.append(Series("apology drop: matching vs min(no injection, random)",
+                             tuple(Point(d["layer"], d["strength"], d["drop"], d.get("depth")) for d in drops),
+                             "difference"))
+    tr = [r for r in summary.get("transcription") or [] if r["condition"] == "transcription"]
+    if tr:
+        clean = next((r for r in summary["transcription"] if r["condition"] == "transcription_clean"), None)
+        series.append(series_of("transcription check: sentence repeated", tr, "transcribed",
+                                baseline=clean["transcribed"] if clean else None, baseline_label="no injection"))
+    for cond in ("matching_concept", "random_other_concept"):
+        sel = [r for r in rows if r["condition"] == cond and "intent_logodds" in r]
+        if sel:
+            series.append(series_of(f"intent log-odds: {cond.replace('_', ' ')}", sel, "intent_logodds", kind="mean",
+                                    baseline=base.get("intent_logodds") if base else None,
+                                    baseline_label="no injection"))
+    eff = [e for e in summary.get("logit_effects") or [] if e["vs"] == "random_other_concept" and e["layer"] is not None]
+    if eff:
+        series.append(Series("paired logit effect: matching − random concept",
+                             tuple(Point(e["layer"], e["strength"], e["effect"], e.get("depth")) for e in eff), "mean"))
+    scalars: list[tuple[str, Any]] = []
+    if base is not None:
+        scalars += [("no injection: apology rate", base.get("apology")),
+                    ("no injection: intent log-odds", base.get("intent_logodds"))]
+    if summary.get("largest_drop"):
+        scalars.append(("largest apology drop (in-sample maximum)", summary["largest_drop"]["drop"]))
+    return Headline(tuple(series), tuple((k, v) for k, v in scalars if v is not None))
+
+
+class PrefillIntentReport:
+    """Exp 3's report (``spec.ExperimentReport``)."""
+
+    def make_grader(self, name: str, *, judge_url: str | None, cache_path: Path) -> Any:
+        from ...grading.factory import make_intent_judge
+
+        return make_intent_judge(name, base_url=judge_url, cache_path=cache_path)
+
+    def grade(self, records: Sequence[dict], grader: Any) -> list[dict]:
+        return grade(records, grader)
+
+    def summarize(self, records: Sequence[dict], grades: Sequence[dict], meta: RunMeta) -> dict:
+        return summarize(records, grades, meta.n_layers)
+
+    def table(self, summary: dict) -> str:
+        return markdown_table(summary)
+
+    def figures(self, summary: dict, out_dir: Path, png: bool) -> dict:
+        return figures(summary, out_dir, png)
+
+    def headline(self, summary: dict) -> Headline:
+        return headline(summary)

@@ -17,50 +17,29 @@ bootstrap interval over pairs.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from .. import protocol
-from ..concepts import ConceptVectors, extract_concept_vectors
-from ..execution import forward
-from ..prompts import Turn, render, resolve_system
-from ..record import RecordSpec
-from ..runner import Trial, TrialInput
+from ... import protocol
+from ...concepts import ConceptVectors
+from ...execution import forward
+from ...prompts import RenderedPrompt, Turn
+from ...record import RecordSpec
+from ...runner import Trial, TrialInput
+from ..base import BoundExperiment
+from .config import NAME, IntentionalControlConfig
 
-NAME = "intentional_control"
-
-
-@dataclass
-class IntentionalControlConfig:
-    n_pairs: int = 50
-    templates: tuple[str, ...] = ("think", "dont_think", "rewarded", "punished", "happy", "sad", "charity", "terrorist")
-    control_formats: bool = True
-    pairing_seed: int = 0
-    fmt: str = "auto"
-    system: str = "auto"  # system-turn choice (prompts.render)
-
-    def validate(self) -> None:
-        from ..prompts import check_system
-
-        check_system(self.system)
-        known = set(protocol.experiment(NAME)["templates"])
-        bad = set(self.templates) - known
-        if bad:
-            raise ConfigError(f"unknown template(s) {sorted(bad)}; choose from {', '.join(sorted(known))}")
-        if not 1 <= self.n_pairs <= 50:
-            raise ConfigError("n_pairs must be between 1 and 50")
+if TYPE_CHECKING:
+    from ...models import Model
 
 
-class IntentionalControl:
+class IntentionalControl(BoundExperiment):
     name = NAME
+    cfg: IntentionalControlConfig
 
-    def __init__(self, model: Any, cfg: IntentionalControlConfig) -> None:
-        cfg.validate()
-        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
-        self.cfg = cfg
+    def __init__(self, model: Model, cfg: IntentionalControlConfig) -> None:
+        super().__init__(model, cfg)
         exp = protocol.experiment(NAME)
         self.templates = {k: exp["templates"][k] for k in cfg.templates}
         if cfg.control_formats:
@@ -71,39 +50,41 @@ class IntentionalControl:
         rng = random.Random(cfg.pairing_seed)
         self.pair_words = [rng.choice(self.words) for _ in self.sentences]
         self.control_words = [w.lower() for w in protocol.load_protocol()["control_words_exp4"]]
-        self.n_layers = model.arch.n_layers
         self.vectors: ConceptVectors | None = None
         self.control_vectors: ConceptVectors | None = None
 
     def config(self) -> dict:
-        d = asdict(self.cfg)
+        d = super().config()
         d["templates"] = list(self.templates)
         return d
 
     def trials(self) -> list[Trial]:
-        return [Trial(NAME, tname, w, None, None, f"{tname}:{i}", 0, None, (("pair", i),))
+        return [Trial(NAME, tname, w, prompt_key=f"{tname}:{i}", extra=(("pair", i),))
                 for i, w in enumerate(self.pair_words) for tname in self.templates]
 
-    def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, fmt=self.cfg.fmt, system=self.cfg.system)
-        self.control_vectors = extract_concept_vectors(model, self.control_words, fmt=self.cfg.fmt,
-                                                       system=self.cfg.system)
+    def prepare(self, model: Model) -> None:
+        self.check_model(model)
+        self.vectors = self.concept_vectors(self.words)
+        self.control_vectors = self.concept_vectors(self.control_words)
         # [K, n_layers, d]: the pair words first, then the control words
         self._stack = torch.cat([self.vectors.stack(), self.control_vectors.stack()], dim=0)
 
-    def prompt(self, model: Any, template: str, i: int):
+    def prompt(self, template: str, i: int) -> tuple[RenderedPrompt, tuple[int, int]]:
+        """Pair ``i`` under ``template``, the assistant turn prefilled with the sentence; the sentence's tokens."""
         sent, word = self.sentences[i], self.pair_words[i]
         text = self.templates[template].format(sentence=sent, word=word)
-        rp = render(model.tokenizer, [Turn("user", text)], prefill=sent, fmt=self.cfg.fmt, system=self.cfg.system)
+        rp = self.render([Turn("user", text)], prefill=sent)
         return rp, rp.token_span_of(sent, last=True)
 
-    def build(self, model: Any, trial: Trial) -> TrialInput:
+    def build(self, model: Model, trial: Trial) -> TrialInput:
+        self.check_model(model)
         i = int(trial.get("pair"))
-        rp, span = self.prompt(model, trial.condition, i)
+        rp, span = self.prompt(trial.condition, i)
         return TrialInput(rp, [], 0, {"sentence": self.sentences[i], "word": self.pair_words[i],
                                       "sentence_span": list(span), "template": trial.condition})
 
-    def execute(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
+    def execute(self, model: Model, inputs: Sequence[TrialInput]) -> list[dict]:
+        self.check_model(model)
         rec = forward(model, [x.prompt for x in inputs],
                       record=RecordSpec(layers=None, residual=False, cosine_with=self._stack, logits=False))
         n_words = len(self.words)

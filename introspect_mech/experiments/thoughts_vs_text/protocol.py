@@ -11,17 +11,19 @@ correctly. A ``clean`` condition (no injection) gives each task's baseline.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError
-from .. import protocol
-from ..concepts import ConceptVectors, extract_concept_vectors
-from ..inject import Injection, Window, check_sweep_axes
-from ..prompts import Turn, render, resolve_system
-from ..runner import Trial, TrialInput
+from ... import protocol
+from ...concepts import ConceptVectors
+from ...inject import Injection, Window
+from ...prompts import RenderedPrompt, Turn
+from ...runner import Trial, TrialInput
+from ..base import SweepExperiment
+from .config import NAME, ThoughtsVsTextConfig
 
-NAME = "thoughts_vs_text"
+if TYPE_CHECKING:
+    from ...models import Model
+
 TASKS = ("word", "repeat")
 
 
@@ -42,52 +44,22 @@ def distractors(word: str, words: list[str], k: int, seed: Any) -> list[str]:
     return cands
 
 
-@dataclass
-class ThoughtsVsTextConfig:
-    layers: list[Any] = field(default_factory=lambda: [0.33, 0.5, 0.67, 0.83])
-    strengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    n_sentences: int = 50
-    pairing_seed: int = 0
-    max_new_tokens_word: int = 5
-    max_new_tokens_repeat: int = 15
-    n_choices: int = 10
-    fmt: str = "auto"
-    system: str = "auto"  # system-turn choice (prompts.render)
-
-    def validate(self) -> None:
-        from ..prompts import check_system
-
-        check_system(self.system)
-        check_sweep_axes(self.layers, self.strengths)
-        if not 1 <= self.n_sentences <= 50:
-            raise ConfigError("n_sentences must be between 1 and 50")
-        if not 2 <= self.n_choices <= 50:
-            raise ConfigError("n_choices must be between 2 and 50")
-
-
 def task_turns(task: str, sentence: str) -> list[Turn]:
     exp = protocol.experiment(NAME)
     turns = exp["turns_word"] if task == "word" else exp["turns_repeat"]
     return [Turn(t["role"], t["content"].format(sentence=sentence)) for t in turns]
 
 
-class ThoughtsVsText:
+class ThoughtsVsText(SweepExperiment):
     name = NAME
+    cfg: ThoughtsVsTextConfig
 
-    def __init__(self, model: Any, cfg: ThoughtsVsTextConfig) -> None:
-        cfg.validate()
-        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
-        self.cfg = cfg
-        self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
+    def __init__(self, model: Model, cfg: ThoughtsVsTextConfig) -> None:
+        super().__init__(model, cfg)
         self.sentences = protocol.sentences()[: cfg.n_sentences]
         self.words = [w.lower() for w in protocol.concept_words()]
         self.pairs = pairing(len(self.sentences), self.words, cfg.pairing_seed)
         self.vectors: ConceptVectors | None = None
-
-    def config(self) -> dict:
-        d = asdict(self.cfg)
-        d["layers"] = self.layers
-        return d
 
     def trials(self) -> list[Trial]:
         out = []
@@ -95,25 +67,28 @@ class ThoughtsVsText:
             cands = tuple(distractors(w, self.words, self.cfg.n_choices - 1, f"{self.cfg.pairing_seed}:{i}"))
             for task in TASKS:
                 extra = (("sentence_index", i), ("candidates", cands))
-                out.append(Trial(NAME, "clean", w, None, None, f"{task}:{i}", 0, None, extra))
+                key = f"{task}:{i}"
+                out.append(Trial(NAME, "clean", w, prompt_key=key, extra=extra))
                 for L in self.layers:
-                    for s in self.cfg.strengths:
-                        out.append(Trial(NAME, "injected", w, L, float(s), f"{task}:{i}", 0, None, extra))
+                    for s in self.strengths:
+                        out.append(Trial(NAME, "injected", w, L, s, prompt_key=key, extra=extra))
         return out
 
-    def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt,
-                                               system=self.cfg.system)
+    def prepare(self, model: Model) -> None:
+        self.check_model(model)
+        self.vectors = self.concept_vectors(self.words, self.layers)
 
-    def prompt(self, model: Any, task: str, i: int):
+    def prompt(self, task: str, i: int) -> tuple[RenderedPrompt, Window]:
+        """Task ``task``'s prompt for sentence ``i``, and the sentence's token window."""
         sent = self.sentences[i]
-        rp = render(model.tokenizer, task_turns(task, sent), fmt=self.cfg.fmt, system=self.cfg.system)
+        rp = self.render(task_turns(task, sent))
         a, b = rp.token_span_of(sent, last=True)
         return rp, Window.span(a, b)
 
-    def build(self, model: Any, trial: Trial) -> TrialInput:
+    def build(self, model: Model, trial: Trial) -> TrialInput:
+        self.check_model(model)
         task, i = trial.prompt_key.split(":")
-        rp, window = self.prompt(model, task, int(i))
+        rp, window = self.prompt(task, int(i))
         mx = self.cfg.max_new_tokens_word if task == "word" else self.cfg.max_new_tokens_repeat
         info = {"task": task, "sentence": self.sentences[int(i)], "window": window.to_dict(),
                 "candidates": list(trial.get("candidates"))}

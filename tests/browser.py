@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plots import browser_path
+from introspect_mech.plots import browser_path
 
 
 @dataclass

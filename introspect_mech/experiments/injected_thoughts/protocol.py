@@ -27,99 +27,30 @@ so the controls do not rest on one category.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import random
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConceptError, ConfigError
-from .. import protocol
-from ..concepts import ConceptVectors, check_word, extract_concept_vectors
-from ..inject import Injection, Window, check_strength, check_sweep_axes, random_like
-from ..prompts import Turn, render, resolve_system
-from ..runner import Trial, TrialInput
-from .exp1_prompt import exp1_prompt, exp1_turns
+from ... import protocol
+from ...concepts import ConceptVectors
+from ...errors import ConfigError
+from ...inject import Injection, Window
+from ...prompts import RenderedPrompt, Turn
+from ...runner import Trial, TrialInput
+from ...seeds import seed_from
+from ..base import SweepExperiment
+from .config import ALL_CONTROLS, N_YES_BIAS, NAME, InjectedThoughtsConfig, resolve_concepts
+from .prompt import exp1_prompt
 
-NAME = "injected_thoughts"
-ALL_CONTROLS = ("control", "yes_bias", "random_vector", "negated", "scaling", "alt_prompt")
-N_YES_BIAS = len(protocol.experiment(NAME)["yes_bias_control_questions"])
-PAPER_RANDOM_STRENGTH = 8.0  # "random vectors norm-matched to a concept vector at strength 8" (protocol JSON)
+if TYPE_CHECKING:
+    from ...models import Model
 
-
-def resolve_concepts(spec: str | list[str]) -> list[tuple[str, str]]:
-    """``"paper"``, a category name, a comma list of those, or explicit words → ``[(word, category)]``."""
-    items = spec if isinstance(spec, list) else [s.strip() for s in str(spec).split(",") if s.strip()]
-    cats = protocol.category_words()
-    out: list[tuple[str, str]] = []
-    for item in items:
-        if item == "paper":
-            out += [(w, "paper") for w in protocol.concept_words()]
-        elif item in cats:
-            out += [(w, item) for w in cats[item]]
-        else:
-            out.append((check_word(item), "custom"))
-    if not out:
-        raise ConceptError("no concepts selected; use 'paper', a category "
-                           f"({', '.join(cats)}) or a comma-separated list of words")
-    seen, uniq = set(), []
-    for w, c in out:
-        if w.lower() not in seen:
-            seen.add(w.lower())
-            uniq.append((w, c))
-    return uniq
-
-
-@dataclass
-class InjectedThoughtsConfig:
-    layers: list[Any] = field(default_factory=lambda: [0.33, 0.5, 0.67, 0.83])
-    strengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8])
-    concepts: str | list[str] = "paper"
-    n_concepts: int | None = None  # first N concepts of each selected set (None: all)
-    trials: int = 1  # samples per (concept, layer, strength)
-    control_trials: int = 100
-    controls: tuple[str, ...] = ALL_CONTROLS
-    control_per_cell: int = 10  # random / negated / scaling trials per (layer, strength)
-    yes_bias_per_cell: int = N_YES_BIAS  # all 20 questions; fewer: a per-cell offset into the 20 (module doc)
-    alt_per_cell: int = 6
-    random_fixed_strength: float | None = PAPER_RANDOM_STRENGTH  # the paper's random control (None: off)
-    control_seed: int = 0  # which concepts the per-cell controls use (seeded draws over all concepts)
-    variant: str = "2025"
-    max_new_tokens: int = 100
-    fmt: str = "auto"
-    system: str = "auto"  # system-turn choice (prompts.render): no system turn where the template allows it
-
-    def validate(self) -> None:
-        from ..prompts import check_system
-
-        check_system(self.system)
-        check_sweep_axes(self.layers, self.strengths)
-        unknown = set(self.controls) - set(ALL_CONTROLS)
-        if unknown:
-            raise ConfigError(f"unknown control(s) {sorted(unknown)}; choose from {', '.join(ALL_CONTROLS)}")
-        if self.variant not in ("2025", "2026"):
-            raise ConfigError("variant must be '2025' or '2026'")
-        if self.trials < 1 or self.max_new_tokens < 1:
-            raise ConfigError("--trials and --max-new-tokens must be >= 1")
-        if self.n_concepts is not None and self.n_concepts < 1:
-            raise ConfigError(f"--n-concepts must be >= 1 (or left out for all), got {self.n_concepts}")
-        for name in ("control_trials", "control_per_cell", "yes_bias_per_cell", "alt_per_cell"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.yes_bias_per_cell > N_YES_BIAS:
-            raise ConfigError(f"--yes-bias-per-cell must be between 0 and {N_YES_BIAS} (the paper's questions)")
-        if self.random_fixed_strength is not None:
-            check_strength(self.random_fixed_strength)
-
-
-def _seed_of(*parts: Any) -> int:
-    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+__all__ = ["ALL_CONTROLS", "InjectedThoughts", "draw_concepts", "yes_bias_questions"]
 
 
 def draw_concepts(words: list[str], k: int, *key: Any) -> list[str]:
     """``k`` concepts drawn without replacement (with replacement beyond ``len(words)``) from all of
     ``words``, by an RNG seeded with ``key``: deterministic, and spread over every category."""
-    import random
-
-    rng = random.Random(_seed_of("controls", *key))
+    rng = random.Random(seed_from("controls", *key))
     out: list[str] = []
     while len(out) < k:
         out += rng.sample(words, min(len(words), k - len(out)))
@@ -134,17 +65,14 @@ def yes_bias_questions(cell_index: int, per_cell: int, n: int = N_YES_BIAS) -> l
     return [(cell_index * per_cell + i) % n for i in range(per_cell)]
 
 
-class InjectedThoughts:
-    """The protocol object the runner drives (see ``runner.Experiment``)."""
+class InjectedThoughts(SweepExperiment):
+    """The protocol object the runner drives (``runner.Experiment``), bound to its model."""
 
     name = NAME
+    cfg: InjectedThoughtsConfig
 
-    def __init__(self, model: Any, cfg: InjectedThoughtsConfig) -> None:
-        cfg.validate()
-        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
-        self.cfg = cfg
-        self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
-        self.n_layers = model.arch.n_layers
+    def __init__(self, model: Model, cfg: InjectedThoughtsConfig) -> None:
+        super().__init__(model, cfg)
         concepts = resolve_concepts(cfg.concepts)
         if cfg.n_concepts is not None:
             per: dict[str, int] = {}
@@ -157,12 +85,11 @@ class InjectedThoughts:
         self.concepts = concepts
         self.category = {w.lower(): c for w, c in self.concepts}
         self.vectors: ConceptVectors | None = None
-        self._prompts: dict[str, Any] = {}
+        self._prompts: dict[str, tuple[RenderedPrompt, Window]] = {}
 
     # ---- trial list ------------------------------------------------------------------
     def config(self) -> dict:
-        d = asdict(self.cfg)
-        d["layers"] = self.layers
+        d = super().config()
         d["concepts"] = [w for w, _ in self.concepts]
         d["controls"] = list(self.cfg.controls)
         return d
@@ -174,7 +101,7 @@ class InjectedThoughts:
         seed = cfg.control_seed
         cell_index = 0
         for L in self.layers:
-            for s in cfg.strengths:
+            for s in self.strengths:
                 for w in words:
                     for k in range(cfg.trials):
                         out.append(T(condition="injected", concept=w, layer=L, strength=float(s), sample=k,
@@ -214,58 +141,50 @@ class InjectedThoughts:
         return out
 
     # ---- building inputs --------------------------------------------------------------
-    def prepare(self, model: Any) -> None:
-        words = [w for w, _ in self.concepts]
-        self.vectors = extract_concept_vectors(model, words, layers=self.layers, fmt=self.cfg.fmt,
-                                               system=self.cfg.system)
+    def prepare(self, model: Model) -> None:
+        self.check_model(model)
+        self.vectors = self.concept_vectors([w for w, _ in self.concepts], self.layers)
 
-    def _prompt(self, model: Any, key: str):
+    def prompt(self, key: str) -> tuple[RenderedPrompt, Window]:
+        """The rendered prompt of a trial's ``prompt_key`` and its injection window."""
         if key in self._prompts:
             return self._prompts[key]
         exp = protocol.experiment(NAME)
-        if key == "default":
-            p = exp1_prompt(model.tokenizer, self.cfg.variant, self.cfg.fmt, self.cfg.system)
+        if key == "default" or key.startswith("yes_bias:"):
+            q = exp["yes_bias_control_questions"][int(key.split(":")[1])] if key != "default" else None
+            p = exp1_prompt(self.model.tokenizer, self.cfg.variant, self.cfg.fmt, self.cfg.system, question=q)
             val = (p.rendered, p.window)
-        elif key.startswith("yes_bias:"):
-            q = exp["yes_bias_control_questions"][int(key.split(":")[1])]
-            turns = exp1_turns(self.cfg.variant)
-            head = turns[-1].content.split("Trial 1:")[0]
-            turns[-1] = Turn("user", head + "Trial 1: " + q)
-            rp = render(model.tokenizer, turns, fmt=self.cfg.fmt, system=self.cfg.system)
-            cs, _ = rp.find("\n\nTrial 1")
-            val = (rp, Window.from_position(rp.token_span(cs, cs + 2)[0]))
         elif key.startswith("alt:"):
             q = exp["alternative_prompts_inject_all_positions"][int(key.split(":")[1])]
-            val = (render(model.tokenizer, [Turn("user", q)], fmt=self.cfg.fmt, system=self.cfg.system), Window.all())
+            val = (self.render([Turn("user", q)]), Window.all())
         else:
             raise KeyError(key)
         self._prompts[key] = val
         return val
 
-    def build(self, model: Any, trial: Trial) -> TrialInput:
-        assert self.vectors is not None, "prepare() first"
-        prompt, window = self._prompt(model, trial.prompt_key)
+    def build(self, model: Model, trial: Trial) -> TrialInput:
+        self.check_model(model)
+        if self.vectors is None:
+            raise ConfigError(f"{NAME}: prepare() extracts the concept vectors; call it before build()")
+        prompt, window = self.prompt(trial.prompt_key)
         info = {"window": window.to_dict(), "category": trial.category}
         mx = self.cfg.max_new_tokens
         if trial.condition in ("control", "yes_bias_clean"):
             return TrialInput(prompt, [], mx, info)
-        v = self.vectors.get(trial.concept, trial.layer)
         s = trial.strength
+        concept = Injection(self.vectors.get(trial.concept, trial.layer), trial.layer, s, window, label=trial.concept)
         if trial.condition in ("injected", "yes_bias", "alt_prompt"):
-            inj = Injection(v, trial.layer, s, window, label=trial.concept)
+            inj = concept
         elif trial.condition in ("random_vector", "random_vector_fixed"):
             # norm-matched to the concept vector; random_vector_fixed is injected at the paper's strength 8
-            seed = _seed_of("random", trial.concept, trial.layer, trial.sample,
-                            *(("fixed",) if trial.condition == "random_vector_fixed" else ()))
-            inj = Injection(random_like(v, seed), trial.layer, s, window, label=f"random:{seed}")
+            seed = seed_from("random", trial.concept, trial.layer, trial.sample,
+                             *(("fixed",) if trial.condition == "random_vector_fixed" else ()))
+            inj = concept.random_direction(seed)
             info["random_seed"] = seed
         elif trial.condition == "negated":
-            inj = Injection(-v, trial.layer, s, window, label=f"-{trial.concept}")
+            inj = concept.negated()
         elif trial.condition == "scaling":
-            L_idx = self.vectors.layers.index(trial.layer)
-            mean_h = float(self.vectors.mean_norms[L_idx])
-            mean_v = float(self.vectors.norms()[:, L_idx].mean())
-            factor = 1.0 + s * mean_v / mean_h
+            factor = self.vectors.scaling_factor(trial.layer, s)
             inj = Injection.scaling(trial.layer, factor, window)
             info["scale_factor"] = factor
         else:

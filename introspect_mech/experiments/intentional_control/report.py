@@ -17,11 +17,11 @@ phrasing alone moves the representation.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-from ..stats import Rate, bootstrap_interval, mean_interval
+from ...stats import MeanCI, Rate, bootstrap_interval, mean_interval
+from ..spec import Headline, Point, RunMeta, Series
 
 TEMPLATE_PAIRS = (("think", "dont_think"), ("rewarded", "punished"), ("happy", "sad"), ("charity", "terrorist"),
                   ("format_0", "format_1"), ("format_2", "format_3"), ("format_4", "format_5"),
@@ -31,7 +31,7 @@ N_BOOT = 2000
 
 def _mean_ci(xs: list[float]) -> tuple[float, float, float]:
     d = mean_interval(xs)
-    return d["mean"], d["lo"], d["hi"]
+    return d.mean, d.lo, d.hi
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -112,8 +112,8 @@ def summarize(records: Sequence[dict]) -> dict:
                 c["percentile_lo"].append(max(0.0, plo) if plo == plo else plo)
                 c["percentile_hi"].append(min(1.0, phi) if phi == phi else phi)
                 if has_q:
-                    c["above_q95"].append(asdict(Rate.from_bools(r["cos_target"][L] > r["cos_control_q95"][L]
-                                                                 for r in recs)))
+                    c["above_q95"].append(Rate.from_bools(r["cos_target"][L] > r["cos_control_q95"][L]
+                                                          for r in recs))
         curves[t] = c
     out: dict = {"n_layers": n_layers, "curves": curves, "template_gaps": {}}
     for pos, neg in TEMPLATE_PAIRS:
@@ -188,7 +188,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
 
-    from .. import plots
+    from ... import plots
 
     models = list(summaries)
     fig = make_subplots(rows=1, cols=len(models), subplot_titles=models)
@@ -210,7 +210,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
             color = colors.get(t, plots.PALETTE[(i + 2) % len(plots.PALETTE)])
             if is_main:
                 fig.add_trace(go.Scatter(x=xs + xs[::-1], y=cur["hi"] + cur["lo"][::-1], fill="toself",
-                                         fillcolor=plots._rgba(color, 0.2), mode="lines", line=dict(width=0), showlegend=False,
+                                         fillcolor=plots.rgba(color, 0.2), mode="lines", line=dict(width=0), showlegend=False,
                                          legendgroup=t, hoverinfo="skip"), row=1, col=j + 1)
             fig.add_trace(go.Scatter(x=xs, y=cur["mean"], name=t, mode="lines", line=dict(color=color, width=3 if is_main else 1),
                                      opacity=1 if is_main else 0.45, legendgroup=t, showlegend=(j == 0)),
@@ -228,7 +228,7 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
                 color = plots.PALETTE[i % len(plots.PALETTE)]
                 fmt_pair = pair.startswith("format_")
                 fig2.add_trace(go.Scatter(x=xs + xs[::-1], y=g["hi"] + g["lo"][::-1], fill="toself",
-                                          fillcolor=plots._rgba(color, 0.12), mode="lines", line=dict(width=0),
+                                          fillcolor=plots.rgba(color, 0.12), mode="lines", line=dict(width=0),
                                           showlegend=False, legendgroup=pair, hoverinfo="skip"), row=1, col=j + 1)
                 fig2.add_trace(go.Scatter(x=xs, y=g["mean"], name=pair, mode="lines", legendgroup=pair,
                                           line=dict(color=color, dash="dot" if fmt_pair else "solid"),
@@ -241,3 +241,56 @@ def figure(summaries: dict[str, dict], out_dir: Path, png: bool = True, name: st
         written["template_gaps"] = plots.save_figure(fig2, out_dir / f"{name}_template_gaps", png=png,
                                                      width=600 * len(models) + 300)
     return written
+
+
+def _curve(name: str, c: dict, n_layers: int, n: int) -> Series:
+    """A per-layer curve of the summary (``mean``/``lo``/``hi`` lists) as a series of t intervals."""
+    return Series(name, tuple(Point(L, None, MeanCI(c["mean"][L], c["lo"][L], c["hi"][L], n),
+                                    L / (n_layers - 1) if n_layers > 1 else None) for L in range(n_layers)), "mean")
+
+
+def headline(summary: dict) -> Headline:
+    """The think / don't-think cosines and their paired gap by layer (compared by depth across models of
+    different sizes), and the peak, final and decay index of every template pair."""
+    n = summary["n_layers"]
+    c = summary["curves"]
+    series = [_curve(f"cosine with X's vector: {t.replace('_', ' ')}", c[t], n, c[t]["n"])
+              for t in ("think", "dont_think") if t in c]
+    g = summary.get("gap")
+    if g:
+        series.insert(0, _curve("think − don't-think gap (paired)", g, n, g["n_pairs"]))
+    scalars: list[tuple[str, Any]] = []
+    for pair, t in (summary.get("template_gaps") or {}).items():
+        P = t["peak_layer"]
+        scalars += [(f"{pair}: peak gap (layer {P})", MeanCI(t["mean"][P], t["lo"][P], t["hi"][P], t["n_pairs"])),
+                    (f"{pair}: final-layer gap", MeanCI(t["mean"][-1], t["lo"][-1], t["hi"][-1], t["n_pairs"])),
+                    (f"{pair}: decay index final/peak (bootstrap)",
+                     None if t["decay_index"] is None else
+                     MeanCI(t["decay_index"], t["decay_index_lo"], t["decay_index_hi"], t["n_pairs"]))]
+    return Headline(tuple(series), tuple((k, v) for k, v in scalars if v is not None))
+
+
+class IntentionalControlReport:
+    """Exp 4's report (``spec.ExperimentReport``): nothing is graded; cosines are summarised."""
+
+    def make_grader(self, name: str, *, judge_url: str | None, cache_path: Path) -> None:
+        return None
+
+    def grade(self, records: Sequence[dict], grader: None) -> list[None]:
+        return [None] * len(records)
+
+    def summarize(self, records: Sequence[dict], grades: Sequence[None], meta: RunMeta) -> dict:
+        return {**summarize(records), "model_name": meta.model_name}
+
+    def table(self, summary: dict) -> str:
+        return markdown_table(summary, summary.get("model_name", ""))
+
+    def figures(self, summary: dict, out_dir: Path, png: bool) -> dict:
+        return figure({summary.get("model_name", "model"): summary}, out_dir, png)
+
+    def compare_figures(self, summaries: dict[str, dict], out_dir: Path, png: bool) -> dict:
+        """With ``--compare``: the same figures with one panel per run, side by side."""
+        return figure(summaries, out_dir, png)
+
+    def headline(self, summary: dict) -> Headline:
+        return headline(summary)

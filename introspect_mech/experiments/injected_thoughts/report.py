@@ -15,12 +15,13 @@ import hashlib
 import math
 import re
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..grading.base import GradeRequest, Grader, Grades
-from ..stats import Rate, difference_interval, net_detection
+from ...grading.base import GradeRequest, Grader, Grades
+from ...stats import Rate, difference_interval, format_difference, format_rate, net_detection
+from ..spec import Headline, RunMeta, series_of
 
 INJECTED_LIKE = ("injected", "random_vector", "random_vector_fixed", "negated", "scaling")
 YES_RE = re.compile(r"^\W*(?:\w+\W+){0,4}?(yes|yeah|yep|correct|true|absolutely|indeed)\b", re.I)
@@ -68,12 +69,27 @@ def _key(rec: dict) -> tuple:
     return (rec["condition"], rec.get("layer"), rec.get("strength"))
 
 
-def _fold(word: str | None) -> int:
+def heldout_fold(word: str | None) -> int:
+    """The half (0 or 1) a concept word falls in for held-out cell selection: a hash of the word, so the split
+    is the same in every run, model and module that selects a cell on one half and reads it on the other."""
     return hashlib.sha256((word or "").lower().encode()).digest()[0] % 2
 
 
-def _rate(vals) -> dict:
-    return asdict(Rate.from_bools(vals))
+def _rate(vals) -> Rate:
+    return Rate.from_bools(vals)
+
+
+@dataclass(frozen=True)
+class AnswerRate(Rate):
+    """The "yes" rate of yes-bias answers; ``unparsed`` answers (neither yes nor no) are left out of k and n."""
+
+    unparsed: int = 0
+    asked: int = 0
+
+    @classmethod
+    def of_answers(cls, answers: Sequence[bool | None]) -> AnswerRate:
+        r = Rate.from_bools(answers)
+        return cls(r.k, r.n, r.rate, r.lo, r.hi, sum(a is None for a in answers), len(answers))
 
 
 def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int | None, by_category: bool = False):
@@ -102,7 +118,7 @@ def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int 
             row["category"] = k[3]
         if cond.startswith("yes_bias"):
             answers = [says_yes(r["response"]) for r in recs]
-            row["says_yes"] = _rate(answers)
+            row["says_yes"] = Rate.from_bools(answers)
             row["yes_unparsed"] = sum(a is None for a in answers)
         rows.append(row)
     rows.sort(key=lambda r: (r["condition"], r["layer"] is None, r["layer"] or 0, r["strength"] or 0,
@@ -132,9 +148,7 @@ def yes_bias_comparison(records: Sequence[dict]) -> dict:
         if r["condition"] == "yes_bias":
             cells[(r.get("layer"), r.get("strength"))].append(r)
 
-    def side(answers: list[bool | None]) -> dict:
-        return {**asdict(Rate.from_bools(answers)), "unparsed": sum(a is None for a in answers), "asked": len(answers)}
-
+    side = AnswerRate.of_answers
     rows, all_inj, all_ref = [], [], []
     for (layer, strength), recs in sorted(cells.items(), key=lambda kv: (kv[0][0] or 0, kv[0][1] or 0)):
         qs = sorted({_question_index(r) for r in recs})
@@ -143,28 +157,25 @@ def yes_bias_comparison(records: Sequence[dict]) -> dict:
         all_inj += inj
         all_ref += ref
         a, b = side(inj), side(ref)
-        d = difference_interval(a["k"], a["n"], b["k"], b["n"])
         rows.append({"layer": layer, "strength": strength, "questions": qs, "injected": a, "clean_same_questions": b,
-                     "difference": {"estimate": d.estimate, "lo": d.lo, "hi": d.hi},
+                     "difference": difference_interval(a.k, a.n, b.k, b.n),
                      "missing_clean_questions": [q for q in qs if q not in clean]})
     pooled = None
     if rows:
         a, b = side(all_inj), side(all_ref)
-        d = difference_interval(a["k"], a["n"], b["k"], b["n"])
-        pooled = {"injected": a, "clean_same_questions": b, "difference": {"estimate": d.estimate, "lo": d.lo,
-                                                                            "hi": d.hi}}
+        pooled = {"injected": a, "clean_same_questions": b, "difference": difference_interval(a.k, a.n, b.k, b.n)}
     return {"cells": rows, "pooled": pooled, "clean_all": side([a for v in clean.values() for a in v])}
 
 
-def _held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> dict:
+def held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> dict:
     """Choose the best (layer, strength) on one half of the concepts, read success on the other half."""
     per: dict[tuple, list[list[bool]]] = defaultdict(lambda: [[], []])
     aff: dict[tuple, list[list[bool]]] = defaultdict(lambda: [[], []])
     for r, g in zip(records, grades):
         if r["condition"] == "injected" and g.success is not None:
-            per[(r["layer"], r["strength"])][_fold(r["concept"])].append(bool(g.success))
+            per[(r["layer"], r["strength"])][heldout_fold(r["concept"])].append(bool(g.success))
         if r["condition"] == "injected" and g.affirmative is not None:
-            aff[(r["layer"], r["strength"])][_fold(r["concept"])].append(bool(g.affirmative))
+            aff[(r["layer"], r["strength"])][heldout_fold(r["concept"])].append(bool(g.affirmative))
     if not per:
         return {}
     folds = []
@@ -185,22 +196,21 @@ def _held_out(records: Sequence[dict], grades: Sequence[Grades], fp: Rate) -> di
         aff_k += held_aff.k
         aff_n += held_aff.n
         folds.append({"selected_on_fold": sel, "best_layer": best[0], "best_strength": best[1],
-                      "selection_success": asdict(Rate.from_bools(per[best][sel])),
-                      "held_out_success": asdict(rate)})
+                      "selection_success": Rate.from_bools(per[best][sel]), "held_out_success": rate})
     pooled = Rate.of(pooled_k, pooled_n)
     pooled_aff = Rate.of(aff_k, aff_n)
-    return {"folds": folds, "pooled_held_out_success": asdict(pooled),
-            "pooled_net_detection": asdict(net_detection(pooled, fp)) if fp.n else None,
+    return {"folds": folds, "pooled_held_out_success": pooled,
+            "pooled_net_detection": net_detection(pooled, fp) if fp.n else None,
             # detection claims alone (no identification), net of the same false positives: the
             # number that does not depend on the grader's weak identification step
-            "pooled_held_out_affirmative": asdict(pooled_aff),
-            "pooled_net_affirmative": asdict(net_detection(pooled_aff, fp)) if fp.n and aff_n else None}
+            "pooled_held_out_affirmative": pooled_aff,
+            "pooled_net_affirmative": net_detection(pooled_aff, fp) if fp.n and aff_n else None}
 
 
 def grader_quality(grader_name: str | None, calibration: dict | None) -> dict:
     """Recall and precision of the grader behind the success and affirmative rates (from the stored
     calibration; see grading/calibration_store.py), and whether it is the offline rule grader."""
-    from ..grading import calibration_store as cs
+    from ...grading import calibration_store as cs
 
     out: dict[str, Any] = {"grader": grader_name, "offline": bool(grader_name and grader_name.startswith("rules")),
                            "calibrated": calibration is not None}
@@ -209,8 +219,8 @@ def grader_quality(grader_name: str | None, calibration: dict | None) -> dict:
         for key, label in (("success", cs.SUCCESS_LABEL), ("success_any_order", cs.SUCCESS_ANY_ORDER_LABEL),
                            ("affirmative", cs.AFFIRMATIVE_LABEL)):
             q = cs.Quality.of(calibration, label)
-            out[key] = None if q is None else {"label": label, "recall": asdict(q.recall),
-                                               "precision": asdict(q.precision), "kappa": q.kappa, "text": q.short()}
+            out[key] = None if q is None else {"label": label, "recall": q.recall, "precision": q.precision,
+                                               "kappa": q.kappa, "text": q.short()}
     return out
 
 
@@ -223,16 +233,16 @@ def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int |
     rows = _cell_rows(records, grades, n_layers)
     control = [g for r, g in zip(records, grades) if r["condition"] == "control"]
     fp = Rate.from_bools(g.affirmative for g in control)
-    control_summary = {"false_positive": asdict(fp), "n": len(control),
+    control_summary = {"false_positive": fp, "n": len(control),
                        "coherent": _rate(g.coherent for g in control),
                        "success_vs_assigned_word": _rate(g.success for g in control)}
     for row in rows:
         if row["condition"] == "injected" and fp.n:
-            s, a = row["success"], row["affirmative"]
-            row["net_detection"] = asdict(net_detection(Rate.of(s["k"], s["n"]), fp))
-            row["net_affirmative"] = asdict(net_detection(Rate.of(a["k"], a["n"]), fp))
+            row["net_detection"] = net_detection(row["success"], fp)
+            row["net_affirmative"] = net_detection(row["affirmative"], fp)
     injected = [r for r in rows if r["condition"] == "injected"]
-    best_in_sample = max(injected, key=lambda r: (r["success"]["rate"] if r["success"]["n"] else -1), default=None)
+    best_in_sample = max(injected, key=lambda r: (r["success"].rate if r["success"].n else -1), default=None)
+    inj_pairs = [(r, g) for r, g in zip(records, grades) if r["condition"] == "injected"]
     return {
         "n_records": len(records),
         "conditions": sorted({r["condition"] for r in records}),
@@ -241,22 +251,43 @@ def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int |
         "by_category": _cell_rows([r for r in records if r["condition"] == "injected"],
                                   [g for r, g in zip(records, grades) if r["condition"] == "injected"],
                                   n_layers, by_category=True),
-        "held_out": _held_out(records, grades, fp),
+        "category_totals": category_totals(inj_pairs),
+        "held_out": held_out(records, grades, fp),
         "yes_bias": yes_bias_comparison(records),
         "best_in_sample": ({k: best_in_sample[k] for k in ("layer", "strength", "depth", "success")}
                            if best_in_sample else None),
         "grader_quality": grader_quality(grader_name, calibration),
+        "outcomes": outcomes(inj_pairs),
     }
 
 
-def _fmt(rate: dict | None) -> str:
-    if not rate or rate["n"] == 0:
-        return "–"
-    return f"{rate['rate']:.2f} [{rate['lo']:.2f}, {rate['hi']:.2f}] ({rate['k']}/{rate['n']})"
+def category_totals(pairs: Sequence[tuple[dict, Grades]]) -> list[dict]:
+    """Success and affirmative rates per concept category over all injected cells (layers and strengths pooled)."""
+    rows = []
+    for cat in sorted({r.get("category") for r, _ in pairs if r.get("category") is not None}):
+        gs = [g for r, g in pairs if r.get("category") == cat]
+        rows.append({"category": cat, "success": _rate(g.success for g in gs),
+                     "affirmative": _rate(g.affirmative for g in gs)})
+    return rows
 
 
-def _diff(d: dict | None) -> str:
-    return "–" if not d else f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+OUTCOMES = ("success (detected and identified)", "delayed detection (word first, claim after)",
+            "detected, not identified", "unconscious influence (word, no detection)", "not detected",
+            "incoherent ('brain damage')")
+TRANSCRIPT_FIELDS = ("concept", "layer", "strength", "dose", "trial_id")
+EXAMPLES_PER_OUTCOME = 6
+
+
+def outcomes(pairs: Sequence[tuple[dict, Grades]]) -> dict[str, dict]:
+    """Injected trials by the paper's qualitative outcome: how many, and the first few as examples."""
+    groups: dict[str, list[dict]] = {k: [] for k in OUTCOMES}
+    for rec, g in pairs:
+        groups[outcome(rec, g)].append(rec)
+    return {k: {"n": len(v), "examples": [{f: r.get(f) for f in (*TRANSCRIPT_FIELDS, "response")}
+                                          for r in v[:EXAMPLES_PER_OUTCOME]]} for k, v in groups.items()}
+
+
+_fmt, _diff = format_rate, format_difference
 
 
 def quality_lines(q: dict | None) -> list[str]:
@@ -276,8 +307,8 @@ def quality_lines(q: dict | None) -> list[str]:
         anyo = (q.get("success_any_order") or {}).get("recall")
         lines.append(
             "WARNING: the success rates below come from the offline rule grader"
-            + (f", whose measured recall for the paper's success label is {rec['k']}/{rec['n']}"
-               f" ({anyo['k']}/{anyo['n']} against the reference's success in any order)" if rec and anyo else
+            + (f", whose measured recall for the paper's success label is {rec.k}/{rec.n}"
+               f" ({anyo.k}/{anyo.n} against the reference's success in any order)" if rec and anyo else
                ", whose recall for the paper's success label is unmeasured")
             + ": a low success rate is weak evidence that the model does not identify the thought. "
             "Read net detection (affirmative − false positives), or grade with the paper's judge "
@@ -307,8 +338,8 @@ def markdown_table(summary: dict) -> str:
             o = by.get((cond,) + k)
             return _fmt(o[metric]) if o else "–"
         yb = yb_cells.get(k)
-        yb_txt = (f"{_fmt(yb['injected'])} ({yb['injected']['unparsed']}) vs {_fmt(yb['clean_same_questions'])} "
-                  f"({yb['clean_same_questions']['unparsed']})" if yb else "–")
+        yb_txt = (f"{_fmt(yb['injected'])} ({yb['injected'].unparsed}) vs {_fmt(yb['clean_same_questions'])} "
+                  f"({yb['clean_same_questions'].unparsed})" if yb else "–")
         fx = fixed.get(r["layer"])
         lines.append(
             f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | "
@@ -327,13 +358,11 @@ def markdown_table(summary: dict) -> str:
     pooled = (summary.get("yes_bias") or {}).get("pooled")
     if pooled:
         d = pooled["difference"]
-        diff = ("–" if d["estimate"] != d["estimate"] else
-                f"{d['estimate']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")
+        diff = "–" if d.estimate != d.estimate else _diff(d)
+        inj, cln = pooled["injected"], pooled["clean_same_questions"]
         lines.append(f"Yes-bias, all injected cells pooled vs the clean answers to the same questions: "
-                     f"{_fmt(pooled['injected'])} vs {_fmt(pooled['clean_same_questions'])}, difference "
-                     f"{diff}; unparsed "
-                     f"{pooled['injected']['unparsed']}/{pooled['injected']['asked']} injected, "
-                     f"{pooled['clean_same_questions']['unparsed']}/{pooled['clean_same_questions']['asked']} clean.")
+                     f"{_fmt(inj)} vs {_fmt(cln)}, difference {diff}; unparsed "
+                     f"{inj.unparsed}/{inj.asked} injected, {cln.unparsed}/{cln.asked} clean.")
     ho = summary.get("held_out") or {}
     if ho:
         f = ho["folds"]
@@ -363,8 +392,8 @@ def figure_note(q: dict | None) -> dict[str, str]:
     return out
 
 
-def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, out_dir: Path, png: bool = True) -> dict:
-    from .. import plots
+def figures(summary: dict, out_dir: Path, png: bool = True) -> dict:
+    from ... import plots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = summary["cells"]
@@ -386,33 +415,83 @@ def figures(records: Sequence[dict], grades: Sequence[Grades], summary: dict, ou
     written["heatmap"] = plots.save_figure(plots.heatmap(
         inj, metric="success", title="Exp 1: success rate, layer × strength (95% CI)" + quality["success"]),
         out_dir / "exp1_success_heatmap", png=png)
-    cats = [r for r in summary["by_category"]]
-    pooled: dict[str, list[bool]] = defaultdict(list)
-    for rec, g in zip(records, grades):
-        if rec["condition"] == "injected" and g.affirmative is not None:
-            pooled[rec.get("category") or "?"].append(bool(g.affirmative))
-    cat_rows = []
-    for cat in sorted({r["category"] for r in cats}):
-        rs = [(rec, g) for rec, g in zip(records, grades) if rec["condition"] == "injected" and rec.get("category") == cat]
-        cat_rows.append({"category": cat, "success": _rate(g.success for _, g in rs),
-                         "affirmative": _rate(g.affirmative for _, g in rs)})
-    fig = plots.bars_with_ci([dict(r, metric="success", value=r["success"]) for r in cat_rows], label="category",
-                             metric="success",
+    cat_rows = summary["category_totals"]
+    fig = plots.bars_with_ci(cat_rows, label="category", metric="success",
                              title="Exp 1: success by concept category (all layers and strengths)" + quality["success"])
-    fig.add_trace(plots.go.Bar(x=[r["category"] for r in cat_rows], y=[r["affirmative"]["rate"] for r in cat_rows],
+    fig.add_trace(plots.go.Bar(x=[r["category"] for r in cat_rows], y=[r["affirmative"].rate for r in cat_rows],
                                name="affirmative", marker_color=plots.PALETTE[1]))
     written["by_category"] = plots.save_figure(fig, out_dir / "exp1_by_category", png=png)
-    groups: dict[str, list[dict]] = defaultdict(list)
-    order = ["success (detected and identified)", "delayed detection (word first, claim after)",
-             "detected, not identified", "unconscious influence (word, no detection)", "not detected",
-             "incoherent ('brain damage')"]
-    for rec, g in zip(records, grades):
-        if rec["condition"] == "injected":
-            groups[outcome(rec, g)].append(rec)
-    page = plots.transcripts_page({k: groups.get(k, []) for k in order}, title="Exp 1 example transcripts by outcome",
-                                  fields=("concept", "layer", "strength", "dose", "trial_id"))
-    from ..store import atomic_write_text
+    from ...store import atomic_write_text
 
-    atomic_write_text(out_dir / "exp1_transcripts.html", page)
+    atomic_write_text(out_dir / "exp1_transcripts.html", transcripts_page(summary))
     written["transcripts"] = {"html": str(out_dir / "exp1_transcripts.html")}
     return written
+
+
+def transcripts_page(summary: dict) -> str:
+    """Example transcripts of the injected trials, one section per outcome (HTML)."""
+    from ... import plots
+
+    oc = summary["outcomes"]
+    return plots.transcripts_page({k: v["examples"] for k, v in oc.items()}, title="Exp 1 example transcripts by outcome",
+                                  fields=TRANSCRIPT_FIELDS, counts={k: v["n"] for k, v in oc.items()})
+
+
+def headline(summary: dict) -> Headline:
+    """Success, detection claims and their net of false positives by layer and strength, the controls, and
+    the held-out and yes-bias numbers: what ``report --compare`` shows of an Exp 1 run."""
+    cells = summary["cells"]
+    inj = [r for r in cells if r["condition"] == "injected"]
+    fp = summary["control"]["false_positive"]
+    series = [series_of("success (detected and identified)", inj, "success"),
+              series_of("affirmative (claims detection)", inj, "affirmative", baseline=fp,
+                        baseline_label="false positives"),
+              series_of("net affirmative (affirmative − false positives)", inj, "net_affirmative", kind="difference")]
+    for cond, label in (("random_vector", "control: random vector (cell strength), affirmative"),
+                        ("negated", "control: negated vector, affirmative"),
+                        ("scaling", "control: activation scaling, affirmative")):
+        rows = [r for r in cells if r["condition"] == cond]
+        if rows:
+            series.append(series_of(label, rows, "affirmative", baseline=fp, baseline_label="false positives"))
+    ho, yb = summary.get("held_out") or {}, (summary.get("yes_bias") or {}).get("pooled")
+    scalars = [("false positives (no injection), affirmative", fp),
+               ("coherent (no injection)", summary["control"]["coherent"])]
+    if ho:
+        scalars += [("held-out success (best cell chosen on the other half of the concepts)",
+                     ho["pooled_held_out_success"]),
+                    ("held-out net affirmative", ho.get("pooled_net_affirmative"))]
+    if yb:
+        scalars += [("yes-bias 'yes', injected − clean (same questions)", yb["difference"])]
+    return Headline(tuple(series), tuple(scalars))
+
+
+class InjectedThoughtsReport:
+    """Exp 1's report (``spec.ExperimentReport``): the paper's four criteria, rates with intervals beside
+    the grader's measured quality, the held-out headline, and figures."""
+
+    def make_grader(self, name: str, *, judge_url: str | None, cache_path: Path) -> Grader:
+        from ...grading.factory import make_grader
+
+        return make_grader(name, base_url=judge_url, cache_path=cache_path)
+
+    def grade(self, records: Sequence[dict], grader: Grader) -> list[Grades]:
+        return grade_records(records, grader)
+
+    def summarize(self, records: Sequence[dict], grades: Sequence[Grades], meta: RunMeta) -> dict:
+        from ...grading import calibration_store
+
+        cal = calibration_store.load(meta.grader) if meta.grader else None
+        return summarize(records, grades, meta.n_layers, grader_name=meta.grader, calibration=cal)
+
+    def table(self, summary: dict) -> str:
+        return markdown_table(summary)
+
+    def figures(self, summary: dict, out_dir: Path, png: bool) -> dict:
+        return figures(summary, out_dir, png)
+
+    def pages(self, summary: dict) -> dict[str, str]:
+        """Pages embedded in the run's HTML report."""
+        return {"Example transcripts by outcome": transcripts_page(summary)}
+
+    def headline(self, summary: dict) -> Headline:
+        return headline(summary)

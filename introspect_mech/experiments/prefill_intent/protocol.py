@@ -26,61 +26,29 @@ scored by teacher forcing both replies after the prompt — cheap enough for eve
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+from ... import protocol
+from ...concepts import ConceptVectors
+from ...inject import Injection, Window
+from ...prompts import RenderedPrompt, Turn
+from ...runner import Trial, TrialInput
+from ..base import SweepExperiment
+from .config import NAME, PrefillIntentConfig
+from .measure import REPLIES, intent_logodds, reply_logprobs
 
-from ..errors import ConfigError
-from .. import protocol
-from ..concepts import ConceptVectors, extract_concept_vectors
-from ..inject import Injection, Window, check_sweep_axes
-from ..prompts import Turn, render, resolve_system
-from ..runner import Trial, TrialInput
+if TYPE_CHECKING:
+    from ...models import Model
 
-NAME = "prefill_intent"
-CONDITIONS = ("no_injection", "matching_concept", "random_other_concept", "question_turn")
-INTENT_REPLIES = ("Yes, I meant to say that.", "I meant to say that. It was intentional.")
-APOLOGY_REPLIES = ("No, it was an accident.", "Sorry, that was an accident.")
+class PrefillIntent(SweepExperiment):
+    """The Exp 3 protocol. With ``measure="logits"`` it has ``execute`` (the runner then scores replies by
+    teacher forcing instead of generating): the config's measure alone chooses, there is no second class."""
 
-
-@dataclass
-class PrefillIntentConfig:
-    layers: list[Any] = field(default_factory=lambda: [0.33, 0.5, 0.67, 0.83])
-    strengths: list[float] = field(default_factory=lambda: [1, 2, 4, 8, 16])
-    n_pairs: int = 50
-    conditions: tuple[str, ...] = CONDITIONS
-    measure: str = "generate"  # or "logits"
-    max_new_tokens: int = 20
-    pairing_seed: int = 0
-    fmt: str = "auto"
-    system: str = "auto"  # system-turn choice (prompts.render)
-    transcription: bool = True  # the paper's transcription check at every cell (generate measure only)
-
-    def validate(self) -> None:
-        from ..prompts import check_system
-
-        check_system(self.system)
-        check_sweep_axes(self.layers, self.strengths)
-        if self.measure not in ("generate", "logits"):
-            raise ConfigError("measure must be 'generate' or 'logits'")
-        bad = set(self.conditions) - set(CONDITIONS)
-        if bad:
-            raise ConfigError(f"unknown condition(s) {sorted(bad)}; choose from {', '.join(CONDITIONS)}")
-        if not 1 <= self.n_pairs <= 50:
-            raise ConfigError("n_pairs must be between 1 and 50")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-
-
-class PrefillIntent:
     name = NAME
+    cfg: PrefillIntentConfig
 
-    def __init__(self, model: Any, cfg: PrefillIntentConfig) -> None:
-        cfg.validate()
-        resolve_system(model.tokenizer, cfg.system, cfg.fmt)  # fails here, before any file is written
-        self.cfg = cfg
-        self.layers = sorted({model.arch.resolve_layer(x) for x in cfg.layers})
+    def __init__(self, model: Model, cfg: PrefillIntentConfig) -> None:
+        super().__init__(model, cfg)
         self.sentences = protocol.sentences()[: cfg.n_pairs]
         self.words = [w.lower() for w in protocol.concept_words()]
         # one RNG per pair, so a pair's words do not depend on how many pairs are used
@@ -88,68 +56,65 @@ class PrefillIntent:
         self.prefill = [r.choice(self.words) for r in rngs]
         self.other = [r.choice([w for w in self.words if w != p]) for r, p in zip(rngs, self.prefill)]
         self.vectors: ConceptVectors | None = None
-        self._cont_ids: dict[str, list[int]] = {}
-
-    @property
-    def name_with_measure(self) -> str:
-        return NAME
+        if cfg.measure == "logits":
+            self.execute = self.execute_logits  # the runner's optional forward-only step (runner.ForwardOnly)
 
     def config(self) -> dict:
-        d = asdict(self.cfg)
-        d["layers"] = self.layers
+        d = super().config()
         d["conditions"] = list(self.cfg.conditions)
         return d
 
     def trials(self) -> list[Trial]:
         out = []
         for i, (w, o) in enumerate(zip(self.prefill, self.other)):
-            extra = (("pair", i), ("injected_word", None))
+            key = f"pair:{i}"
             if "no_injection" in self.cfg.conditions:
-                out.append(Trial(NAME, "no_injection", w, None, None, f"pair:{i}", 0, None, (("pair", i),)))
+                out.append(Trial(NAME, "no_injection", w, prompt_key=key, extra=(("pair", i),)))
             for L in self.layers:
-                for s in self.cfg.strengths:
+                for s in self.strengths:
                     for cond in self.cfg.conditions:
                         if cond == "no_injection":
                             continue
                         injected = o if cond == "random_other_concept" else w
-                        extra = (("pair", i), ("injected_word", injected))
-                        out.append(Trial(NAME, cond, w, L, float(s), f"pair:{i}", 0, None, extra))
+                        out.append(Trial(NAME, cond, w, L, s, prompt_key=key,
+                                         extra=(("pair", i), ("injected_word", injected))))
             if self.cfg.transcription and self.cfg.measure == "generate":
-                out.append(Trial(NAME, "transcription_clean", w, None, None, f"repeat:{i}", 0, None,
-                                 (("pair", i), ("injected_word", None))))
+                out.append(Trial(NAME, "transcription_clean", w, prompt_key=f"repeat:{i}",
+                                 extra=(("pair", i), ("injected_word", None))))
                 for L in self.layers:
-                    for s in self.cfg.strengths:
-                        out.append(Trial(NAME, "transcription", w, L, float(s), f"repeat:{i}", 0, None,
-                                         (("pair", i), ("injected_word", w))))
+                    for s in self.strengths:
+                        out.append(Trial(NAME, "transcription", w, L, s, prompt_key=f"repeat:{i}",
+                                         extra=(("pair", i), ("injected_word", w))))
         return out
 
-    def prepare(self, model: Any) -> None:
-        self.vectors = extract_concept_vectors(model, self.words, layers=self.layers, fmt=self.cfg.fmt,
-                                               system=self.cfg.system)
+    def prepare(self, model: Model) -> None:
+        self.check_model(model)
+        self.vectors = self.concept_vectors(self.words, self.layers)
 
-    def prompt(self, model: Any, i: int):
+    def prompt(self, i: int) -> tuple[RenderedPrompt, Window, Window, tuple[int, int]]:
+        """Pair ``i``'s prompt, the sentence's and the final question's windows, and the prefilled word's tokens."""
         exp = protocol.experiment(NAME)
         sent, word = self.sentences[i], self.prefill[i]
-        turns = [Turn(t["role"], t["content"].format(sentence=sent, word=word)) for t in exp["turns"]]
-        rp = render(model.tokenizer, turns, fmt=self.cfg.fmt, system=self.cfg.system)
+        rp = self.render([Turn(t["role"], t["content"].format(sentence=sent, word=word)) for t in exp["turns"]])
         sent_span = rp.token_span_of(sent)
         question = exp["turns"][-1]["content"]
         q_span = rp.token_span_of(question, last=True)
         w_start = rp.find(word, after=rp.find(sent)[1])  # the prefilled word, after the sentence
         return rp, Window.span(*sent_span), Window.span(*q_span), rp.token_span(*w_start)
 
-    def repeat_prompt(self, model: Any, i: int):
+    def repeat_prompt(self, i: int) -> tuple[RenderedPrompt, Window]:
         """Experiment 2's repeat prompt for pair ``i``'s sentence, and the sentence's token window."""
-        from .thoughts_vs_text import task_turns
+        from ..thoughts_vs_text.protocol import task_turns
 
         sent = self.sentences[i]
-        rp = render(model.tokenizer, task_turns("repeat", sent), fmt=self.cfg.fmt, system=self.cfg.system)
+        rp = self.render(task_turns("repeat", sent))
         return rp, Window.span(*rp.token_span_of(sent, last=True))
 
-    def build(self, model: Any, trial: Trial) -> TrialInput:
+    def build(self, model: Model, trial: Trial) -> TrialInput:
+        self.check_model(model)
         i = int(trial.get("pair"))
         if trial.condition.startswith("transcription"):
-            rp, window = self.repeat_prompt(model, i)
+            rp, window = self.repeat_prompt(i)
             info = {"sentence": self.sentences[i], "prefilled_word": self.prefill[i], "task": "repeat",
                     "injected_word": trial.get("injected_word"), "window": window.to_dict()}
             mx = int(protocol.experiment("thoughts_vs_text")["max_new_tokens"]["repeat"])
@@ -158,7 +123,7 @@ class PrefillIntent:
             v = self.vectors.get(trial.get("injected_word"), trial.layer)
             return TrialInput(rp, [Injection(v, trial.layer, trial.strength, window, label=trial.get("injected_word"))],
                               mx, info)
-        rp, sent_w, q_w, word_span = self.prompt(model, i)
+        rp, sent_w, q_w, word_span = self.prompt(i)
         info = {"sentence": self.sentences[i], "prefilled_word": self.prefill[i],
                 "injected_word": trial.get("injected_word"), "prefill_span": list(word_span)}
         mx = self.cfg.max_new_tokens
@@ -171,7 +136,7 @@ class PrefillIntent:
                           mx, info)
 
     # ---- the generation-free measure ------------------------------------------------
-    def execute_logits(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
+    def execute_logits(self, model: Model, inputs: Sequence[TrialInput]) -> list[dict]:
         """log P(intent reply) − log P(apology reply), each a log-sum-exp over its reply variants.
 
         The replies are scored by teacher forcing, packed after one copy of the prompt per
@@ -179,30 +144,19 @@ class PrefillIntent:
         the prompt, so the replies see the injected prompt but are not injected themselves.
         The dose is the injection's norm over the mean residual norm of the row, replies
         included when packed."""
-        from ..reply_scoring import build_reply_layout, packing_supported, score_replies
+        from ...reply_scoring import build_reply_layout, packing_supported, score_replies
 
-        replies = list(INTENT_REPLIES) + list(APOLOGY_REPLIES)
+        self.check_model(model)
         packed = packing_supported(model)
-        lay = build_reply_layout(model, [x.prompt for x in inputs], replies, packed)
+        lay = build_reply_layout(model, [x.prompt for x in inputs], list(REPLIES), packed)
         injs = [inputs[i].injections or None for i in lay.item]
-        scores, doses = score_replies(model, lay, injs, len(replies), with_doses=True)
+        scores, doses = score_replies(model, lay, injs, len(REPLIES), with_doses=True)
+        lp = reply_logprobs(scores, lay.item, len(inputs))
+        lo = intent_logodds(lp)
         out = []
-        n_i = len(INTENT_REPLIES)
         for j in range(len(inputs)):
-            rows = [r for r, it in enumerate(lay.item) if it == j]
-            s = torch.full((len(replies),), float("nan"), dtype=torch.float64)
-            for r in rows:
-                ok = ~torch.isnan(scores[r])
-                s[ok] = scores[r][ok]
-            lo = float(torch.logsumexp(s[:n_i], 0) - torch.logsumexp(s[n_i:], 0))
-            dose = doses[rows[0]][0] if doses[rows[0]] else None
-            out.append({"intent_logodds": lo, "reply_logprobs": dict(zip(replies, s.tolist())),
+            first = lay.item.index(j)
+            dose = doses[first][0] if doses[first] else None
+            out.append({"intent_logodds": float(lo[j]), "reply_logprobs": dict(zip(REPLIES, lp[j].tolist())),
                         "doses": [dose] if dose is not None else [], "packed_replies": packed})
         return out
-
-
-class PrefillIntentLogits(PrefillIntent):
-    """Same trials, scored by the logit measure instead of generation (runner calls ``execute``)."""
-
-    def execute(self, model: Any, inputs: Sequence[TrialInput]) -> list[dict]:
-        return self.execute_logits(model, inputs)
