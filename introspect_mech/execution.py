@@ -41,9 +41,13 @@ def _unwrap(out: Any) -> tuple[torch.Tensor, bool]:
     return (out[0], True) if isinstance(out, tuple) else (out, False)
 
 
-def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, batch: Batch, step: int,
-                  rec_layers: list[int], store: dict) -> None:
-    """Read/edit every module this step needs, in execution order. Runs inside a trace."""
+def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, batch: Batch | None, step: int,
+                  rec_layers: list[int], store: dict, row_positions: torch.Tensor | None = None) -> None:
+    """Read/edit every module this step needs, in execution order. Runs inside a trace.
+
+    Token positions come from ``batch`` (a left-padded batch at generation step ``step``), or are
+    given as ``row_positions`` ``[B, S]`` (the continuous loop, whose rows are at different steps;
+    -1 marks a pad token)."""
     arch, nn = model.arch, model.nn
     want_res = spec is not None and (spec.residual or spec.cosine_with is not None)
     want_attn = spec is not None and spec.attention
@@ -88,7 +92,7 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
             s = h.shape[1]
             # the layer sees the last `s` of `width + step` columns (all of them at a plain prefill; fewer when a
             # shared prefix is served from the KV cache; one per cached decode step)
-            positions = batch.positions(s, batch.width + step)
+            positions = batch.positions(s, batch.width + step) if row_positions is None else row_positions
             if step == 0 and L in plan.slots:
                 norms = h.detach().float().norm(dim=-1).cpu()
                 m = plan.dose_norm_mask(positions)

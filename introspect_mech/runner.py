@@ -130,13 +130,22 @@ def batch_seed(run_seed: int, batch_index: int) -> int:
     return int(hashlib.sha256(f"{run_seed}:{batch_index}".encode()).hexdigest()[:8], 16)
 
 
-def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None) -> list[list[Trial]]:
-    """Deterministic partition: trials with the same prompt go together (no padding, a shared prefix),
-    each group chunked on its own."""
+def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None,
+                 mixed: bool = False) -> list[list[Trial]]:
+    """Deterministic partition of the trials into batches (the units stored atomically).
+
+    Default: trials with the same prompt go together (no padding, a shared prefix), each group
+    chunked on its own. ``mixed=True`` (continuous decoding): one ordering by prompt, then trial id,
+    cut into consecutive chunks, so a batch may hold several prompts (same-prompt trials stay
+    neighbours, which keeps prefix reuse high) and no batch is small because its prompt is rare.
+    Either way the partition depends on the trial list alone, so a resumed run has the same batches."""
     if batch_size < 1:
         raise ConfigError("batch_size must be >= 1")
+    order = sorted(trials, key=lambda t: (str(key(t) if key else t.prompt_key), t.trial_id))
+    if mixed:
+        return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
     groups: dict[Any, list[Trial]] = {}
-    for t in sorted(trials, key=lambda t: (str(key(t) if key else t.prompt_key), t.trial_id)):
+    for t in order:
         groups.setdefault(key(t) if key else t.prompt_key, []).append(t)
     out = []
     for g in groups.values():
@@ -144,8 +153,48 @@ def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial]
     return out
 
 
-DECODERS = ("compact", "hf")  # see run_sweep
-MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
+SEGMENT_BATCHES = 4
+"""Continuous decoding runs the batches of a run in segments of this many consecutive batches: one
+stream of trials through ``batch_size`` slots. A segment is the unit of computation (a partly
+stored segment is regenerated whole, as a partly stored batch is), a batch stays the unit of
+storage. Why not one stream for the whole run: a trial's floats depend (at rounding level) on
+which trials ran beside it, so a resumed run can equal an uninterrupted one only if every
+segment starts from the same state; the cost is one drain (the last rows running in a
+part-empty batch) per segment."""
+
+
+def segments_of(n_batches: int) -> list[list[int]]:
+    """Batch indices of each segment (continuous decoding)."""
+    return [list(range(i, min(n_batches, i + SEGMENT_BATCHES))) for i in range(0, n_batches, SEGMENT_BATCHES)]
+
+
+DECODERS = ("continuous", "compact", "hf")  # see run_sweep
+MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass (as continuous.MIN_PREFIX)
+
+
+def default_decode(model: Any) -> str:
+    """The method a new run uses: continuous batching for local models it supports, else HF ``generate``."""
+    if model.remote:
+        return "hf"
+    try:
+        check_continuous(model, {})
+    except ConfigError:
+        return "hf"
+    return "continuous"
+
+
+def check_continuous(model: Any, generate_kwargs: dict) -> None:
+    """Refuse decode='continuous' where it cannot run, before anything is loaded or written."""
+    if model.remote:
+        raise ConfigError("decode='continuous' runs local models only; use decode='hf' with a remote model")
+    other = sorted(set(generate_kwargs) - {"min_new_tokens"})
+    if other:
+        raise ConfigError(f"decode='continuous' takes no generate option {', '.join(other)} (only min_new_tokens); "
+                          "use decode='hf' for HF generate's options")
+    from .kv_slots import check_attention, layer_windows
+
+    check_attention(model)
+    layer_windows(model)
 
 
 def shared_prefix_length(inputs: Sequence[TrialInput]) -> int:
@@ -298,17 +347,25 @@ def run_sweep(
 ) -> RunResult:
     """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``.
 
-    ``decode``: "hf" (HF ``generate``, the default) or "compact" (local models only: drop each
-    row from the batch when it is finished, ``decode.py``; measured in ``benchmarks/``: 1.04x
-    at batch 32 and 1.15x at batch 64 on 2 CPU cores, 0.95x when no row finishes early).
-    ``None`` resumes a run with the method it started with, so one run never mixes two
-    random streams.
+    ``decode`` (how replies are generated):
+
+    - ``"continuous"`` (the default for new runs on local models): trials of any prompts share a
+      running batch of ``batch_size`` slots; a finished row's slot goes to the next trial
+      (``continuous.py``). Batches mix prompts (``plan_batches(mixed=True)``); each trial samples
+      from its own stream, seeded from the run's seed and its trial id (``trial_seed``).
+    - ``"hf"``: one HF ``generate`` per batch of one prompt, seeded per batch (the default for
+      remote models, and the method of runs made before continuous decoding existed).
+    - ``"compact"``: as ``"hf"``, but finished rows leave the batch (``decode.py``).
+
+    ``None`` resumes a run with the method it started with (the manifest's ``decode``), so one run
+    never mixes two methods or two kinds of random streams.
 
     Order of events, so that a bad option never leaves anything behind: every option is checked
     and the trial list and batches are built first; the run lock is taken; a stored run is
     compared setting by setting (``RESUME_KEYS``); the manifest is written just before the first
     batch is stored. A batch that was only partly stored is regenerated whole (same rows, same
-    seed) and only its missing rows are appended, so a resumed run equals an uninterrupted one.
+    seed) and only its missing rows are appended, so a resumed run equals an uninterrupted one;
+    with continuous decoding the same holds for the segment (``SEGMENT_BATCHES``) it belongs to.
     """
     out = check_out_dir(out_dir)
     check_run_settings(batch_size, temperature, seed, decode)
@@ -325,9 +382,13 @@ def run_sweep(
     old = _read_manifest(mpath)
     stored = _stored_settings(old) if old is not None else None
     if decode is None:
-        decode = stored["decode"] if stored is not None else "hf"
+        decode = stored["decode"] if stored is not None else default_decode(model)
     if decode == "compact" and model.remote:
         raise ConfigError("decode='compact' runs local models only; use decode='hf' with a remote model")
+    execute = getattr(experiment, "execute", None)
+    continuous = decode == "continuous" and execute is None
+    if continuous:
+        check_continuous(model, generate_kwargs)
     if batch_size == "auto":  # resolved once: a resumed run keeps the size it started with
         if stored is not None and isinstance(stored.get("batch_size"), int):
             batch_size = stored["batch_size"]
@@ -335,7 +396,7 @@ def run_sweep(
             experiment.prepare(model)
             x = experiment.build(model, trials[0])
             batch_size = auto_batch_size(model, len(x.prompt), x.max_new_tokens)
-    batches = plan_batches(trials, int(batch_size))
+    batches = plan_batches(trials, int(batch_size), mixed=continuous)
     settings = {"experiment": experiment.name, "config": _jsonable(experiment.config()),
                 "model_fingerprint": model.fingerprint, "batch_size": int(batch_size),
                 "temperature": float(temperature), "seed": int(seed), "decode": decode,
@@ -379,10 +440,25 @@ def run_sweep(
         common = {"experiment": experiment.name, "model": model.name, "model_fingerprint": model.fingerprint,
                   "package_version": settings["package_version"], "protocol_hash": settings["protocol_hash"],
                   "temperature": settings["temperature"], "run_key": key}
-        execute = getattr(experiment, "execute", None)
         prefixes: dict | None = {} if prefix_cache else None
         manifest_written = bool(records)
+
+        def store_batch(bi: int, new: list[dict]) -> None:
+            nonlocal manifest_written, generated
+            if not manifest_written:
+                _write_manifest(mpath, settings, key, model)
+                manifest_written = True
+            store.append(new)
+            done.update(r["trial_id"] for r in new)
+            generated += len(new)
+            if on_batch is not None:
+                on_batch(bi)
+
         try:
+            if continuous:
+                _run_segments(experiment, model, batches, [bi for bi, _ in todo], done, store_batch, common, seed,
+                              temperature, int(batch_size), prefixes, generate_kwargs, max_batches, bar)
+                todo = []
             for n_batch, (bi, batch) in enumerate(todo):
                 if max_batches is not None and n_batch >= max_batches:
                     break
@@ -393,31 +469,70 @@ def run_sweep(
                     outputs = execute(model, inputs)
                 else:
                     outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, decode, **generate_kwargs)
-                new = []
-                for trial, x, o in zip(batch, inputs, outputs):
-                    if trial.trial_id in done:
-                        continue
-                    doses = o.pop("doses", [])
-                    new.append({**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
-                                "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
-                                "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
-                                "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
-                                               for inj, d in zip(x.injections, doses)],
-                                "dose": doses[0] if doses else None, **x.info, **o})
-                if not manifest_written:
-                    _write_manifest(mpath, settings, key, model)
-                    manifest_written = True
-                store.append(new)
-                done.update(r["trial_id"] for r in new)
-                generated += len(new)
+                new = [_record(model, trial, x, o, common, bseed, bi) for trial, x, o in zip(batch, inputs, outputs)
+                       if trial.trial_id not in done]
+                store_batch(bi, new)
                 if bar is not None:
                     bar.update(len(new))
-                if on_batch is not None:
-                    on_batch(bi)
         finally:
             if bar is not None:
                 bar.close()
     return RunResult(out, len(trials), n_before, generated, time.perf_counter() - t0)
+
+
+def _record(model: Any, trial: Trial, x: TrialInput, o: dict, common: dict, seed: int, bi: int, **more: Any) -> dict:
+    """One trial's JSONL record."""
+    doses = o.pop("doses", [])
+    return {**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common, "seed": seed,
+            "batch": bi, **more, "max_new_tokens": x.max_new_tokens, "prompt": x.prompt.text,
+            "n_prompt_tokens": len(x.prompt),
+            "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
+                           for inj, d in zip(x.injections, doses)],
+            "dose": doses[0] if doses else None, **x.info, **o}
+
+
+def _run_segments(experiment: Experiment, model: Any, batches: list[list[Trial]], todo: list[int], done: set,
+                  store_batch: Callable[[int, list[dict]], None], common: dict, seed: int, temperature: float,
+                  slots: int, prefixes: dict | None, generate_kwargs: dict, max_batches: int | None, bar: Any) -> None:
+    """Continuous decoding: each segment with a batch to do is generated whole, as one stream through
+    ``slots`` rows; a batch's missing records are stored as soon as all its trials are finished."""
+    from .continuous import Request, generate_continuous, trial_seed
+
+    todo_set, n_stored = set(todo), 0
+    for seg_index, seg in enumerate(segments_of(len(batches))):
+        if not todo_set.intersection(seg):
+            continue
+        trials = [(bi, t) for bi in seg for t in batches[bi]]
+        inputs = [experiment.build(model, t) for _, t in trials]
+        seeds = [trial_seed(seed, t.trial_id) for _, t in trials]
+        requests = [Request(x.prompt, tuple(x.injections), x.max_new_tokens, s) for x, s in zip(inputs, seeds)]
+        waiting = {bi: len(batches[bi]) for bi in seg}
+        finished: dict[int, Any] = {}
+        stream = generate_continuous(model, requests, slots=slots, temperature=temperature, prefixes=prefixes,
+                                     min_new_tokens=int(generate_kwargs.get("min_new_tokens", 0)))
+        try:
+            for c in stream:
+                bi, trial = trials[c.index]
+                finished[c.index] = c
+                waiting[bi] -= 1
+                if bar is not None and trial.trial_id not in done:
+                    bar.update(1)
+                if waiting[bi] or bi not in todo_set:
+                    continue
+                new = []
+                for i, (b, t) in enumerate(trials):
+                    if b != bi or t.trial_id in done:
+                        continue
+                    toks = finished[i].tokens
+                    o = {"response": model.tokenizer.decode(toks, skip_special_tokens=True),
+                         "n_new_tokens": len(toks), "doses": list(finished[i].doses)}
+                    new.append(_record(model, t, inputs[i], o, common, seeds[i], bi, segment=seg_index))
+                store_batch(bi, new)
+                n_stored += 1
+                if max_batches is not None and n_stored >= max_batches:
+                    return
+        finally:
+            stream.close()
 
 
 def _write_manifest(path: Path, settings: dict, key: str, model: Any) -> None:
