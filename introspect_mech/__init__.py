@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import verbosity as _verbosity
+
 from .arch import Architecture
 from .batch import Batch, make_batch
 from .errors import IntrospectError
@@ -18,6 +20,8 @@ from .interventions import DirectionAblation, HeadAblation, MLPAblation, Residua
 from .models import DEFAULT_MODEL, Model, load_model, wrap
 from .prompts import RenderedPrompt, Turn, encode_text, render
 from .record import RecordSpec, Recording, cosine_to, head_contributions
+
+_verbosity.install()  # quiet by default: see verbosity.py (--verbose / INTROSPECT_MECH_VERBOSE=1 shows all)
 
 try:
     __version__ = version("introspect_mech")

@@ -350,10 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
-    p.add_argument("--decode", default=None, choices=["compact", "hf"],
-                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
-                        "see benchmarks/). A resumed run keeps the method it started with")
+    p.add_argument("--batch-size", default="32",
+                   help="rows generated at once (continuous decoding: slots), or 'auto' (sized from free memory)")
+    p.add_argument("--decode", default=None, choices=["continuous", "compact", "hf"],
+                   help="continuous (default for local models): trials of any prompts share a running batch and a "
+                        "finished row's slot goes to the next trial, each trial sampling from its own seeded stream; "
+                        "hf: one HF generate per batch of one prompt, seeded per batch (default for --remote); "
+                        "compact: hf with finished rows dropped. A resumed run keeps the method it started with")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -391,12 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", action="store_true",
                    help="exp1: record recall/precision in the package, where the Exp 1 report reads them")
     p.set_defaults(func=cmd_calibrate)
+    for name, sp in sub.choices.items():
+        sp.add_argument("--verbose", action="store_true",
+                        help="show library chatter hidden by default (transformers deprecation notes, the GGUF "
+                             "conversion bar); also INTROSPECT_MECH_VERBOSE=1")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        from .verbosity import set_verbose
+
+        set_verbose(True)
     threads = os.environ.get("INTROSPECT_MECH_THREADS")
     if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
         import torch

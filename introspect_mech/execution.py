@@ -208,16 +208,32 @@ class PrefixCache:
 
 
 def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
+    """Prefill ``ids`` once (batch 1, no intervention) and keep its KV cache and per-layer residual norm sums.
+
+    The norms are read from each decoder layer's output (a forward hook), as ``_touch_layers`` reads
+    them: HF's ``hidden_states[-1]`` is taken after the final norm, not at the last layer's output."""
     if model.remote:
         raise IntrospectError("prefix caching is local-only; run remote models without it")
+    import inspect
+
     t = torch.tensor([list(ids)], device=model.device)
-    with torch.no_grad():
-        out = model.hf(t, use_cache=True, output_hidden_states=True)
-    sums = {}
-    for L in range(model.arch.n_layers):
-        hs = out.hidden_states[L + 1][0, 1:].float().norm(dim=-1)
-        sums[L] = (float(hs.sum()), float(hs.numel()))
-    return PrefixCache(tuple(ids), out.past_key_values, sums)
+    sums: dict[int, tuple[float, float]] = {}
+
+    def hook(layer: int):
+        def record(module: Any, args: Any, out: Any) -> None:
+            hs = _unwrap(out)[0][0, 1:].float().norm(dim=-1)
+            sums[layer] = (float(hs.sum()), float(hs.numel()))
+        return record
+
+    handles = [model.arch.layer(model.hf, L).register_forward_hook(hook(L)) for L in range(model.arch.n_layers)]
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
+    try:
+        with torch.no_grad():
+            out = model.hf(t, use_cache=True, **keep)
+    finally:
+        for h in handles:
+            h.remove()
+    return PrefixCache(tuple(ids), out.cache if hasattr(out, "cache") else out.past_key_values, sums)
 
 
 def attach_prefix(prefix: PrefixCache, batch: Batch, plan: InterventionPlan) -> Any:

@@ -28,6 +28,7 @@ import torch
 from .arch import Architecture
 from .errors import ModelLoadError
 from .tempfiles import OWNER_TAG_PATTERN, RANDOM_PART, owner_tag, remove_stale
+from .verbosity import no_gguf_bar, verbose
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "INTROSPECT_MECH_CACHE"
@@ -184,7 +185,7 @@ def export_embedded(alias: str) -> Path:
     def write(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with _quiet():
+        with _quiet(), no_gguf_bar():
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses GGUF-quantized configs; the weights are already de-quantized fp32.
@@ -204,7 +205,10 @@ def export_embedded(alias: str) -> Path:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the progress bars and chatty warnings of GGUF parsing / weight loading."""
+    """Silence the progress bars and chatty warnings of GGUF parsing / weight loading (unless verbose)."""
+    if verbose():
+        yield
+        return
     from transformers.utils import logging as hf_logging
 
     old = hf_logging.get_verbosity()
