@@ -194,8 +194,8 @@ def _experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
     return cls, cfg
 
 
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
+def _batch_size(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
         return text
     if not text.strip().isdigit():
         raise ConfigError(f"--batch-size must be an integer >= 1 or 'auto', got {text!r}")
@@ -350,8 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the paper's (Exp 1: 100, Exp 3: 20)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", default="32",
-                   help="rows generated at once (continuous decoding: slots), or 'auto' (sized from free memory)")
+    p.add_argument("--batch-size", default=None,
+                   help="rows generated at once (continuous decoding: slots), or 'auto' (sized from free memory); "
+                        "default 128 slots for continuous decoding on CPU (256 on GPU), 32 rows for hf/compact; "
+                        "a resumed run keeps the size it started with")
     p.add_argument("--decode", default=None, choices=["continuous", "compact", "hf"],
                    help="continuous (default for local models): trials of any prompts share a running batch and a "
                         "finished row's slot goes to the next trial, each trial sampling from its own seeded stream; "

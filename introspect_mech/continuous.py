@@ -156,8 +156,10 @@ class _Loop:
                 logits[torch.tensor(young, device=logits.device)[:, None], eos[None, :]] = -float("inf")
         if self.temperature == 0:
             return logits.argmax(-1).tolist()
-        cdf = torch.softmax(logits.double() / self.temperature, dim=-1).cumsum(-1)
-        u = torch.stack([torch.rand((), generator=r.gen, dtype=torch.float64) for r in rows]).to(cdf.device)
+        # inverse-CDF sampling: one uniform per row from the row's own generator (so a trial's stream is
+        # one draw per generated token, whatever else is in the batch); float32, as HF's multinomial uses
+        cdf = torch.softmax(logits / self.temperature, dim=-1).cumsum(-1)
+        u = torch.stack([torch.rand((), generator=r.gen) for r in rows]).to(cdf.device)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
         return idx.clamp(max=cdf.shape[-1] - 1).tolist()
 
