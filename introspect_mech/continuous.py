@@ -254,6 +254,11 @@ class _Loop:
         return done
 
     def run(self) -> Iterator[Completion]:
+        for _ in self._run():
+            yield _
+        self.stats["kv_bytes"] = self.cache.buffer_bytes()
+
+    def _run(self) -> Iterator[Completion]:
         while self.queue or self.active:
             free = self.n_slots - len(self.active)
             if self.queue and free and (not self.active or free >= self.refill or len(self.queue) <= free):
@@ -284,7 +289,8 @@ def generate_continuous(
     trials fit; admitting in groups amortizes the prefill forward pass over several rows.
     ``temperature=0`` is greedy; otherwise plain sampling (no top-k/top-p) from each request's
     own seeded stream. ``min_new_tokens`` forbids EOS before that many tokens (benchmarks).
-    ``stats`` (a dict) receives counts of forward passes, row-steps and prefill tokens.
+    ``stats`` (a dict) receives counts of forward passes, row-steps and prefill tokens, and at the end the
+    bytes of the key/value buffers (``kv_bytes``).
     """
     _check(model, requests, slots, temperature, min_new_tokens)
     if not requests:

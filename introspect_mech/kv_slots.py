@@ -162,6 +162,11 @@ class SlotCache(Cache):
                 layer.kbuf[dst, :, :length] = layer.kbuf[src, :, :length]
                 layer.vbuf[dst, :, :length] = layer.vbuf[src, :, :length]
 
+    def buffer_bytes(self) -> int:
+        """Bytes held by the key/value buffers (allocated on the first forward)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in (layer.kbuf, layer.vbuf)
+                   if t is not None)
+
     @contextmanager
     def mask_hook(self, model: Any) -> Iterator[None]:
         """While open, every forward of the decoder stack gets this cache's masks as ``attention_mask``."""

@@ -116,19 +116,23 @@ def _available_bytes(model: Any) -> int:
         return 4 << 30
 
 
-def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: float = 0.4, decode: str = "hf") -> int:
-    """Rows per ``generate`` (slots, for continuous decoding) that fit in ``fraction`` of the free memory:
-    KV cache + activations per row.
+def per_row_bytes(model: Any, prompt_tokens: int, new_tokens: int) -> int:
+    """Memory one row (or slot) needs: its KV cache for prompt + reply, prefill activations, a row of logits.
 
-    A deliberately conservative estimate (activations counted at ~24 × d_model floats per token, the
-    prefill logits at one position per row), capped where larger batches stop paying on the device."""
+    A deliberately conservative estimate (activations counted at ~24 × d_model floats per prompt
+    token, logits twice in float32)."""
     a = model.arch
     elt = torch.finfo(model.dtype).bits // 8
-    tokens = prompt_tokens + new_tokens
-    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * tokens * elt
+    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * (prompt_tokens + new_tokens) * elt
     act = 24 * a.d_model * prompt_tokens * 4
     vocab = getattr(model.config, "vocab_size", 50000) * 4 * 2
-    per_row = kv + act + vocab
+    return int(kv + act + vocab)
+
+
+def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: float = 0.4, decode: str = "hf") -> int:
+    """Rows per ``generate`` (slots, for continuous decoding) whose ``per_row_bytes`` fit in ``fraction`` of
+    the free memory, capped where larger batches stop paying on the device."""
+    per_row = per_row_bytes(model, prompt_tokens, new_tokens)
     if decode == "continuous":
         cap = CONTINUOUS_GPU_SLOTS if model.device.type == "cuda" else CONTINUOUS_CPU_SLOTS
     else:
