@@ -22,6 +22,9 @@ from .inject import Injection
 from .interventions import InterventionPlan, ResidualPatch
 from .prompts import RenderedPrompt
 from .record import RecordSpec, Recording, cosine_to
+from .verbosity import install as _quiet_by_default
+
+_quiet_by_default()  # transformers is imported by now (nnsight): hide its chatter (verbosity.py)
 
 
 @contextmanager
