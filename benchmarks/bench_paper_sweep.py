@@ -40,12 +40,69 @@ README_ARGS = ["--concepts", "paper", "--control-trials", "100", "--control-per-
                "--alt-per-cell", "3"]
 
 
+def naive_seconds_per_trial(model, a, recs: list[dict]) -> tuple[float, int]:
+    """Mean time of one HF ``generate`` per trial, injecting with a plain forward hook, for a seeded random
+    sample of the stored trials, each generating exactly its recorded number of tokens (sampled, T=1)."""
+    import random
+
+    from introspect_mech.cli import _words
+    from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
+    from introspect_mech.runner import Trial
+
+    cfg = InjectedThoughtsConfig(layers=[float(x) for x in a.layers.split(",")],
+                                 strengths=[float(x) for x in a.strengths.split(",")], concepts=_words("paper"),
+                                 control_trials=100, control_per_cell=5, yes_bias_per_cell=10, alt_per_cell=3)
+    exp = InjectedThoughts(model, cfg)
+    exp.prepare(model)
+    by_id = {t.trial_id: t for t in exp.trials()}
+    sample = random.Random(0).sample(recs, min(a.naive_sample, len(recs)))
+    total = 0.0
+    for r in sample:
+        trial: Trial = by_id[r["trial_id"]]
+        x = exp.build(model, trial)
+        ids = torch.tensor([x.prompt.input_ids])
+        handles, seen = [], {"n": 0}
+        assert len(x.injections) <= 1, "Exp 1 trials carry at most one injection"
+        for inj in x.injections:
+            end = inj.window.end_or_inf
+
+            def hook(mod, args, out, inj=inj, end=end):
+                h = out[0] if isinstance(out, tuple) else out
+                pos = torch.arange(seen["n"], seen["n"] + h.shape[1])
+                seen["n"] += h.shape[1]
+                sel = (pos >= inj.window.start) & (pos < end)
+                h = h.clone()
+                if inj.mode == "add":
+                    h[:, sel] += inj.strength * inj.vector.to(h.dtype)
+                else:
+                    h[:, sel] *= inj.strength
+                return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+
+            handles.append(model.arch.layer(model.hf, model.arch.resolve_layer(inj.layer)).register_forward_hook(hook))
+        n = max(1, r["n_new_tokens"])
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                model.hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                  pad_token_id=model.tokenizer.pad_token_id)
+        finally:
+            for h in handles:
+                h.remove()
+        total += time.perf_counter() - t0
+    return total / len(sample), len(sample)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default="0.17,0.33,0.5,0.58,0.67,0.83")
     ap.add_argument("--strengths", default="1,2,4,8")
     ap.add_argument("--json", default=str(Path(__file__).with_name("paper_sweep.json")))
     ap.add_argument("--keep", default=None, help="run folder to keep (default: a temporary one, removed)")
+    ap.add_argument("--naive-sample", type=int, default=16,
+                    help="re-run this many of the sweep's trials (random, seeded) the naive way — one HF generate per "
+                         "trial with a forward hook, each with its recorded reply length — and extrapolate the naive "
+                         "loop's time for the whole sweep (0 skips it)")
     ap.add_argument("extra", nargs="*", help="extra options for the run command, after --")
     a = ap.parse_args(argv)
     threads = int(os.environ.get("INTROSPECT_MECH_THREADS", "0")) or torch.get_num_threads()
@@ -97,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         "floor_seconds": useful / 1e9 / peak, "trials_per_s": len(recs) / res["wall_seconds"],
     })
     res["fraction_of_floor"] = res["floor_seconds"] / res["wall_seconds"]
+    if a.naive_sample:
+        per_trial, n = naive_seconds_per_trial(model, a, recs)
+        res["naive_sample_trials"] = n
+        res["naive_seconds_per_trial"] = per_trial
+        res["naive_estimate_seconds"] = per_trial * len(recs)
+        res["speedup_vs_naive_including_startup"] = res["naive_estimate_seconds"] / res["wall_seconds"]
     if not a.keep:
         shutil.rmtree(out.parent, ignore_errors=True)
     Path(a.json).write_text(json.dumps(res, indent=1))

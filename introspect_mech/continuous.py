@@ -38,7 +38,7 @@ from .errors import ConfigError, IntrospectError
 from .execution import PrefixCache, _new_store, _quiet_nnsight, _touch_layers, build_prefix_cache
 from .inject import Injection
 from .interventions import InterventionPlan
-from .kv_slots import SlotCache
+from .kv_slots import SlotCache, cascade_supported
 from .prompts import RenderedPrompt
 
 MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
@@ -87,6 +87,8 @@ class _Row:
     doses: list[float | None] = field(default_factory=list)
     gen: torch.Generator | None = None
     done: bool = False
+    offset: int = 0  # cascade attention: the cached prefix's length (the row stores positions offset..)
+    prefix: PrefixCache | None = None
 
 
 def _check(model: Any, requests: Sequence[Request], slots: int, temperature: float, min_new_tokens: int) -> None:
@@ -107,14 +109,18 @@ class _Loop:
     """State of one ``generate_continuous`` call (kept in an object so the steps read as steps)."""
 
     def __init__(self, model: Any, requests: Sequence[Request], slots: int, temperature: float,
-                 prefixes: dict | None, min_new_tokens: int, refill: int | None) -> None:
+                 prefixes: dict | None, min_new_tokens: int, refill: int | None, cascade: bool | None) -> None:
         self.model, self.requests, self.temperature = model, list(requests), float(temperature)
         self.min_new = int(min_new_tokens)
         self.prefixes = prefixes
         self.n_slots = min(int(slots), len(self.requests))
         self.refill = max(1, self.n_slots // 8) if refill is None else max(1, int(refill))
-        capacity = max(len(r.prompt) + r.max_new_tokens for r in self.requests)
-        self.cache = SlotCache(model, self.n_slots, capacity)
+        if cascade is None:
+            cascade = prefixes is not None and cascade_supported(model)
+        self.cascade = bool(cascade) and prefixes is not None
+        skip = [prefix_length(r.prompt, r.injections) if self.cascade else 0 for r in self.requests]
+        capacity = max(len(r.prompt) - k + r.max_new_tokens for r, k in zip(self.requests, skip))
+        self.cache = SlotCache(model, self.n_slots, capacity, cascade=self.cascade)
         self.queue = deque(range(len(self.requests)))
         self.active: list[_Row] = []
         self.plan: InterventionPlan | None = None
@@ -127,10 +133,13 @@ class _Loop:
 
     # ---- one forward pass -----------------------------------------------------------------
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, plan: InterventionPlan,
-                 step: int) -> tuple[torch.Tensor, dict]:
+                 step: int, rows: Sequence[_Row]) -> tuple[torch.Tensor, dict]:
         """Run ``ids`` (rows = slots ``start..``) at ``positions`` through the model with ``plan``; last logits."""
         model, dev = self.model, self.model.device
-        self.cache.prepare(start, positions)
+        if self.cascade:
+            self.cache.prepare(start, positions, torch.tensor([r.offset for r in rows]), [r.prefix for r in rows])
+        else:
+            self.cache.prepare(start, positions)
         pos = positions.to(dev)
         with torch.no_grad(), _quiet_nnsight(), self.cache.mask_hook(model):
             with model.nn.trace(input_ids=ids.to(dev), position_ids=pos.clamp(min=0), cache=self.cache,
@@ -158,7 +167,8 @@ class _Loop:
             return logits.argmax(-1).tolist()
         # inverse-CDF sampling: one uniform per row from the row's own generator (so a trial's stream is
         # one draw per generated token, whatever else is in the batch); float32, as HF's multinomial uses
-        cdf = torch.softmax(logits / self.temperature, dim=-1).cumsum(-1)
+        z = logits / self.temperature
+        cdf = torch.exp(z - z.amax(-1, keepdim=True)).cumsum(-1)  # unnormalized: the draw scales by the total
         u = torch.stack([torch.rand((), generator=r.gen) for r in rows]).to(cdf.device)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
         return idx.clamp(max=cdf.shape[-1] - 1).tolist()
@@ -211,12 +221,15 @@ class _Loop:
             for i, s in enumerate(suffixes):
                 ids[i, S - len(s):] = torch.tensor(s, dtype=torch.long)
                 pos[i, S - len(s):] = torch.arange(P, P + len(s))
-            if pre is not None:
+            if pre is not None and self.cascade:  # the rows keep positions P.. only; attention reads the prefix
+                for r in group:
+                    r.offset, r.prefix = P, pre
+            elif pre is not None:
                 self.cache.load_prefix(start, len(group), pre)
             plan = self._plan(group)
             if pre is not None:
                 plan.prefix_norms = {L: pre.norm_sums[L] for L in plan.slots}
-            logits, norms = self._forward(ids, pos, start, plan, step=0)
+            logits, norms = self._forward(ids, pos, start, plan, step=0, rows=group)
             self.stats["prefill_forwards"] += 1
             self.stats["prefill_tokens"] += sum(len(s) for s in suffixes)
             for r, d in zip(group, plan.doses(norms)):
@@ -232,7 +245,7 @@ class _Loop:
             self.plan = self._plan(rows)
         ids = torch.tensor([[r.out[-1]] for r in rows], dtype=torch.long)
         pos = torch.tensor([[r.length] for r in rows], dtype=torch.long)
-        logits, _ = self._forward(ids, pos, 0, self.plan, step=1)
+        logits, _ = self._forward(ids, pos, 0, self.plan, step=1, rows=rows)
         self.stats["row_steps"] += len(rows)
         for r in rows:
             r.length += 1
@@ -247,7 +260,7 @@ class _Loop:
         holes = [i for i in range(n_keep) if self.active[i].done]
         movers = [i for i in range(n_keep, len(self.active)) if not self.active[i].done]
         for h, m in zip(holes, movers):
-            self.cache.move(m, h, self.active[m].length)
+            self.cache.move(m, h, self.active[m].length - self.active[m].offset)
             self.active[h] = self.active[m]
         del self.active[n_keep:]
         self.plan = None
@@ -279,6 +292,7 @@ def generate_continuous(
     min_new_tokens: int = 0,
     refill: int | None = None,
     stats: dict | None = None,
+    cascade: bool | None = None,
 ) -> Iterator[Completion]:
     """Generate every request with at most ``slots`` running at once; yields each ``Completion`` as it finishes.
 
@@ -290,12 +304,14 @@ def generate_continuous(
     ``temperature=0`` is greedy; otherwise plain sampling (no top-k/top-p) from each request's
     own seeded stream. ``min_new_tokens`` forbids EOS before that many tokens (benchmarks).
     ``stats`` (a dict) receives counts of forward passes, row-steps and prefill tokens, and at the end the
-    bytes of the key/value buffers (``kv_bytes``).
+    bytes of the key/value buffers (``kv_bytes``). ``cascade`` (default: where ``kv_slots.cascade_supported``
+    and prefixes are on) keeps each shared prefix's keys once and attends to them once per step for all
+    the rows that share it (``kv_slots.cascade_attention``) instead of copying them into every row.
     """
     _check(model, requests, slots, temperature, min_new_tokens)
     if not requests:
         return iter(())
-    loop = _Loop(model, requests, slots, temperature, prefixes, min_new_tokens, refill)
+    loop = _Loop(model, requests, slots, temperature, prefixes, min_new_tokens, refill, cascade)
     if stats is not None:
         loop.stats = stats
         stats.update({k: 0 for k in ("forwards", "prefill_forwards", "row_steps", "prefill_tokens")})

@@ -179,6 +179,77 @@ def test_prefix_cache_doses_at_the_last_layer(tiny_model_of, arch):
     assert with_prefix.new_tokens == without.new_tokens and injs[last].layer == last
 
 
+def _prefix_requests(m, n_new=6):
+    head = " ".join(TEXTS[:4]) + "\n\n"
+    reqs, g = [], torch.Generator().manual_seed(5)
+    for i, q in enumerate(["Trial 1: yes?", "Trial 1: Do you detect an injected thought now?", "Trial 1: no"] * 3):
+        p = render(m.tokenizer, [{"role": "user", "content": head + q}])
+        start = p.token_span_of("Trial 1")[0]
+        v = torch.randn(m.arch.d_model, generator=g)
+        injs = () if i % 3 == 2 else (Injection(v, 1, 4.0, Window.from_position(start)),)
+        reqs.append(Request(p, injs, n_new))
+    return reqs
+
+
+@pytest.fixture(scope="module")
+def sdpa_model():
+    """Tiny models with SDPA attention (the fixtures use eager attention, which cascade attention does not replace)."""
+    from conftest import build_tiny_model
+
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            m = build_tiny_model(arch)
+            m.hf.config._attn_implementation = "sdpa"
+            cache[arch] = m
+        return cache[arch]
+
+    return get
+
+
+@tiny
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_cascade_attention_equals_copied_prefixes_and_hf_generate(sdpa_model, arch):
+    """Rows that share a cached prefix keep only their own positions and attend to the prefix's keys once per
+    step (kv_slots.cascade_attention): same greedy tokens as HF generate and as copying the prefix into every
+    row; Gemma 3's sliding window (8) is shorter than the prefix, so the window also cuts into the prefix part."""
+    from introspect_mech.kv_slots import cascade_supported
+
+    m = sdpa_model(arch)
+    assert cascade_supported(m)
+    reqs = _prefix_requests(m, 8) + [Request(r.prompt, r.injections, r.max_new_tokens) for r in _requests(m)]
+    ref = _reference(m, reqs)
+    kv = {}
+    for cascade in (True, False):
+        for slots in (len(reqs), 4):
+            st: dict = {}
+            got = generate_all(m, reqs, slots=slots, prefixes={}, cascade=cascade, stats=st)
+            for i, (c, r) in enumerate(zip(got, reqs)):
+                assert c.tokens == ref.new_tokens[i][: r.max_new_tokens], f"cascade={cascade} slots={slots} row {i}"
+                _doses_close(c.doses, ref.doses[i])
+            kv[(cascade, slots)] = st["kv_bytes"]
+    assert kv[(True, len(reqs))] < 0.6 * kv[(False, len(reqs))]  # the rows no longer hold the prefix
+    seeded = [Request(r.prompt, r.injections, r.max_new_tokens, 40 + i) for i, r in enumerate(reqs)]
+    sampled = [generate_all(m, seeded, slots=5, prefixes={}, cascade=c, temperature=1.0) for c in (True, False)]
+    assert sum(a.tokens == b.tokens for a, b in zip(*sampled)) == len(reqs)  # same per-row streams
+
+
+@tiny
+def test_cascade_only_where_it_stands_in_for_sdpa(tiny_model_of, sdpa_model):
+    from introspect_mech.kv_slots import cascade_supported
+
+    assert not cascade_supported(tiny_model_of("llama"))  # eager attention: the copy path
+    gpt2 = sdpa_model("gpt2")
+    assert not cascade_supported(gpt2)  # GPT-2's attention takes other arguments
+    with pytest.raises(ConfigError, match="cascade attention needs"):
+        SlotCache(gpt2, 2, 10, cascade=True)
+    reqs = _prefix_requests(gpt2)[:3]
+    st: dict = {}
+    generate_all(gpt2, reqs, slots=3, prefixes={}, stats=st)  # default: no cascade, prefixes copied
+    assert st["kv_bytes"] > 0
+
+
 # ---------------------------------------------------------------------------------------
 # sampling: one stream per trial
 # ---------------------------------------------------------------------------------------
