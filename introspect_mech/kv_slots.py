@@ -98,8 +98,11 @@ class _SlotLayer(DynamicLayer):
             self.allocate(key_states.shape[1], key_states.shape[-1], value_states.shape[-1], key_states.dtype,
                           key_states.device)
         kb, vb = self.kbuf[o.rows], self.vbuf[o.rows]
-        kb[o.row_index, :, o.write_cols] = key_states.transpose(1, 2).to(kb.dtype)
-        vb[o.row_index, :, o.write_cols] = value_states.transpose(1, 2).to(vb.dtype)
+        ri, wc = o.row_index, o.write_cols
+        if ri.device != kb.device:  # a layer on another device (device_map across GPUs)
+            ri, wc = ri.to(kb.device), wc.to(kb.device)
+        kb[ri, :, wc] = key_states.transpose(1, 2).to(kb.dtype)
+        vb[ri, :, wc] = value_states.transpose(1, 2).to(vb.dtype)
         self.keys, self.values = kb[:, :, : o.kv_len], vb[:, :, : o.kv_len]
         return self.keys, self.values
 
@@ -263,7 +266,7 @@ def cascade_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     m = attention_mask if not isinstance(attention_mask, dict) else attention_mask[cache.types[layer]]
-    m = m[:, :, None].expand(n, 1, g, s, m.shape[-1]).reshape(n, 1, g * s, m.shape[-1])
+    m = m.to(query.device)[:, :, None].expand(n, 1, g, s, m.shape[-1]).reshape(n, 1, g * s, m.shape[-1])
     scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
     mx = scores.amax(-1, keepdim=True)
     e = torch.exp(scores - mx)
@@ -272,6 +275,7 @@ def cascade_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     mx, total = mx.float(), total.float()
     window = cache.windows[layer]
     for rows, pre in cache.groups:
+        rows = rows.to(query.device)
         src = pre.cache.layers[layer]
         kp, vp = src.keys[0], src.values[0]  # [hkv, P', d]: the prefix's last P' positions
         first = pre.length - kp.shape[-2]
@@ -281,7 +285,7 @@ def cascade_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
         if softcap is not None:
             sp = torch.tanh(sp / softcap) * softcap
         if window is not None:  # sliding layer: prefix position p is visible from q iff p > q - window
-            qpos = cache.positions[rows]  # [ng, s]
+            qpos = cache.positions.to(query.device)[rows]  # [ng, s]
             ppos = torch.arange(first, pre.length, device=qpos.device)
             vis = ppos[None, None, :] > (qpos[:, :, None] - window)  # [ng, s, P']
             vis = vis[None, :, None].expand(hkv, ng, g, s, vis.shape[-1]).reshape(hkv, ng * g * s, vis.shape[-1])

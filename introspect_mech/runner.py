@@ -2,11 +2,15 @@
 
 A trial is data (``Trial``); an experiment turns it into a prompt, injections and a
 generation length (``TrialInput``). The runner fixes the batch partition from the
-*full* trial list (so an interrupted and resumed run generates the same batches, with
-the same per-batch seeds, as an uninterrupted one), skips batches already stored,
-generates the rest with one ``generate`` call per batch, and appends each batch's
-records atomically. Re-running the same command resumes; nothing is lost or
+*full* trial list (so an interrupted and resumed run generates the same batches as an
+uninterrupted one), skips batches already stored, generates the rest, and appends each
+batch's records atomically. Re-running the same command resumes; nothing is lost or
 duplicated.
+
+How the rest is generated is the run's ``decode`` method: ``continuous`` (default for local
+models) streams the batches of a segment (``SEGMENT_BATCHES``) through ``batch_size`` slots
+with one sampling stream per trial; ``hf`` and ``compact`` run one batch of one prompt at a
+time with one seed per batch. A run keeps its method (and batch size) when resumed.
 """
 
 from __future__ import annotations
