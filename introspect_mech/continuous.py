@@ -35,14 +35,11 @@ import torch
 
 from . import execution
 from .errors import ConfigError, IntrospectError
-from .execution import PrefixCache, _new_store, _quiet_nnsight, _touch_layers, build_prefix_cache
+from .execution import MIN_PREFIX, PrefixCache, _new_store, _quiet_nnsight, _touch_layers, build_prefix_cache
 from .inject import Injection
 from .interventions import InterventionPlan
 from .kv_slots import SlotCache, cascade_supported
 from .prompts import RenderedPrompt
-
-MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
-
 
 def trial_seed(run_seed: int, trial_id: str) -> int:
     """The seed of one trial's sampling stream: a function of the run's seed and the trial alone."""

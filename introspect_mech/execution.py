@@ -192,6 +192,9 @@ def _eos_ids(model: Any) -> set[int]:
     return ids
 
 
+MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
+
+
 @dataclass
 class PrefixCache:
     """The KV cache of a prompt prefix shared by every row of a batch (no intervention inside it).

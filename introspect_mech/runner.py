@@ -29,7 +29,7 @@ import torch
 
 from .errors import ArtifactError, ConfigError
 from . import protocol
-from .execution import generate
+from .execution import MIN_PREFIX, generate
 from .inject import Injection
 from .prompts import RenderedPrompt
 from .store import ResultStore, RunLock, atomic_write_json, check_out_dir
@@ -194,7 +194,6 @@ def segments_of(n_batches: int) -> list[list[int]]:
 
 
 DECODERS = ("continuous", "compact", "hf")  # see run_sweep
-MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass (as continuous.MIN_PREFIX)
 
 
 def default_decode(model: Any) -> str:

@@ -362,6 +362,20 @@ def _by_id(out):
     return {r["trial_id"]: (r["response"], r["n_new_tokens"], r["seed"]) for r in _recs(out)}
 
 
+def test_mixed_partition_is_deterministic_and_keeps_prompts_together():
+    from introspect_mech.runner import plan_batches, segments_of
+
+    trials = [Trial("x", "c", concept=f"w{i}", prompt_key="abc"[i % 3], sample=i) for i in range(10)]
+    a = plan_batches(trials, 4, mixed=True)
+    b = plan_batches(list(reversed(trials)), 4, mixed=True)
+    assert [[t.trial_id for t in x] for x in a] == [[t.trial_id for t in x] for x in b]
+    assert [len(x) for x in a] == [4, 4, 2]
+    flat = [t for x in a for t in x]
+    assert [t.prompt_key for t in flat] == sorted(t.prompt_key for t in flat)  # same prompts stay neighbours
+    assert any(len({t.prompt_key for t in x}) > 1 for x in a)  # and batches mix prompts
+    assert segments_of(9) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
 @tiny
 def test_sweep_greedy_equals_hf_and_batches_mix_prompts(tiny_model_of, tmp_path):
     m = tiny_model_of("qwen2")
