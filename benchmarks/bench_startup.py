@@ -2,15 +2,14 @@
 
 Each measurement is a fresh Python process (what a user pays per command), best of ``--repeats``:
 
-- ``python_s``: the interpreter alone;
-- ``import_torch_s``, ``import_package_s``: ``import torch``; ``import introspect_mech.cli`` (torch,
-  transformers, nnsight and the package);
-- ``phases``: inside one process, the cumulative time after the imports, after ``load_model`` (cached
-  safetensors export), after building the Exp 1 experiment and loading its vectors from the cache,
-  and after the one-trial, one-token sweep;
-- ``run_command_s``: the whole CLI command for that one-trial, one-token sweep (``run injected-thoughts``),
-  i.e. the start-up plus a sweep that does almost nothing; ``run_command_startup_s`` removes the
-  sweep's own generation time measured in ``phases``.
+- ``python_s``, ``import_torch_s``, ``import_package_s``: the interpreter alone; ``import torch``;
+  ``import introspect_mech.cli`` (no torch: the package imports its parts on first use);
+- ``run``: the CLI command for a one-trial, one-token Exp 1 sweep (``run injected-thoughts``) with
+  ``INTROSPECT_MECH_TIMING=1``, which makes it print, in seconds since its process started: when the
+  CLI got control, when the options were checked (the experiment modules imported: torch and the
+  package), when the model was loaded (transformers' model code imported, weights read, fingerprint),
+  and when the sweep returned, with the sweep's own generation time; ``startup_s`` is everything before
+  generation (including the run lock, manifest and the cached vectors), ``wall_s`` the whole command.
 
     python benchmarks/bench_startup.py [--json]
 """
@@ -28,27 +27,6 @@ from pathlib import Path
 
 RUN_ARGS = ["run", "injected-thoughts", "--concepts", "dust", "--layers", "0.5", "--strengths", "4", "--controls",
             "control", "--control-trials", "0", "--max-new-tokens", "1", "--temperature", "0", "--no-progress"]
-
-PHASES = r"""
-import json, sys, tempfile, time
-t0 = time.perf_counter()
-import introspect_mech.cli
-from introspect_mech import load_model
-from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
-from introspect_mech.runner import run_sweep
-t1 = time.perf_counter()
-m = load_model()
-t2 = time.perf_counter()
-exp = InjectedThoughts(m, InjectedThoughtsConfig(layers=[0.5], strengths=[4.0], concepts=["dust"], controls=("control",),
-                                                 control_trials=0, max_new_tokens=1))
-exp.prepare(m)
-t3 = time.perf_counter()
-run_sweep(exp, m, tempfile.mkdtemp(), temperature=0.0, progress=False)
-t4 = time.perf_counter()
-print(json.dumps({"imports": t1 - t0, "load_model": t2 - t1, "experiment_and_cached_vectors": t3 - t2,
-                  "one_trial_sweep": t4 - t3}))
-"""
-
 
 def _time(cmd: list[str], env: dict, repeats: int) -> float:
     best = float("inf")
@@ -74,20 +52,17 @@ def main(argv: list[str] | None = None) -> int:
     res["python_s"] = _time([py, "-c", "pass"], env, a.repeats)
     res["import_torch_s"] = _time([py, "-c", "import torch"], env, a.repeats)
     res["import_package_s"] = _time([py, "-c", "import introspect_mech.cli"], env, a.repeats)
-    phases = []
+    runs = []
     for _ in range(a.repeats):
-        out = subprocess.run([py, "-c", PHASES], env=env, check=True, capture_output=True, text=True)
-        phases.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    res["phases"] = min(phases, key=lambda p: sum(p.values()))
-    best = float("inf")
-    for i in range(a.repeats):
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
-            subprocess.run([py, "-m", "introspect_mech", *RUN_ARGS, "--out", f"{d}/r"], env=env, check=True,
-                           capture_output=True)
-            best = min(best, time.perf_counter() - t0)
-    res["run_command_s"] = best
-    res["run_command_startup_s"] = best - res["phases"]["one_trial_sweep"]
+            out = subprocess.run([py, "-m", "introspect_mech", *RUN_ARGS, "--out", f"{d}/r"],
+                                 env=dict(env, INTROSPECT_MECH_TIMING="1"), check=True, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+        line = next(ln for ln in out.stderr.splitlines() if ln.startswith('{"timing"'))
+        runs.append({**json.loads(line)["timing"], "wall_s": wall})
+    res["run"] = min(runs, key=lambda r: r["startup_s"])
+    res["run_command_startup_s"] = res["run"]["startup_s"]
     res["load_average_after"] = os.getloadavg()
     print(json.dumps(res, indent=None if a.json else 1))
     return 0

@@ -202,7 +202,23 @@ def _batch_size(text: str | None) -> int | str | None:
     return int(text)
 
 
+def _since_process_start() -> float:
+    """Seconds since this process started (Linux /proc; falls back to time since the CLI was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    marks = {"cli_entered": _since_process_start()}
     from .runner import check_run_settings, run_sweep
     from .store import check_out_dir
 
@@ -211,14 +227,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     bs = _batch_size(args.batch_size)
     check_run_settings(bs, args.temperature, args.seed, args.decode)
+    marks["options_checked"] = _since_process_start()
     model = _load(args)
+    marks["model_loaded"] = _since_process_start()
     exp = cls(model, cfg)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress, decode=args.decode)
+    marks["sweep_returned"] = _since_process_start()
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
           f"{res.n_generated} generated in {res.seconds:.1f} s"
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
+    if os.environ.get("INTROSPECT_MECH_TIMING"):  # start-up breakdown for benchmarks/bench_startup.py
+        marks["generation_s"] = res.seconds
+        marks["startup_s"] = marks["sweep_returned"] - res.seconds
+        print(json.dumps({"timing": marks}), file=sys.stderr)
     return 0
 
 
