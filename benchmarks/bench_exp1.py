@@ -236,7 +236,25 @@ def main(argv: list[str] | None = None) -> int:
     res["load_average_after"] = os.getloadavg()
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
+    print(table(res))
     return 0
+
+
+def table(res: dict) -> str:
+    """The fixed-length methods as a markdown table (README-ready), slowest first."""
+    rows = sorted(res["fixed_length"].items(), key=lambda kv: -kv[1]["seconds"])
+    naive = res["fixed_length"].get("naive_one_generate_per_trial", {}).get("seconds")
+    floor_s = res["fixed_length"]["plain_hf_batched_no_intervention"]["seconds"]
+    out = [f"{res['trials']} trials, batch {res['config']['batch_size']}, {res['config']['new_tokens']} new tokens; "
+           f"matmul peak {res['gemm_peak_gflops']:.0f} GFLOP/s ({res['machine']['threads']} threads), "
+           f"load average {res['load_average_before'][0]:.1f} → {res['load_average_after'][0]:.1f}",
+           "", "| method | seconds | trials/s | useful GFLOP/s | fraction of matmul peak | vs naive | vs plain-HF floor |",
+           "|---|---|---|---|---|---|---|"]
+    for name, e in rows:
+        vs_naive = f"{naive / e['seconds']:.1f}×" if naive else "–"
+        out.append(f"| {name} | {e['seconds']:.1f} | {e['trials_per_s']:.2f} | {e['achieved_gflops']:.1f} | "
+                   f"{e['fraction_of_peak']:.2f} | {vs_naive} | {floor_s / e['seconds']:.2f}× |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -45,20 +45,18 @@ def naive_seconds_per_trial(model, a, recs: list[dict]) -> tuple[float, int]:
     sample of the stored trials, each generating exactly its recorded number of tokens (sampled, T=1)."""
     import random
 
-    from introspect_mech.cli import _words
-    from introspect_mech.experiments.injected_thoughts import InjectedThoughts, InjectedThoughtsConfig
-    from introspect_mech.runner import Trial
+    from introspect_mech.cli import _experiment_config, build_parser
 
-    cfg = InjectedThoughtsConfig(layers=[float(x) for x in a.layers.split(",")],
-                                 strengths=[float(x) for x in a.strengths.split(",")], concepts=_words("paper"),
-                                 control_trials=100, control_per_cell=5, yes_bias_per_cell=10, alt_per_cell=3)
-    exp = InjectedThoughts(model, cfg)
+    args = build_parser().parse_args(["run", "injected-thoughts", "--layers", a.layers, "--strengths", a.strengths,
+                                      *README_ARGS, "--out", "unused", *a.extra])
+    cls, cfg = _experiment_config(args)  # exactly the run command's experiment, so trial ids match
+    exp = cls(model, cfg)
     exp.prepare(model)
     by_id = {t.trial_id: t for t in exp.trials()}
     sample = random.Random(0).sample(recs, min(a.naive_sample, len(recs)))
     total = 0.0
     for r in sample:
-        trial: Trial = by_id[r["trial_id"]]
+        trial = by_id[r["trial_id"]]
         x = exp.build(model, trial)
         ids = torch.tensor([x.prompt.input_ids])
         handles, seen = [], {"n": 0}
