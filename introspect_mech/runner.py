@@ -2,11 +2,15 @@
 
 A trial is data (``Trial``); an experiment turns it into a prompt, injections and a
 generation length (``TrialInput``). The runner fixes the batch partition from the
-*full* trial list (so an interrupted and resumed run generates the same batches, with
-the same per-batch seeds, as an uninterrupted one), skips batches already stored,
-generates the rest with one ``generate`` call per batch, and appends each batch's
-records atomically. Re-running the same command resumes; nothing is lost or
+*full* trial list (so an interrupted and resumed run generates the same batches as an
+uninterrupted one), skips batches already stored, generates the rest, and appends each
+batch's records atomically. Re-running the same command resumes; nothing is lost or
 duplicated.
+
+How the rest is generated is the run's ``decode`` method: ``continuous`` (default for local
+models) streams the batches of a segment (``SEGMENT_BATCHES``) through ``batch_size`` slots
+with one sampling stream per trial; ``hf`` and ``compact`` run one batch of one prompt at a
+time with one seed per batch. A run keeps its method (and batch size) when resumed.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from .errors import ArtifactError, ConfigError
 from . import protocol
-from .execution import generate
+from .execution import MIN_PREFIX, generate
 from .inject import Injection
 from .prompts import RenderedPrompt
 from .seeds import seed_from
@@ -111,9 +115,17 @@ class RunResult:
 
 CPU_BATCH_CAP = 64  # measured on 2 cores: 64 rows gave 5.2 trials/s vs 4.25 at 32 (benchmarks/)
 GPU_BATCH_CAP = 256
+CONTINUOUS_CPU_SLOTS = 128
+"""Default (and 'auto' cap of) slots for continuous decoding on CPU. Why more than HF generate's 64: with no
+cache concatenation and no finished rows, a step's cost is a fixed part (the weights read once, Python) plus a
+part per row; measured on SmolLM2 (1 thread, 200-token rows): 11.2 ms/row at 64 rows, 9.2 at 128, 9.2 at 256."""
+CONTINUOUS_GPU_SLOTS = 256
+DEFAULT_BATCH_SIZE = 32  # HF generate / compact: rows per batch of one prompt
 
 
-def _available_bytes(model: Any) -> int:
+def available_bytes(model: Any) -> int:
+    """Free memory where the model's rows live (the GPU's free memory, or the host's available RAM): what an
+    automatic batch size may plan to fill."""
     dev = model.device
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
@@ -126,33 +138,57 @@ def _available_bytes(model: Any) -> int:
         return 4 << 30
 
 
-def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: float = 0.4) -> int:
-    """Rows per ``generate`` that fit in ``fraction`` of the free memory: KV cache + activations per row.
+def per_row_bytes(model: Any, prompt_tokens: int, new_tokens: int) -> int:
+    """Memory one row (or slot) needs: its KV cache for prompt + reply, prefill activations, a row of logits.
 
-    A deliberately conservative estimate (activations counted at ~24 × d_model floats per token, the
-    prefill logits at one position per row), capped where larger batches stop paying on the device."""
+    A deliberately conservative estimate (activations counted at ~24 × d_model floats per prompt
+    token, logits twice in float32)."""
     a = model.arch
     elt = torch.finfo(model.dtype).bits // 8
-    tokens = prompt_tokens + new_tokens
-    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * tokens * elt
+    kv = 2 * a.n_layers * a.n_kv_heads * a.head_dim * (prompt_tokens + new_tokens) * elt
     act = 24 * a.d_model * prompt_tokens * 4
     vocab = getattr(model.config, "vocab_size", 50000) * 4 * 2
-    per_row = kv + act + vocab
-    cap = GPU_BATCH_CAP if model.device.type == "cuda" else CPU_BATCH_CAP
-    return int(max(1, min(cap, (_available_bytes(model) * fraction) // per_row)))
+    return int(kv + act + vocab)
+
+
+def auto_batch_size(model: Any, prompt_tokens: int, new_tokens: int, fraction: float = 0.4, decode: str = "hf") -> int:
+    """Rows per ``generate`` (slots, for continuous decoding) whose ``per_row_bytes`` fit in ``fraction`` of
+    the free memory, capped where larger batches stop paying on the device."""
+    per_row = per_row_bytes(model, prompt_tokens, new_tokens)
+    if decode == "continuous":
+        cap = CONTINUOUS_GPU_SLOTS if model.device.type == "cuda" else CONTINUOUS_CPU_SLOTS
+    else:
+        cap = GPU_BATCH_CAP if model.device.type == "cuda" else CPU_BATCH_CAP
+    return int(max(1, min(cap, (available_bytes(model) * fraction) // per_row)))
+
+
+def default_batch_size(model: Any, decode: str) -> int:
+    """Batch size of a new run when none is given: continuous slots by device, else ``DEFAULT_BATCH_SIZE``."""
+    if decode == "continuous":
+        return CONTINUOUS_GPU_SLOTS if model.device.type == "cuda" else CONTINUOUS_CPU_SLOTS
+    return DEFAULT_BATCH_SIZE
 
 
 def batch_seed(run_seed: int, batch_index: int) -> int:
     return seed_from(run_seed, batch_index)
 
 
-def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None) -> list[list[Trial]]:
-    """Deterministic partition: trials with the same prompt go together (no padding, a shared prefix),
-    each group chunked on its own."""
+def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial], Any] | None = None,
+                 mixed: bool = False) -> list[list[Trial]]:
+    """Deterministic partition of the trials into batches (the units stored atomically).
+
+    Default: trials with the same prompt go together (no padding, a shared prefix), each group
+    chunked on its own. ``mixed=True`` (continuous decoding): one ordering by prompt, then trial id,
+    cut into consecutive chunks, so a batch may hold several prompts (same-prompt trials stay
+    neighbours, which keeps prefix reuse high) and no batch is small because its prompt is rare.
+    Either way the partition depends on the trial list alone, so a resumed run has the same batches."""
     if batch_size < 1:
         raise ConfigError("batch_size must be >= 1")
+    order = sorted(trials, key=lambda t: (str(key(t) if key else t.prompt_key), t.trial_id))
+    if mixed:
+        return [list(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
     groups: dict[Any, list[Trial]] = {}
-    for t in sorted(trials, key=lambda t: (str(key(t) if key else t.prompt_key), t.trial_id)):
+    for t in order:
         groups.setdefault(key(t) if key else t.prompt_key, []).append(t)
     out = []
     for g in groups.values():
@@ -160,8 +196,47 @@ def plan_batches(trials: Sequence[Trial], batch_size: int, key: Callable[[Trial]
     return out
 
 
-DECODERS = ("compact", "hf")  # see run_sweep
-MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
+SEGMENT_BATCHES = 4
+"""Continuous decoding runs the batches of a run in segments of this many consecutive batches: one
+stream of trials through ``batch_size`` slots. A segment is the unit of computation (a partly
+stored segment is regenerated whole, as a partly stored batch is), a batch stays the unit of
+storage. Why not one stream for the whole run: a trial's floats depend (at rounding level) on
+which trials ran beside it, so a resumed run can equal an uninterrupted one only if every
+segment starts from the same state; the cost is one drain (the last rows running in a
+part-empty batch) per segment."""
+
+
+def segments_of(n_batches: int) -> list[list[int]]:
+    """Batch indices of each segment (continuous decoding)."""
+    return [list(range(i, min(n_batches, i + SEGMENT_BATCHES))) for i in range(0, n_batches, SEGMENT_BATCHES)]
+
+
+DECODERS = ("continuous", "compact", "hf")  # see run_sweep
+
+
+def default_decode(model: Any) -> str:
+    """The method a new run uses: continuous batching for local models it supports, else HF ``generate``."""
+    if model.remote:
+        return "hf"
+    try:
+        check_continuous(model, {})
+    except ConfigError:
+        return "hf"
+    return "continuous"
+
+
+def check_continuous(model: Any, generate_kwargs: dict) -> None:
+    """Refuse decode='continuous' where it cannot run, before anything is loaded or written."""
+    if model.remote:
+        raise ConfigError("decode='continuous' runs local models only; use decode='hf' with a remote model")
+    other = sorted(set(generate_kwargs) - {"min_new_tokens"})
+    if other:
+        raise ConfigError(f"decode='continuous' takes no generate option {', '.join(other)} (only min_new_tokens); "
+                          "use decode='hf' for HF generate's options")
+    from .kv_slots import check_attention, layer_windows
+
+    check_attention(model)
+    layer_windows(model)
 
 
 def shared_prefix_length(inputs: Sequence[TrialInput]) -> int:
@@ -218,11 +293,11 @@ RESUME_KEYS = ("experiment", "config", "model_fingerprint", "batch_size", "tempe
 record carries ``run_key``, their hash, so trials made under other settings are never adopted."""
 
 
-def check_run_settings(batch_size: int | str, temperature: float, seed: int, decode: str | None) -> None:
+def check_run_settings(batch_size: int | str | None, temperature: float, seed: int, decode: str | None) -> None:
     """Refuse run options that are out of range, before anything is loaded or written."""
     if decode not in (None, *DECODERS):
         raise ConfigError(f"decode must be one of {DECODERS}, got {decode!r}")
-    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ConfigError(f"batch size must be an integer >= 1 or 'auto', got {batch_size!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
             or temperature < 0:
@@ -313,7 +388,7 @@ def run_sweep(
     model: Any,
     out_dir: str | Path,
     *,
-    batch_size: int | str = 32,
+    batch_size: int | str | None = None,
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = True,
@@ -325,17 +400,27 @@ def run_sweep(
 ) -> RunResult:
     """Run (or resume) every trial of ``experiment`` into ``out_dir/results.jsonl``.
 
-    ``decode``: "hf" (HF ``generate``, the default) or "compact" (local models only: drop each
-    row from the batch when it is finished, ``decode.py``; measured in ``benchmarks/``: 1.04x
-    at batch 32 and 1.15x at batch 64 on 2 CPU cores, 0.95x when no row finishes early).
-    ``None`` resumes a run with the method it started with, so one run never mixes two
-    random streams.
+    ``decode`` (how replies are generated):
+
+    - ``"continuous"`` (the default for new runs on local models): trials of any prompts share a
+      running batch of ``batch_size`` slots; a finished row's slot goes to the next trial
+      (``continuous.py``). Batches mix prompts (``plan_batches(mixed=True)``); each trial samples
+      from its own stream, seeded from the run's seed and its trial id (``trial_seed``).
+    - ``"hf"``: one HF ``generate`` per batch of one prompt, seeded per batch (the default for
+      remote models, and the method of runs made before continuous decoding existed).
+    - ``"compact"``: as ``"hf"``, but finished rows leave the batch (``decode.py``).
+
+    ``None`` resumes a run with the method it started with (the manifest's ``decode``), so one run
+    never mixes two methods or two kinds of random streams. ``batch_size=None`` likewise resumes with the
+    stored size, and a new run takes ``default_batch_size`` (128 slots for continuous decoding on CPU,
+    256 on GPU; 32 rows otherwise).
 
     Order of events, so that a bad option never leaves anything behind: every option is checked
     and the trial list and batches are built first; the run lock is taken; a stored run is
     compared setting by setting (``RESUME_KEYS``); the manifest is written just before the first
     batch is stored. A batch that was only partly stored is regenerated whole (same rows, same
-    seed) and only its missing rows are appended, so a resumed run equals an uninterrupted one.
+    seed) and only its missing rows are appended, so a resumed run equals an uninterrupted one;
+    with continuous decoding the same holds for the segment (``SEGMENT_BATCHES``) it belongs to.
     """
     out = check_out_dir(out_dir)
     check_run_settings(batch_size, temperature, seed, decode)
@@ -352,17 +437,26 @@ def run_sweep(
     old = _read_manifest(mpath)
     stored = _stored_settings(old) if old is not None else None
     if decode is None:
-        decode = stored["decode"] if stored is not None else "hf"
+        decode = stored["decode"] if stored is not None else default_decode(model)
     if decode == "compact" and model.remote:
         raise ConfigError("decode='compact' runs local models only; use decode='hf' with a remote model")
+    execute = getattr(experiment, "execute", None)
+    continuous = decode == "continuous" and execute is None
+    if continuous:
+        check_continuous(model, generate_kwargs)
+    if batch_size is None:  # a resumed run keeps its size; a new one takes the method's default
+        if stored is not None and isinstance(stored.get("batch_size"), int):
+            batch_size = stored["batch_size"]
+        else:
+            batch_size = default_batch_size(model, decode if execute is None else "hf")
     if batch_size == "auto":  # resolved once: a resumed run keeps the size it started with
         if stored is not None and isinstance(stored.get("batch_size"), int):
             batch_size = stored["batch_size"]
         else:
             experiment.prepare(model)
             x = experiment.build(model, trials[0])
-            batch_size = auto_batch_size(model, len(x.prompt), x.max_new_tokens)
-    batches = plan_batches(trials, int(batch_size))
+            batch_size = auto_batch_size(model, len(x.prompt), x.max_new_tokens, decode=decode if continuous else "hf")
+    batches = plan_batches(trials, int(batch_size), mixed=continuous)
     settings = {"experiment": experiment.name, "config": _jsonable(experiment.config()),
                 "model_fingerprint": model.fingerprint, "batch_size": int(batch_size),
                 "temperature": float(temperature), "seed": int(seed), "decode": decode,
@@ -406,10 +500,25 @@ def run_sweep(
         common = {"experiment": experiment.name, "model": model.name, "model_fingerprint": model.fingerprint,
                   "package_version": settings["package_version"], "protocol_hash": settings["protocol_hash"],
                   "temperature": settings["temperature"], "run_key": key}
-        execute = getattr(experiment, "execute", None)
         prefixes: dict | None = {} if prefix_cache else None
         manifest_written = bool(records)
+
+        def store_batch(bi: int, new: list[dict]) -> None:
+            nonlocal manifest_written, generated
+            if not manifest_written:
+                _write_manifest(mpath, settings, key, model, _system_prompt(experiment, model))
+                manifest_written = True
+            store.append(new)
+            done.update(r["trial_id"] for r in new)
+            generated += len(new)
+            if on_batch is not None:
+                on_batch(bi)
+
         try:
+            if continuous:
+                _run_segments(experiment, model, batches, [bi for bi, _ in todo], done, store_batch, common, seed,
+                              temperature, int(batch_size), prefixes, generate_kwargs, max_batches, bar)
+                todo = []
             for n_batch, (bi, batch) in enumerate(todo):
                 if max_batches is not None and n_batch >= max_batches:
                     break
@@ -420,32 +529,70 @@ def run_sweep(
                     outputs = execute(model, inputs)
                 else:
                     outputs = _generate_rows(model, inputs, temperature, bseed, prefixes, decode, **generate_kwargs)
-                new = []
-                for trial, x, o in zip(batch, inputs, outputs):
-                    if trial.trial_id in done:
-                        continue
-                    doses = o.pop("doses", [])
-                    new.append({**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common,
-                                "seed": bseed, "batch": bi, "max_new_tokens": x.max_new_tokens,
-                                "prompt": x.prompt.text, "n_prompt_tokens": len(x.prompt),
-                                "system_prompt": x.prompt.system,
-                                "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
-                                               for inj, d in zip(x.injections, doses)],
-                                "dose": doses[0] if doses else None, **x.info, **o})
-                if not manifest_written:
-                    _write_manifest(mpath, settings, key, model, _system_prompt(experiment, model))
-                    manifest_written = True
-                store.append(new)
-                done.update(r["trial_id"] for r in new)
-                generated += len(new)
+                new = [_record(model, trial, x, o, common, bseed, bi) for trial, x, o in zip(batch, inputs, outputs)
+                       if trial.trial_id not in done]
+                store_batch(bi, new)
                 if bar is not None:
                     bar.update(len(new))
-                if on_batch is not None:
-                    on_batch(bi)
         finally:
             if bar is not None:
                 bar.close()
     return RunResult(out, len(trials), n_before, generated, time.perf_counter() - t0)
+
+
+def _record(model: Any, trial: Trial, x: TrialInput, o: dict, common: dict, seed: int, bi: int, **more: Any) -> dict:
+    """One trial's JSONL record."""
+    doses = o.pop("doses", [])
+    return {**asdict(trial), "extra": dict(trial.extra), "trial_id": trial.trial_id, **common, "seed": seed,
+            "batch": bi, **more, "max_new_tokens": x.max_new_tokens, "prompt": x.prompt.text,
+            "n_prompt_tokens": len(x.prompt), "system_prompt": x.prompt.system,
+            "injections": [dict(inj.describe(), layer=model.arch.resolve_layer(inj.layer), dose=d)
+                           for inj, d in zip(x.injections, doses)],
+            "dose": doses[0] if doses else None, **x.info, **o}
+
+
+def _run_segments(experiment: Experiment, model: Any, batches: list[list[Trial]], todo: list[int], done: set,
+                  store_batch: Callable[[int, list[dict]], None], common: dict, seed: int, temperature: float,
+                  slots: int, prefixes: dict | None, generate_kwargs: dict, max_batches: int | None, bar: Any) -> None:
+    """Continuous decoding: each segment with a batch to do is generated whole, as one stream through
+    ``slots`` rows; a batch's missing records are stored as soon as all its trials are finished."""
+    from .continuous import Request, generate_continuous, trial_seed
+
+    todo_set, n_stored = set(todo), 0
+    for seg_index, seg in enumerate(segments_of(len(batches))):
+        if not todo_set.intersection(seg):
+            continue
+        trials = [(bi, t) for bi in seg for t in batches[bi]]
+        inputs = [experiment.build(model, t) for _, t in trials]
+        seeds = [trial_seed(seed, t.trial_id) for _, t in trials]
+        requests = [Request(x.prompt, tuple(x.injections), x.max_new_tokens, s) for x, s in zip(inputs, seeds)]
+        waiting = {bi: len(batches[bi]) for bi in seg}
+        finished: dict[int, Any] = {}
+        stream = generate_continuous(model, requests, slots=slots, temperature=temperature, prefixes=prefixes,
+                                     min_new_tokens=int(generate_kwargs.get("min_new_tokens", 0)))
+        try:
+            for c in stream:
+                bi, trial = trials[c.index]
+                finished[c.index] = c
+                waiting[bi] -= 1
+                if bar is not None and trial.trial_id not in done:
+                    bar.update(1)
+                if waiting[bi] or bi not in todo_set:
+                    continue
+                new = []
+                for i, (b, t) in enumerate(trials):
+                    if b != bi or t.trial_id in done:
+                        continue
+                    toks = finished[i].tokens
+                    o = {"response": model.tokenizer.decode(toks, skip_special_tokens=True),
+                         "n_new_tokens": len(toks), "doses": list(finished[i].doses)}
+                    new.append(_record(model, t, inputs[i], o, common, seeds[i], bi, segment=seg_index))
+                store_batch(bi, new)
+                n_stored += 1
+                if max_batches is not None and n_stored >= max_batches:
+                    return
+        finally:
+            stream.close()
 
 
 def _write_manifest(path: Path, settings: dict, key: str, model: Any, system_prompt: dict | None) -> None:

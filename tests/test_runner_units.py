@@ -26,9 +26,9 @@ def test_plan_batches_is_deterministic_and_never_mixes_prompts():
 
 def test_auto_batch_size_follows_memory(monkeypatch, tiny_model_of):
     m = tiny_model_of("llama")
-    monkeypatch.setattr(runner, "_available_bytes", lambda model: 10_000)
+    monkeypatch.setattr(runner, "available_bytes", lambda model: 10_000)
     assert auto_batch_size(m, 100, 50) == 1
-    monkeypatch.setattr(runner, "_available_bytes", lambda model: 1 << 40)
+    monkeypatch.setattr(runner, "available_bytes", lambda model: 1 << 40)
     assert auto_batch_size(m, 100, 50) == runner.CPU_BATCH_CAP == 64
 
 

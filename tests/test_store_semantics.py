@@ -241,10 +241,10 @@ def test_auto_batch_size_is_resolved_once(tiny_model_of, tmp_path, monkeypatch):
     """Case 14: a run started with batch size 'auto' resumes with the size it stored, whatever memory is free."""
     m = tiny_model_of("llama")
     out = tmp_path / "run"
-    monkeypatch.setattr(runner, "_available_bytes", lambda model: 1 << 40)
+    monkeypatch.setattr(runner, "available_bytes", lambda model: 1 << 40)
     run_sweep(TinySweep(), m, out, max_batches=1, **{**KW, "batch_size": "auto"})
     stored = json.loads((out / "manifest.json").read_text())["batch_size"]
-    monkeypatch.setattr(runner, "_available_bytes", lambda model: 10_000)
+    monkeypatch.setattr(runner, "available_bytes", lambda model: 10_000)
     assert runner.auto_batch_size(m, 30, 8) != stored
     res = run_sweep(TinySweep(), m, out, **{**KW, "batch_size": "auto"})
     assert res.n_generated + res.n_done_before == 8
