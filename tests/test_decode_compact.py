@@ -33,6 +33,7 @@ from introspect_mech.interventions import (DirectionAblation, HeadAblation, Inte
                                            ResidualPatch)
 from introspect_mech.prompts import render
 from introspect_mech.runner import Trial, TrialInput, run_sweep
+from introspect_mech.step import eos_ids
 
 from _real import smol, smol_vectors  # noqa: F401
 from conftest import TINY_ARCHS
@@ -92,8 +93,8 @@ def _cut(tokens, eos):
 def _set_eos(monkeypatch, ids):
     """Make both decoders (and the cut of ``execution.generate``) treat ``ids`` as the EOS tokens."""
     ids = set(int(i) for i in ids)
-    monkeypatch.setattr(decode_mod, "_eos_ids", lambda model: set(ids))
-    monkeypatch.setattr(execution, "_eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(decode_mod, "eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(execution, "eos_ids", lambda model: set(ids))
 
 
 def _doses_equal(a, b, rel=1e-6):
@@ -123,7 +124,7 @@ def test_greedy_equals_hf_generate_on_left_padded_batch(tiny_model_of, arch):
     assert got.new_tokens == ref.new_tokens
     assert got.texts == ref.texts
     assert torch.equal(got.sequences, ref.sequences)
-    assert got.batch.size == len(prompts) and got.recording == {}
+    assert got.batch.size == len(prompts) and got.recording == []
     _doses_equal(got.doses, ref.doses)
     assert got.doses[2] == [] and got.doses[4] == [pytest.approx(1.0)] and len(got.doses[3]) == 2
     # the injections that reach generated tokens change them (so the equality above is informative)
@@ -287,7 +288,7 @@ def test_first_sampled_token_follows_the_softmax(tiny_model_of):
     pt = float(probs[top])
     got = generate_compact(m, [p] * n, max_new_tokens=1, temperature=T, seed=3)
     firsts = [t[0] if t else -1 for t in got.new_tokens]  # a sampled EOS leaves the row empty
-    key = -1 if top in execution._eos_ids(m) else top
+    key = -1 if top in eos_ids(m) else top
     freq = firsts.count(key) / n
     assert abs(freq - pt) < 5 * (pt * (1 - pt) / n) ** 0.5 + 1e-9, (freq, pt)
     assert len(set(firsts)) > 1

@@ -24,13 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Private names still crossed, each with the reason it is not fixed here. A new crossing fails the test.
 ALLOWED_PRIVATE = {
-    # the engine's step functions (issue 12 item 4: a public engine step API, on the decoding branch)
-    ("introspect_mech/decode.py", "_as_batch"), ("introspect_mech/decode.py", "_eos_ids"),
-    ("introspect_mech/decode.py", "_new_store"), ("introspect_mech/decode.py", "_plan"),
-    ("introspect_mech/decode.py", "_quiet_nnsight"), ("introspect_mech/decode.py", "_touch_layers"),
-    ("tests/test_decode_compact.py", "_eos_ids"), ("tests/test_steering.py", "_eos_ids"),
-    ("introspect_mech/continuous.py", "_eos_ids"), ("introspect_mech/continuous.py", "_new_store"),
-    ("introspect_mech/continuous.py", "_quiet_nnsight"), ("introspect_mech/continuous.py", "_touch_layers"),
     # test helpers of test_decode_compact shared by other test modules, and a monkeypatched private of models.py
     # (both files are being changed on the decoding branch; renaming them here would collide)
     ("tests/test_early_stop.py", "_injections"), ("tests/test_early_stop.py", "_prompts"),

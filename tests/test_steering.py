@@ -8,7 +8,7 @@ import torch
 import introspect_mech as im
 from introspect_mech.errors import IntrospectError
 
-from introspect_mech.execution import _eos_ids
+from introspect_mech.step import eos_ids
 
 from test_decode_compact import N, _cut, _prompts
 
@@ -28,7 +28,7 @@ def test_steer_around_hf_generate_equals_im_generate(tiny_model_of, arch, window
     with im.steer(m, inj):
         out = m.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=N,
                             do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
-    eos = _eos_ids(m)
+    eos = eos_ids(m)
     got = [_cut(out[r, batch.width:].tolist(), eos) for r in range(batch.size)]
     assert got == ref.new_tokens
     clean = m.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=N,
