@@ -29,14 +29,14 @@ from introspect_mech.prompts import render
 from introspect_mech.record import RecordSpec
 
 from conftest import EXTRA_ARCHS
-from test_decode_compact import N, _injections, _prompts  # prompts known not to emit EOS in N steps
+from test_decode_compact import N, injections_for, prompts_for  # prompts known not to emit EOS in N steps
 
 ARCHS = ("llama", "gemma3", "qwen2", "gpt2")
 
 
 def _setup(m):
-    prompts = _prompts(m)
-    return prompts, _injections(m, prompts)
+    prompts = prompts_for(m)
+    return prompts, injections_for(m, prompts)
 
 
 def _force_eos(monkeypatch, ids):

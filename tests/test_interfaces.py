@@ -22,15 +22,8 @@ from introspect_mech.model_options import MODEL_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Private names still crossed, each with the reason it is not fixed here. A new crossing fails the test.
-ALLOWED_PRIVATE = {
-    # test helpers of test_decode_compact shared by other test modules, and a monkeypatched private of models.py
-    # (both files are being changed on the decoding branch; renaming them here would collide)
-    ("tests/test_early_stop.py", "_injections"), ("tests/test_early_stop.py", "_prompts"),
-    ("tests/test_reliability_review.py", "_records"), ("tests/test_steering.py", "_cut"),
-    ("tests/test_steering.py", "_prompts"), ("tests/test_store_semantics.py", "_records"),
-    ("tests/test_temp_litter.py", "_atomic_dir_write"),
-}
+# Private names still crossed, each with the reason it is not fixed here (none today). A new crossing fails the test.
+ALLOWED_PRIVATE: set[tuple[str, str]] = set()
 
 
 def _sources() -> list[Path]:
