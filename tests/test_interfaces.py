@@ -161,16 +161,31 @@ def test_several_models_with_aligned_adapters(monkeypatch):
 # ---- one command, two spellings ----------------------------------------------------------------------
 
 
-def test_python_dash_m_is_the_console_script():
+def test_python_dash_m_is_the_console_script(monkeypatch):
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"introspect-mech": "introspect_mech.cli:main"}
     main_py = ast.parse((ROOT / "introspect_mech" / "__main__.py").read_text())
     assert any(isinstance(n, ast.ImportFrom) and n.module == "cli" and n.names[0].name == "main" for n in ast.walk(main_py))
+    monkeypatch.setenv("COLUMNS", "100")
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         main(["run", "--help"])
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "100"}
     via_m = subprocess.run([sys.executable, "-m", "introspect_mech", "run", "--help"], capture_output=True, text=True,
-                           cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "COLUMNS": "100"})
+                           cwd=ROOT, env=env)
     assert via_m.returncode == 0 and via_m.stdout.startswith("usage: introspect-mech run ")
+    assert via_m.stdout == out.getvalue()  # the same parser, the same program name
     assert all(name in via_m.stdout for name in ("injected-thoughts", "thoughts-vs-text", "prefill-intent",
                                                   "intentional-control"))
+    # the same exit status and one-line error for a bad option, both ways
+    bad = ["run", "injected-thoughts", "--strengths", "x", "--out", "/nonexistent/never"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(bad)
+    via_m = subprocess.run([sys.executable, "-m", "introspect_mech", *bad], capture_output=True, text=True, cwd=ROOT,
+                           env=env)
+    assert code == via_m.returncode == 2 and via_m.stderr == err.getvalue() and err.getvalue().count("\n") == 1
+    script = Path(sys.executable).parent / "introspect-mech"  # the console script, where the package is installed
+    if script.exists():
+        via_script = subprocess.run([str(script), *bad], capture_output=True, text=True, cwd=ROOT, env=env)
+        assert via_script.returncode == 2 and via_script.stderr == err.getvalue()
