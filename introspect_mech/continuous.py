@@ -8,7 +8,7 @@ KV cache of its prompt's prefix when other trials share that prefix (built once 
 ``execution.build_prefix_cache``). Each row keeps its own positions, windows and injections; the
 per-row key/value buffers are ``kv_slots.SlotCache``.
 
-Interventions go through the same ``_touch_layers`` and ``InterventionPlan`` as every other path,
+Interventions go through the same ``step.touch_layers`` and ``InterventionPlan`` as every other path,
 with each row's unpadded token positions, so windows and doses are those of ``execution.generate``.
 Greedy tokens equal ``execution.generate``'s (tested on four architectures and the real model).
 
@@ -33,13 +33,13 @@ from typing import Any, Iterator, Sequence
 import nnsight
 import torch
 
-from . import execution
 from .errors import ConfigError, IntrospectError
-from .execution import MIN_PREFIX, PrefixCache, _new_store, _quiet_nnsight, _touch_layers, build_prefix_cache
+from .execution import MIN_PREFIX, PrefixCache, build_prefix_cache
 from .inject import Injection
 from .interventions import InterventionPlan
 from .kv_slots import SlotCache, cascade_supported
 from .prompts import RenderedPrompt
+from .step import StepStore, eos_ids, quiet_nnsight, touch_layers
 
 def trial_seed(run_seed: int, trial_id: str) -> int:
     """The seed of one trial's sampling stream: a function of the run's seed and the trial alone."""
@@ -121,7 +121,7 @@ class _Loop:
         self.queue = deque(range(len(self.requests)))
         self.active: list[_Row] = []
         self.plan: InterventionPlan | None = None
-        self.eos = sorted(execution._eos_ids(model))
+        self.eos = sorted(eos_ids(model))
         tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else (self.eos[0] if self.eos else 0)
         keep = "logits_to_keep" in inspect.signature(model.hf.forward).parameters
@@ -138,13 +138,13 @@ class _Loop:
         else:
             self.cache.prepare(start, positions)
         pos = positions.to(dev)
-        with torch.no_grad(), _quiet_nnsight(), self.cache.mask_hook(model):
+        with torch.no_grad(), quiet_nnsight(), self.cache.mask_hook(model):
             with model.nn.trace(input_ids=ids.to(dev), position_ids=pos.clamp(min=0), cache=self.cache,
                                 **self.fwd_kwargs):
-                store = _new_store()
-                _touch_layers(model, plan, None, None, step, [], store, row_positions=positions)
+                store = StepStore()
+                touch_layers(model, plan, None, None, step, [], store, row_positions=positions)
                 logits = model.nn.output.logits[:, -1].save()
-                norms = nnsight.save(store["ref_norms"])
+                norms = nnsight.save(store.ref_norms)
         self.stats["forwards"] += 1
         return logits, dict(norms)
 

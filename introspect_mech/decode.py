@@ -8,7 +8,7 @@ Exp 3. Measured gain on 2 CPU cores (benchmarks/): 1.04x at batch 32, 1.15x at b
 batch (and its KV cache) when it emits EOS or reaches *its own* ``max_new_tokens``, so
 rows with different limits (Exp 2's 5 and 15 tokens) can share a batch.
 
-Interventions go through the same ``_touch_layers`` as every other path, with the plan
+Interventions go through the same ``step.touch_layers`` as every other path, with the plan
 and the batch narrowed to the remaining rows (``InterventionPlan.select_rows``), so
 windows, per-row vectors and doses are those of ``execution.generate``. Greedy output
 equals ``execution.generate`` token for token (tested); sampled output follows the same
@@ -27,10 +27,10 @@ import torch
 
 from .batch import Batch
 from .errors import ConfigError, IntrospectError
-from .execution import (Generation, PrefixCache, _as_batch, _eos_ids, _new_store, _plan, _quiet_nnsight,
-                        _touch_layers, attach_prefix)
+from .execution import Generation, PrefixCache, attach_prefix
 from .inject import Injection
 from .prompts import RenderedPrompt
+from .step import StepStore, as_batch, eos_ids, make_plan, quiet_nnsight, touch_layers
 
 
 def _new_cache(model: Any) -> Any:
@@ -72,9 +72,9 @@ def generate_compact(
     """
     if model.remote:
         raise IntrospectError("generate_compact runs local models only; use execution.generate for remote runs")
-    batch = _as_batch(model, prompts)
+    batch = as_batch(model, prompts)
     limits = _limits(max_new_tokens, batch.size)
-    plan = _plan(model, batch, injections, ablations, ())
+    plan = make_plan(model, batch, injections, ablations)
     dev = model.device
     ids = batch.input_ids.to(dev)
     mask = batch.attention_mask.to(dev)
@@ -93,7 +93,7 @@ def generate_compact(
             gen.manual_seed(int(seed))
         else:  # a fresh seed for this generator only; the global torch stream is left alone
             gen.seed()
-    eos = _eos_ids(model)
+    eos = eos_ids(model)
     eos_t = torch.tensor(sorted(eos) or [-1], device=dev)
 
     alive = list(range(batch.size))  # original row of each row still running
@@ -101,15 +101,15 @@ def generate_compact(
     out: list[list[int]] = [[] for _ in range(batch.size)]
     ref_norms: dict = {}
     step = 0
-    with torch.no_grad(), _quiet_nnsight():
+    with torch.no_grad(), quiet_nnsight():
         while True:
             with model.nn.trace(input_ids=inp, attention_mask=mask, position_ids=pos_in, cache=cache,
                                 use_cache=True, **model.trace_kwargs):
-                store = _new_store()
-                _touch_layers(model, sub_plan, None, sub_batch, step, [], store)
+                store = StepStore()
+                touch_layers(model, sub_plan, None, sub_batch, step, [], store)
                 logits = model.nn.output.logits[:, -1].save()
                 if step == 0:
-                    norms = nnsight.save(store["ref_norms"])
+                    norms = nnsight.save(store.ref_norms)
             if step == 0:
                 ref_norms = dict(norms)
             logits = logits.float()
@@ -149,4 +149,4 @@ def generate_compact(
         if t:
             seq[r, batch.width: batch.width + len(t)] = torch.tensor(t, dtype=torch.long)
     texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in out]
-    return Generation(batch, seq, out, texts, plan.doses(ref_norms), {})
+    return Generation(batch, seq, out, texts, plan.doses(ref_norms), [])

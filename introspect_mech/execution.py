@@ -1,15 +1,11 @@
 """Running the model under nnsight: one forward pass, or a generation, with interventions and recording.
 
-``_touch_layers`` is the single place where a step (a trace, a generation prefill, or
-one KV-cached decode step) reads and edits modules. It visits layers in execution
-order and, inside a layer, o_proj input → attention output (→ its post-norm) → MLP write →
-layer output, which is the order nnsight 0.8 requires.
+Both run their steps through ``step.touch_layers`` (the single place where a step reads and edits
+modules) and return ``Recording``s: ``forward`` one, ``generate`` one per step that ran.
 """
 
 from __future__ import annotations
 
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,117 +13,15 @@ import nnsight
 import torch
 
 from .errors import ConfigError, IntrospectError
-from .batch import Batch, make_batch
+from .batch import Batch
 from .inject import Injection
 from .interventions import InterventionPlan, ResidualPatch
 from .prompts import RenderedPrompt
-from .record import RecordSpec, Recording, cosine_to
+from .record import RecordSpec, Recording
+from .step import StepStore, as_batch, eos_ids, layer_hidden, make_plan, quiet_nnsight, touch_layers
 from .verbosity import install as _quiet_by_default
 
 _quiet_by_default()  # transformers is imported by now (nnsight): hide its chatter (verbosity.py)
-
-
-@contextmanager
-def _quiet_nnsight():
-    """A bounded ``tracer.iter`` cut short by EOS warns that later steps were never reached; that is expected."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*was never reached.*")
-        yield
-
-
-def _as_batch(model: Any, prompts: Batch | Sequence[RenderedPrompt | str]) -> Batch:
-    return prompts if isinstance(prompts, Batch) else make_batch(model.tokenizer, prompts)
-
-
-def _unwrap(out: Any) -> tuple[torch.Tensor, bool]:
-    """Decoder layers return a tensor in transformers 5 and a tuple in older versions."""
-    return (out[0], True) if isinstance(out, tuple) else (out, False)
-
-
-def _touch_layers(model: Any, plan: InterventionPlan, spec: RecordSpec | None, batch: Batch | None, step: int,
-                  rec_layers: list[int], store: dict, row_positions: torch.Tensor | None = None) -> None:
-    """Read/edit every module this step needs, in execution order. Runs inside a trace.
-
-    Token positions come from ``batch`` (a left-padded batch at generation step ``step``), or are
-    given as ``row_positions`` ``[B, S]`` (the continuous loop, whose rows are at different steps;
-    -1 marks a pad token)."""
-    arch, nn = model.arch, model.nn
-    want_res = spec is not None and (spec.residual or spec.cosine_with is not None)
-    want_attn = spec is not None and spec.attention
-    want_heads = spec is not None and spec.head_outputs
-    want_comp = spec is not None and spec.components
-    rec_set = set(rec_layers)
-    layers = sorted(set(plan.edit_layers) | set(plan.ablation_layers) | set(plan.mlp_layers)
-                    | (rec_set if spec else set()))
-    for L in layers:
-        if (want_heads and L in rec_set) or L in plan.ablations:
-            op = arch.o_proj(nn, L)
-            x = op.input
-            if L in plan.ablations:
-                x = plan.apply_heads(L, x, prefill=(step == 0), positions=batch.positions(x.shape[1], batch.width + step))
-                op.input = x
-            if want_heads and L in rec_set:
-                xk = x[:, -1:] if spec.last_token_only else x
-                b, s, _ = xk.shape
-                store["heads"].setdefault(L, []).append(xk.detach().reshape(b, s, arch.n_heads, arch.head_dim).cpu())
-        if (want_attn or want_comp) and L in rec_set:
-            a_out = arch.attn(nn, L).output if want_attn or not arch.block.attn_write else None
-            if want_attn:
-                w = a_out[1]
-                if w is None:
-                    raise IntrospectError("attention weights are None: load the model with attention=True (eager attention)")
-                store["attn"].setdefault(L, []).append((w[:, :, -1:] if spec.last_token_only else w).detach().cpu())
-            if want_comp:  # the attention write: the module's output, or its post-norm's (Gemma 2/3, OLMo-2)
-                ao = arch.attn_write(nn, L).output if arch.block.attn_write else a_out
-                ao = ao[0] if isinstance(ao, tuple) else ao
-                store["attn_out"].setdefault(L, []).append((ao[:, -1:] if spec.last_token_only else ao).detach().cpu())
-        if L in plan.mlp_ablations or (want_comp and L in rec_set):
-            mlp = arch.mlp_write(nn, L)  # the MLP's write to the residual stream (post-norm output where there is one)
-            y = mlp.output
-            flat = y.ndim == 2  # OPT runs its MLP on tokens flattened to [B*S, d]
-            if flat:
-                y = y.reshape(plan.batch_size, -1, y.shape[-1])
-            if L in plan.mlp_ablations:
-                y = plan.apply_mlp(L, y, prefill=(step == 0), positions=batch.positions(y.shape[1], batch.width + step))
-                mlp.output = y.reshape(-1, y.shape[-1]) if flat else y
-            if want_comp and L in rec_set:
-                store["mlp_out"].setdefault(L, []).append((y[:, -1:] if spec.last_token_only else y).detach().cpu())
-        edits = L in plan.slots or L in plan.patches or L in plan.directions
-        if edits or (want_res and L in rec_set):
-            lay = arch.layer(nn, L)
-            h, is_tuple = _unwrap(lay.output)
-            s = h.shape[1]
-            # the layer sees the last `s` of `width + step` columns (all of them at a plain prefill; fewer when a
-            # shared prefix is served from the KV cache; one per cached decode step)
-            positions = batch.positions(s, batch.width + step) if row_positions is None else row_positions
-            if step == 0 and L in plan.slots:
-                norms = h.detach().float().norm(dim=-1).cpu()
-                m = plan.dose_norm_mask(positions)
-                total, count = (norms * m).sum(1), m.sum(1).float()
-                if L in plan.prefix_norms:  # the cached prefix's tokens count towards the mean ‖h‖ too
-                    ps, pc = plan.prefix_norms[L]
-                    total, count = total + ps, count + pc
-                store["ref_norms"][L] = total / count.clamp_min(1)
-            if edits:
-                h = plan.apply_residual(L, h, positions, prefill=(step == 0))
-                lay.output = (h,) + tuple(lay.output[1:]) if is_tuple else h
-            if want_res and L in rec_set:
-                kept = h[:, -1:] if spec.last_token_only else h
-                if spec.residual:
-                    store["res"].setdefault(L, []).append(kept.detach().cpu())
-                if spec.cosine_with is not None:
-                    vecs = spec.cosine_with
-                    vecs = vecs[:, L, :] if vecs.ndim == 3 else vecs
-                    store["cos"].setdefault(L, []).append(cosine_to(kept.detach().float(), vecs.float().to(h.device)).cpu())
-
-
-def _new_store() -> dict:
-    return {"res": {}, "attn": {}, "heads": {}, "cos": {}, "ref_norms": {}, "attn_out": {}, "mlp_out": {}}
-
-
-def _plan(model: Any, batch: Batch, injections, ablations, patches) -> InterventionPlan:
-    return InterventionPlan(model.arch, batch.size, injections, ablations, patches, dtype=model.dtype,
-                            device=model.device)
 
 
 def forward(
@@ -140,60 +34,34 @@ def forward(
     patches: Sequence[ResidualPatch] = (),
 ) -> Recording:
     """One batched forward pass with per-row injections, ablations, patches and recording."""
-    batch = _as_batch(model, prompts)
-    plan = _plan(model, batch, injections, ablations, patches)
+    batch = as_batch(model, prompts)
+    plan = make_plan(model, batch, injections, ablations, patches)
     spec = record if record is not None else RecordSpec(layers=[], residual=False, logits=True)
     rec_layers = model.arch.resolve_layers(spec.layers) if spec.layers != [] else []
-    with torch.no_grad(), _quiet_nnsight():
+    with torch.no_grad(), quiet_nnsight():
         with model.nn.trace(batch.inputs(model.device), **model.trace_kwargs):
-            store = _new_store()
-            _touch_layers(model, plan, spec, batch, 0, rec_layers, store)
+            store = StepStore()
+            touch_layers(model, plan, spec, batch, 0, rec_layers, store)
             if spec.logits:
                 logits = model.nn.output.logits
-                store["logits"] = (logits[:, -1:] if spec.last_token_only else logits).detach().cpu()
+                store.logits = (logits[:, -1:] if spec.last_token_only else logits).detach().cpu()
             store = nnsight.save(store)
-    return _to_recording(batch, plan, rec_layers, store, steps=False)
-
-
-def _to_recording(batch: Batch, plan: InterventionPlan, rec_layers: list[int], store: dict, steps: bool) -> Recording:
-    def first(d: dict) -> dict:
-        return {k: v[0] for k, v in d.items()}
-
-    rec = Recording(batch=batch, layers=rec_layers)
-    rec.residual, rec.attention = first(store["res"]), first(store["attn"])
-    rec.head_outputs, rec.cosine = first(store["heads"]), first(store["cos"])
-    rec.attn_out, rec.mlp_out = first(store["attn_out"]), first(store["mlp_out"])
-    rec.logits = store.get("logits")
-    rec.ref_norms = dict(store["ref_norms"])
-    rec.doses = plan.doses(rec.ref_norms)
-    if steps:
-        rec.steps = store  # type: ignore[attr-defined]
-    return rec
+    return store.recording(batch, plan, rec_layers)
 
 
 @dataclass
 class Generation:
-    """Generated continuations of a batch, with the injection doses and (optional) per-step recordings."""
+    """Generated continuations of a batch, with the injection doses and (optional) per-step recordings.
+
+    ``recording`` holds one ``Recording`` per forward pass that ran (the prefill ``[B, T, ...]``, then one
+    ``[B, 1, ...]`` per KV-cached decode step), the type ``forward`` returns; empty when nothing was recorded."""
 
     batch: Batch
     sequences: torch.Tensor  # [B, T + new] padded prompt + new tokens
     new_tokens: list[list[int]]  # per row, up to and excluding the first EOS
     texts: list[str]
     doses: list[list[float | None]]
-    recording: dict = field(default_factory=dict)  # per layer: list over steps of [B, S, ...] tensors
-
-
-def _eos_ids(model: Any) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(model.hf, "generation_config", None), model.config):
-        e = getattr(src, "eos_token_id", None) if src is not None else None
-        if isinstance(e, int):
-            ids.add(e)
-        elif isinstance(e, (list, tuple)):
-            ids.update(int(x) for x in e)
-    if model.tokenizer.eos_token_id is not None:
-        ids.add(int(model.tokenizer.eos_token_id))
-    return ids
+    recording: list[Recording] = field(default_factory=list)
 
 
 MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
@@ -220,7 +88,7 @@ class PrefixCache:
 def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
     """Prefill ``ids`` once (batch 1, no intervention) and keep its KV cache and per-layer residual norm sums.
 
-    The norms are read from each decoder layer's output (a forward hook), as ``_touch_layers`` reads
+    The norms are read from each decoder layer's output (a forward hook), as ``step.touch_layers`` reads
     them: HF's ``hidden_states[-1]`` is taken after the final norm, not at the last layer's output."""
     if model.remote:
         raise IntrospectError("prefix caching is local-only; run remote models without it")
@@ -231,7 +99,7 @@ def build_prefix_cache(model: Any, ids: Sequence[int]) -> PrefixCache:
 
     def hook(layer: int):
         def record(module: Any, args: Any, out: Any) -> None:
-            hs = _unwrap(out)[0][0, 1:].float().norm(dim=-1)
+            hs = layer_hidden(out)[0][0, 1:].float().norm(dim=-1)
             sums[layer] = (float(hs.sum()), float(hs.numel()))
         return record
 
@@ -286,8 +154,8 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ConfigError("max_new_tokens must be >= 1")
-    batch = _as_batch(model, prompts)
-    plan = _plan(model, batch, injections, ablations, ())
+    batch = as_batch(model, prompts)
+    plan = make_plan(model, batch, injections, ablations)
     if prefix is not None:
         generate_kwargs["cache"] = attach_prefix(prefix, batch, plan)  # transformers 5 name (past_key_values is deprecated)
     rec_layers = model.arch.resolve_layers(record.layers) if record is not None else []
@@ -302,22 +170,22 @@ def generate(
     # The store is saved in a second, empty invoke: when every row stops early (EOS), nnsight never runs
     # the code after `tracer.iter[...]` in the first one, so a save placed there would leave `store`
     # unbound (the crash of a short-answer `steer`). The loop has filled this same dict in place.
-    with torch.no_grad(), _quiet_nnsight():
+    with torch.no_grad(), quiet_nnsight():
         with model.nn.generate(**kwargs, **model.trace_kwargs) as tracer:
             with tracer.invoke(batch.inputs(model.device)):
-                store = _new_store()
+                store = StepStore()
                 for step in tracer.iter[:max_new_tokens]:
-                    _touch_layers(model, plan, record, batch, step, rec_layers, store)
+                    touch_layers(model, plan, record, batch, step, rec_layers, store)
             with tracer.invoke():
                 store = nnsight.save(store)
                 sequences = tracer.result.save()
     sequences = sequences.detach().cpu()
-    eos = _eos_ids(model)
+    eos = eos_ids(model)
     new_tokens, texts = [], []
     for r in range(batch.size):
         toks = sequences[r, batch.width:].tolist()
         cut = next((i for i, t in enumerate(toks) if t in eos), len(toks))
         new_tokens.append(toks[:cut])
         texts.append(model.tokenizer.decode(toks[:cut], skip_special_tokens=True))
-    recording = {k: v for k, v in store.items() if k != "ref_norms" and v}
-    return Generation(batch, sequences, new_tokens, texts, plan.doses(store["ref_norms"]), recording)
+    return Generation(batch, sequences, new_tokens, texts, plan.doses(store.ref_norms),
+                      store.recordings(batch, plan, rec_layers))

@@ -102,7 +102,7 @@ ALIASES = {"smollm2": "smollm2-135m-instruct", "gemma3-270m": "gemma-3-270m", "g
 _TMP_DIR = re.compile(rf".+\.(?:{OWNER_TAG_PATTERN}|tmp-){RANDOM_PART}")
 
 
-def _atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
+def atomic_dir_write(final: Path, write: Callable[[Path], None]) -> None:
     """Write a folder under a temporary name and rename it into place (no half-written caches).
 
     Export folders that a killed process left in the same cache folder (up to ~540 MB each) are
@@ -201,7 +201,7 @@ def export_embedded(alias: str) -> Path:
             json.dumps({"alias": alias, "gguf": str(gguf), "gguf_size": stat.st_size, "description": spec.description})
         )
 
-    _atomic_dir_write(final, write)
+    atomic_dir_write(final, write)
     return final
 
 

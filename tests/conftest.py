@@ -243,3 +243,24 @@ def tiny_tokenizer():
 @pytest.fixture
 def tiny_raw_tokenizer():
     return make_tiny_tokenizer(chat_template=False)
+
+
+# ---- test tiers -------------------------------------------------------------------------------------
+# `make test-fast` (-m "not integration and not browser"): tiny random models, no real model, no browser;
+# `make test-real` (-m "integration and not browser"): the real embedded model; `make test-browser` (-m browser):
+# pages rendered in headless Chromium. A test that takes a real-model fixture must be marked `integration`, or
+# the fast tier would load the real model behind its name; collection stops on such a test.
+REAL_FIXTURES = frozenset({"smol", "smol_eager", "smol_vectors"})
+
+
+def unmarked_real_tests(items) -> list[str]:
+    """Test ids that use a real-model fixture without the ``integration`` marker."""
+    return [it.nodeid for it in items if REAL_FIXTURES & set(getattr(it, "fixturenames", ()))
+            and it.get_closest_marker("integration") is None]
+
+
+def pytest_collection_modifyitems(config, items):
+    bad = unmarked_real_tests(items)
+    if bad:
+        raise pytest.UsageError("tests that use the real model must be marked integration (the fast tier would "
+                                "load it): " + ", ".join(bad[:10]))

@@ -72,7 +72,8 @@ def _reference(m, reqs, temperature=0.0):
 
 def _set_eos(monkeypatch, ids):
     ids = set(int(i) for i in ids)
-    monkeypatch.setattr(execution, "_eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(cont_mod, "eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(execution, "eos_ids", lambda model: set(ids))
 
 
 def _doses_close(a, b, rel=1e-5):

@@ -33,6 +33,7 @@ from introspect_mech.interventions import (DirectionAblation, HeadAblation, Inte
                                            ResidualPatch)
 from introspect_mech.prompts import render
 from introspect_mech.runner import Trial, TrialInput, run_sweep
+from introspect_mech.step import eos_ids
 
 from _real import smol, smol_vectors  # noqa: F401
 from conftest import TINY_ARCHS
@@ -54,13 +55,13 @@ N = 10  # full generation length of the tiny-tier reference runs
 LIMITS = [3, 7, 1, 10, 2]  # per-row max_new_tokens: row 2 leaves after step 0, row 4 after step 1, ...
 
 
-def _prompts(m):
+def prompts_for(m):
     ps = [render(m.tokenizer, [{"role": "user", "content": t}]) for t in TEXTS]
     assert len({len(p) for p in ps}) == len(ps), "rows must differ in length so that left padding is exercised"
     return ps
 
 
-def _injections(m, prompts):
+def injections_for(m, prompts):
     """One row per kind of window, plus a clean row and a scale-mode row (layers differ between rows)."""
     L = [len(p) for p in prompts]
     g = torch.Generator().manual_seed(7)
@@ -85,15 +86,15 @@ def _ablations(m):
     ]
 
 
-def _cut(tokens, eos):
+def cut_at_eos(tokens, eos):
     return next((tokens[:i] for i, t in enumerate(tokens) if t in eos), list(tokens))
 
 
 def _set_eos(monkeypatch, ids):
     """Make both decoders (and the cut of ``execution.generate``) treat ``ids`` as the EOS tokens."""
     ids = set(int(i) for i in ids)
-    monkeypatch.setattr(decode_mod, "_eos_ids", lambda model: set(ids))
-    monkeypatch.setattr(execution, "_eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(decode_mod, "eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(execution, "eos_ids", lambda model: set(ids))
 
 
 def _doses_equal(a, b, rel=1e-6):
@@ -115,15 +116,15 @@ def _doses_equal(a, b, rel=1e-6):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_greedy_equals_hf_generate_on_left_padded_batch(tiny_model_of, arch):
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
-    injs = _injections(m, prompts)
+    prompts = prompts_for(m)
+    injs = injections_for(m, prompts)
     ref = generate(m, prompts, injs, max_new_tokens=N)
     got = generate_compact(m, prompts, injs, max_new_tokens=N)
     assert [len(t) for t in ref.new_tokens] == [N] * len(prompts), "a tiny model emitted EOS; pick other prompts"
     assert got.new_tokens == ref.new_tokens
     assert got.texts == ref.texts
     assert torch.equal(got.sequences, ref.sequences)
-    assert got.batch.size == len(prompts) and got.recording == {}
+    assert got.batch.size == len(prompts) and got.recording == []
     _doses_equal(got.doses, ref.doses)
     assert got.doses[2] == [] and got.doses[4] == [pytest.approx(1.0)] and len(got.doses[3]) == 2
     # the injections that reach generated tokens change them (so the equality above is informative)
@@ -137,8 +138,8 @@ def test_greedy_equals_hf_generate_on_left_padded_batch(tiny_model_of, arch):
 def test_per_row_limits_keep_the_remaining_rows_right(tiny_model_of, arch):
     """Rows leave after 1, 2, 3 and 7 steps; each row is the prefix of its full-length greedy run."""
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
-    injs = _injections(m, prompts)
+    prompts = prompts_for(m)
+    injs = injections_for(m, prompts)
     full = generate(m, prompts, injs, max_new_tokens=N)
     got = generate_compact(m, prompts, injs, max_new_tokens=LIMITS)
     assert [len(t) for t in got.new_tokens] == LIMITS
@@ -164,8 +165,8 @@ def test_per_row_limits_keep_the_remaining_rows_right(tiny_model_of, arch):
 def test_ablations_survive_rows_leaving(tiny_model_of, arch):
     """Head, MLP and direction ablations with explicit rows stay on the right rows as the batch shrinks."""
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
-    injs = _injections(m, prompts)
+    prompts = prompts_for(m)
+    injs = injections_for(m, prompts)
     abl = _ablations(m)
     full = generate(m, prompts, injs, max_new_tokens=N, ablations=abl)
     got = generate_compact(m, prompts, injs, max_new_tokens=LIMITS, ablations=abl)
@@ -183,7 +184,7 @@ def _pick_eos(ref: list[list[int]]):
     for r in (0, 1, 3, 4):
         for s in range(1, N - 1):
             eos = {y, ref[r][s]}
-            lens = [len(_cut(t, eos)) for t in ref]
+            lens = [len(cut_at_eos(t, eos)) for t in ref]
             if lens[2] == 0 and any(0 < n < N - 1 for n in lens) and any(n == N for n in lens):
                 return eos
     return None
@@ -193,12 +194,12 @@ def _pick_eos(ref: list[list[int]]):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forced_eos_drops_rows_and_the_others_continue(tiny_model_of, arch, monkeypatch):
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
-    injs = _injections(m, prompts)
+    prompts = prompts_for(m)
+    injs = injections_for(m, prompts)
     ref = generate(m, prompts, injs, max_new_tokens=N).new_tokens
     eos = _pick_eos(ref)
     assert eos is not None, "no usable EOS candidate in the reference run"
-    expect = [_cut(t, eos) for t in ref]
+    expect = [cut_at_eos(t, eos) for t in ref]
     _set_eos(monkeypatch, eos)
     got = generate_compact(m, prompts, injs, max_new_tokens=N)
     assert got.new_tokens == expect
@@ -219,8 +220,8 @@ def test_forced_eos_drops_rows_and_the_others_continue(tiny_model_of, arch, monk
 @pytest.mark.parametrize("arch", ARCHS)
 def test_min_new_tokens_blocks_early_eos(tiny_model_of, arch, monkeypatch):
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
-    injs = _injections(m, prompts)
+    prompts = prompts_for(m)
+    injs = injections_for(m, prompts)
     ref = generate(m, prompts, injs, max_new_tokens=N).new_tokens
     eos = {t[0] for t in ref}  # every row would stop at step 0
     _set_eos(monkeypatch, eos)
@@ -239,7 +240,7 @@ def test_min_new_tokens_blocks_early_eos(tiny_model_of, arch, monkeypatch):
 @tiny
 def test_bad_limits_and_remote_are_refused(tiny_model_of):
     m = tiny_model_of("llama")
-    prompts = _prompts(m)[:2]
+    prompts = prompts_for(m)[:2]
     with pytest.raises(ConfigError, match="max_new_tokens"):
         generate_compact(m, prompts, max_new_tokens=[3])
     with pytest.raises(ConfigError, match=">= 1"):
@@ -257,8 +258,8 @@ def test_bad_limits_and_remote_are_refused(tiny_model_of):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_sampling_is_reproducible_from_the_seed(tiny_model_of, arch):
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
-    injs = _injections(m, prompts)
+    prompts = prompts_for(m)
+    injs = injections_for(m, prompts)
     kw = dict(max_new_tokens=LIMITS, temperature=1.0)
     torch.manual_seed(0)
     a = generate_compact(m, prompts, injs, seed=11, **kw)
@@ -279,7 +280,7 @@ def test_sampling_is_reproducible_from_the_seed(tiny_model_of, arch):
 def test_first_sampled_token_follows_the_softmax(tiny_model_of):
     """Plain sampling at temperature T: the first token's frequency matches softmax(logits / T)."""
     m = tiny_model_of("llama")
-    p = _prompts(m)[0]
+    p = prompts_for(m)[0]
     T, n = 0.7, 400
     logits = execution.forward(m, [p]).logits[0, -1].double()
     probs = torch.softmax(logits / T, -1)
@@ -287,7 +288,7 @@ def test_first_sampled_token_follows_the_softmax(tiny_model_of):
     pt = float(probs[top])
     got = generate_compact(m, [p] * n, max_new_tokens=1, temperature=T, seed=3)
     firsts = [t[0] if t else -1 for t in got.new_tokens]  # a sampled EOS leaves the row empty
-    key = -1 if top in execution._eos_ids(m) else top
+    key = -1 if top in eos_ids(m) else top
     freq = firsts.count(key) / n
     assert abs(freq - pt) < 5 * (pt * (1 - pt) / n) ** 0.5 + 1e-9, (freq, pt)
     assert len(set(firsts)) > 1
@@ -391,7 +392,7 @@ def test_plan_select_rows_remaps_and_drops_ablations(tiny_model_of):
 @tiny
 def test_batch_select_rows(tiny_model_of):
     m = tiny_model_of("qwen2")
-    b = make_batch(m.tokenizer, _prompts(m)[:4])
+    b = make_batch(m.tokenizer, prompts_for(m)[:4])
     s = b.select_rows([2, 0])
     assert s.width == b.width and s.size == 2
     for name in ("input_ids", "attention_mask", "pad", "lengths"):
@@ -470,7 +471,7 @@ class TinySweep:
         return TrialInput(p, injs, max_new_tokens=3 if i % 3 else 8, info={"i": i})
 
 
-def _records(out):
+def read_records(out):
     recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines() if x.strip()]
     return {r["trial_id"]: (r["response"], r["n_new_tokens"], r["max_new_tokens"], r["dose"]) for r in recs}
 
@@ -512,9 +513,9 @@ def test_run_sweep_compact_equals_hf_and_records_the_method(tiny_model_of, tmp_p
     assert calls == {"compact": 4, "hf": 4}
     for name, method in (("hf", "hf"), ("compact", "compact"), ("default", "continuous")):
         assert json.loads((tmp_path / name / "manifest.json").read_text())["decode"] == method
-    a, b = _records(tmp_path / "hf"), _records(tmp_path / "compact")
+    a, b = read_records(tmp_path / "hf"), read_records(tmp_path / "compact")
     assert len(a) == 8 and a == b  # greedy: same replies, lengths and doses
-    c = _records(tmp_path / "default")  # same replies; doses equal up to float rounding (other matrix shapes)
+    c = read_records(tmp_path / "default")  # same replies; doses equal up to float rounding (other matrix shapes)
     assert {k: v[:3] for k, v in c.items()} == {k: v[:3] for k, v in a.items()}
     for k, v in c.items():
         assert (v[3] is None) == (a[k][3] is None) and (v[3] is None or v[3] == pytest.approx(a[k][3], rel=1e-5))
@@ -528,17 +529,17 @@ def test_run_sweep_resume_keeps_the_decode_method(tiny_model_of, tmp_path, monke
     kw = dict(batch_size=3, temperature=1.0, seed=5, progress=False)
     out = tmp_path / "run"
     run_sweep(TinySweep(), m, out, decode="compact", max_batches=1, **kw)
-    assert len(_records(out)) == 3 and calls == {"compact": 1, "hf": 0}
+    assert len(read_records(out)) == 3 and calls == {"compact": 1, "hf": 0}
     with pytest.raises(ArtifactError, match=r"decode \(stored 'compact', this command 'hf'\)"):
         run_sweep(TinySweep(), m, out, decode="hf", **kw)
-    assert len(_records(out)) == 3 and calls == {"compact": 1, "hf": 0}  # nothing ran
+    assert len(read_records(out)) == 3 and calls == {"compact": 1, "hf": 0}  # nothing ran
     res = run_sweep(TinySweep(), m, out, decode=None, **kw)  # resumes with the stored method
     assert res.n_done_before == 3 and res.n_generated == 5
     assert calls == {"compact": 4, "hf": 0}
     assert json.loads((out / "manifest.json").read_text())["decode"] == "compact"
     # sampled, seeded per batch: the resumed run equals an uninterrupted one
     run_sweep(TinySweep(), m, tmp_path / "whole", decode="compact", **kw)
-    assert _records(out) == _records(tmp_path / "whole")
+    assert read_records(out) == read_records(tmp_path / "whole")
 
 
 @tiny
@@ -556,7 +557,7 @@ def test_run_sweep_old_manifest_without_decode_resumes_with_hf(tiny_model_of, tm
         run_sweep(TinySweep(), m, out, decode="compact", **kw)
     run_sweep(TinySweep(), m, out, decode=None, **kw)
     assert calls == {"compact": 0, "hf": 4}
-    assert len(_records(out)) == 8
+    assert len(read_records(out)) == 8
 
 
 @tiny

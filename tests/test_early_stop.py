@@ -29,20 +29,20 @@ from introspect_mech.prompts import render
 from introspect_mech.record import RecordSpec
 
 from conftest import EXTRA_ARCHS
-from test_decode_compact import N, _injections, _prompts  # prompts known not to emit EOS in N steps
+from test_decode_compact import N, injections_for, prompts_for  # prompts known not to emit EOS in N steps
 
 ARCHS = ("llama", "gemma3", "qwen2", "gpt2")
 
 
 def _setup(m):
-    prompts = _prompts(m)
-    return prompts, _injections(m, prompts)
+    prompts = prompts_for(m)
+    return prompts, injections_for(m, prompts)
 
 
 def _force_eos(monkeypatch, ids):
     ids = {int(i) for i in ids}
-    monkeypatch.setattr(decode_mod, "_eos_ids", lambda model: set(ids))
-    monkeypatch.setattr(execution, "_eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(decode_mod, "eos_ids", lambda model: set(ids))
+    monkeypatch.setattr(execution, "eos_ids", lambda model: set(ids))
     return sorted(ids)
 
 
@@ -79,10 +79,10 @@ def test_all_rows_stop_at_the_same_early_step(tiny_model_of, arch, path, tempera
     assert got.texts == [m.tokenizer.decode(t, skip_special_tokens=True) for t in expect]
     assert got.doses == ref.doses and got.doses[0][0] is not None and got.doses[2] == []
     if with_record:  # one recorded entry per forward pass that ran: the prefill, plus one per decode step
-        steps = got.recording["res"][1]
+        steps = [s.residual[1] for s in got.recording]
         assert len(steps) == stop_at + 1
         assert steps[0].shape[:2] == (len(prompts), got.batch.width)
-        for a, b in zip(steps, ref.recording["res"][1]):
+        for a, b in zip(steps, [s.residual[1] for s in ref.recording]):
             assert torch.equal(a, b)
 
 
@@ -140,8 +140,8 @@ def test_all_rows_stop_early_through_ndif_serialization(tiny_model_of, arch, mon
     local = _run("hf", m, prompts, injs, 0.0, record, eos=eos)
     remote = _run("hf", sim, prompts, injs, 0.0, record, eos=eos)
     assert remote.new_tokens == local.new_tokens and max(len(t) for t in local.new_tokens) <= 1
-    assert len(remote.recording["res"][1]) == len(local.recording["res"][1])
-    for a, b in zip(remote.recording["res"][1], local.recording["res"][1]):
+    assert len(remote.recording) == len(local.recording)
+    for a, b in zip([s.residual[1] for s in remote.recording], [s.residual[1] for s in local.recording]):
         assert torch.equal(a, b)
 
 

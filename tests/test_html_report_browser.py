@@ -13,7 +13,7 @@ import pytest
 from browser import render_page
 from introspect_mech.plots import browser_path
 
-pytestmark = [pytest.mark.integration,
+pytestmark = [pytest.mark.integration, pytest.mark.browser,
               pytest.mark.skipif(browser_path() is None, reason="needs Chromium (installed by `make install`)")]
 
 

@@ -21,7 +21,10 @@ from browser import render_page
 from introspect_mech.html_report import script_json
 from introspect_mech.plots import browser_path
 
-browser = pytest.mark.skipif(browser_path() is None, reason="needs Chromium (installed by `make install`)")
+def browser(test):
+    """A test that renders a page in headless Chromium: the browser tier, skipped where Chromium is missing."""
+    needs = pytest.mark.skipif(browser_path() is None, reason="needs Chromium (installed by `make install`)")
+    return pytest.mark.browser(needs(test))
 
 
 def P(field: str) -> str:

@@ -576,7 +576,7 @@ def _check_steps(gen, r, caps):
     """Per-step recordings of row ``r`` equal the reference's per-call layer outputs."""
     pad = int(gen.batch.pad[r])
     for L, calls in caps.items():
-        steps = gen.recording["res"][L]
+        steps = [s.residual[L] for s in gen.recording]
         assert len(steps) >= len(calls) >= 1
         assert maxdiff(steps[0][r, pad:], calls[0][0]) <= TOL, (r, L, 0)  # prefill [B, Tpad, d]
         for k in range(1, len(calls)):
@@ -595,7 +595,7 @@ def test_generate_injection_through_generated_tokens(tiny_model, clean):
                    max_new_tokens=n, record=RecordSpec(layers=[L, 2]))
     assert _generated(gen, 0, len(want)) == want
     assert gen.new_tokens[0] == [t for t in want if t not in eos_ids(tiny_model)]
-    assert gen.recording["res"][L][0].shape == (1, len(p), tiny_model.arch.d_model)
+    assert gen.recording[0].residual[L].shape == (1, len(p), tiny_model.arch.d_model)
     _check_steps(gen, 0, caps)
     # planted: injecting in the prompt only (not at decode steps) is a different computation
     _, prompt_only = greedy_reference(tiny_model, p, n, (L, a, len(p), inject[3]), capture=(L,))
@@ -684,4 +684,4 @@ def test_generate_survives_every_row_stopping_before_max_new_tokens(tiny_model, 
                    record=RecordSpec(layers=[L]))
     assert gen.sequences.shape[1] == gen.batch.width + 1  # stopped after one step of six
     assert gen.doses[1][0] == 0.0 and gen.doses[0] == []
-    assert gen.recording["res"][L][0].shape[:2] == (2, len(p))
+    assert gen.recording[0].residual[L].shape[:2] == (2, len(p))

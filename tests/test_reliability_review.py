@@ -20,7 +20,7 @@ from introspect_mech.errors import ArtifactError, ConfigError, StrengthError
 from introspect_mech.inject import Injection, Window
 from introspect_mech.runner import run_sweep
 
-from test_decode_compact import TinySweep, _records
+from test_decode_compact import TinySweep, read_records
 
 from _real import smol  # noqa: F401
 
@@ -81,7 +81,7 @@ def test_huge_batch_size_and_odd_folder_names_work(tiny_model_of, tmp_path):
     m = tiny_model_of("llama")
     out = tmp_path / "with space" / "and 'quote' ünï"
     res = run_sweep(TinySweep(), m, out, **{**KW, "batch_size": 99999999999999999999})
-    assert res.n_generated == 8 and len(_records(out)) == 8
+    assert res.n_generated == 8 and len(read_records(out)) == 8
 
 
 def test_duplicate_layers_and_strengths_are_listed_once(tiny_model_of):

@@ -4,7 +4,7 @@ this package shipped by value), on tiny models: same results as local execution.
 ``execution.forward`` and ``execution.generate`` are the only traces that can run remotely (the compact
 and continuous decode loops and the prefix cache are local-only, refused for remote models). What
 differs between traces is what runs *inside* them: which recordings and which interventions
-``_touch_layers`` takes on, the packed 4-D mask of reply scoring, the decode loop of ``generate``.
+``step.touch_layers`` takes on, the packed 4-D mask of reply scoring, the decode loop of ``generate``.
 ``KINDS`` holds one entry per call site of ``forward``/``generate`` in the package and the analyses,
 calling it with the same record spec and intervention types as that site; ``test_every_call_site_is
 _covered`` scans the sources so that a new call site cannot skip this test. (A comment line inside a

@@ -8,9 +8,9 @@ import torch
 import introspect_mech as im
 from introspect_mech.errors import IntrospectError
 
-from introspect_mech.execution import _eos_ids
+from introspect_mech.step import eos_ids
 
-from test_decode_compact import N, _cut, _prompts
+from test_decode_compact import N, cut_at_eos, prompts_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("window", ["all", "from", "span"])
 def test_steer_around_hf_generate_equals_im_generate(tiny_model_of, arch, window):
     m = tiny_model_of(arch)
-    prompts = _prompts(m)
+    prompts = prompts_for(m)
     v = torch.randn(m.arch.d_model, generator=torch.Generator().manual_seed(3))
     w = {"all": im.Window.all(), "from": im.Window.from_position(4), "span": im.Window.span(2, 6)}[window]
     inj = im.Injection(v, 1, 3.0, w)
@@ -28,12 +28,12 @@ def test_steer_around_hf_generate_equals_im_generate(tiny_model_of, arch, window
     with im.steer(m, inj):
         out = m.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=N,
                             do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
-    eos = _eos_ids(m)
-    got = [_cut(out[r, batch.width:].tolist(), eos) for r in range(batch.size)]
+    eos = eos_ids(m)
+    got = [cut_at_eos(out[r, batch.width:].tolist(), eos) for r in range(batch.size)]
     assert got == ref.new_tokens
     clean = m.hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=N,
                           do_sample=False, pad_token_id=m.tokenizer.pad_token_id)
-    clean = [_cut(clean[r, batch.width:].tolist(), eos) for r in range(batch.size)]
+    clean = [cut_at_eos(clean[r, batch.width:].tolist(), eos) for r in range(batch.size)]
     assert clean == im.generate(m, prompts, None, max_new_tokens=N).new_tokens  # the hooks are gone
     if window != "span":  # (a span inside the prompt may leave greedy tokens unchanged)
         assert clean != got  # the block did steer
@@ -41,7 +41,7 @@ def test_steer_around_hf_generate_equals_im_generate(tiny_model_of, arch, window
 
 def test_steer_forward_logits_equal_im_forward(tiny_model_of):
     m = tiny_model_of("llama")
-    prompts = _prompts(m)
+    prompts = prompts_for(m)
     inj = im.Injection(torch.randn(m.arch.d_model), 2, 2.0, im.Window.from_position(3))
     ref = im.forward(m, prompts, [inj] * len(prompts))
     b = ref.batch

@@ -22,7 +22,7 @@ from introspect_mech.errors import ArtifactError, ConfigError
 from introspect_mech.runner import run_sweep
 from introspect_mech.store import ResultStore, RunLock, check_out_dir
 
-from test_decode_compact import TinySweep, _records
+from test_decode_compact import TinySweep, read_records
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 KW = dict(batch_size=3, temperature=1.0, seed=5, progress=False)
@@ -125,7 +125,7 @@ def test_two_sweeps_into_one_folder(tiny_model_of, tmp_path):
             run_sweep(TinySweep(), m, out, **KW)
     assert not (out / "results.jsonl").exists()
     run_sweep(TinySweep(), m, out, **KW)
-    assert len(_records(out)) == 8
+    assert len(read_records(out)) == 8
 
 
 def test_failed_write_is_cut_back_and_resume_equals_uninterrupted(tiny_model_of, tmp_path, monkeypatch):
@@ -147,10 +147,10 @@ def test_failed_write_is_cut_back_and_resume_equals_uninterrupted(tiny_model_of,
     with pytest.raises(ArtifactError, match="disk is full.*3 trials are stored safely"):
         run_sweep(TinySweep(), m, out, **KW)
     monkeypatch.setattr(store_mod.os, "write", real_write)
-    assert (out / "results.jsonl").read_bytes().endswith(b"\n") and len(_records(out)) == 3
+    assert (out / "results.jsonl").read_bytes().endswith(b"\n") and len(read_records(out)) == 3
     run_sweep(TinySweep(), m, out, **KW)
     run_sweep(TinySweep(), m, tmp_path / "whole", **KW)
-    assert _records(out) == _records(tmp_path / "whole")
+    assert read_records(out) == read_records(tmp_path / "whole")
 
 
 @pytest.mark.parametrize("decode", ["hf", "compact"])
@@ -174,7 +174,7 @@ def test_partly_stored_batch_is_regenerated_whole(tiny_model_of, tmp_path, decod
     (cut / "results.jsonl").write_bytes(b"".join(kept) + torn)
     res = run_sweep(TinySweep(), m, cut, **kw)
     assert res.n_done_before == len(kept) and res.n_generated == 8 - len(kept)
-    assert _records(cut) == _records(whole)
+    assert read_records(cut) == read_records(whole)
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def test_missing_manifest_with_stored_trials_is_refused(tiny_model_of, tmp_path)
     (out / "manifest.json").unlink()
     with pytest.raises(ArtifactError, match="3 trials but .*manifest.json is missing"):
         run_sweep(TinySweep(), m, out, **{**KW, "seed": 1, "temperature": 0.0})
-    assert len(_records(out)) == 3
+    assert len(read_records(out)) == 3
 
 
 def test_records_made_under_other_settings_are_refused(tiny_model_of, tmp_path):
@@ -267,7 +267,7 @@ def test_bad_run_options_leave_nothing_behind(tiny_model_of, tmp_path, kw, match
         run_sweep(TinySweep(), m, out, **{**KW, **kw})
     assert not out.exists()
     run_sweep(TinySweep(), m, out, **KW)
-    assert len(_records(out)) == 8
+    assert len(read_records(out)) == 8
 
 
 class _Dupes(TinySweep):

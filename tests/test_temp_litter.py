@@ -130,8 +130,8 @@ def fake_embedded(tmp_path, monkeypatch):
 
         real_atomic_dir_write(final, fake_write)
 
-    real_atomic_dir_write = models._atomic_dir_write
-    monkeypatch.setattr(models, "_atomic_dir_write", export)
+    real_atomic_dir_write = models.atomic_dir_write
+    monkeypatch.setattr(models, "atomic_dir_write", export)
     return exports
 
 
@@ -141,11 +141,11 @@ def test_export_folders_left_by_a_killed_export_are_removed_on_the_next_load(tmp
     models_dir = final.parent
     w = Writer(f"""
         from pathlib import Path
-        from introspect_mech.models import _atomic_dir_write
+        from introspect_mech.models import atomic_dir_write
         def write(tmp):
             (Path(tmp) / "model.safetensors").write_bytes(b"\\0" * 4096)
             hold()
-        _atomic_dir_write(Path({str(final)!r}), write)
+        atomic_dir_write(Path({str(final)!r}), write)
     """)
     litter = [p for p in models_dir.iterdir() if ".tmp-" in p.name]
     assert len(litter) == 1 and (litter[0] / "model.safetensors").exists()

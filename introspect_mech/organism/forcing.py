@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..inject import Injection
 from ..interventions import InterventionPlan
+from ..step import layer_hidden
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -108,10 +109,6 @@ def make_forced_batch(rows: Sequence[tuple[Sequence[int], Sequence[int]]], injec
     return ForcedBatch(torch.tensor(seqs[0][:P], dtype=torch.long), suffix, mask, labels, list(injections))
 
 
-def _unwrap(out: Any) -> tuple[torch.Tensor, bool]:
-    return (out[0], True) if isinstance(out, tuple) else (out, False)
-
-
 @contextmanager
 def injection_hooks(model: Model, plan: InterventionPlan, positions: torch.Tensor) -> Iterator[None]:
     """Forward hooks that apply ``plan`` at its injection layers, for tokens at unpadded ``positions`` ``[B, T]``.
@@ -122,7 +119,7 @@ def injection_hooks(model: Model, plan: InterventionPlan, positions: torch.Tenso
 
     def make(layer: int):
         def hook(_module, _inputs, output):
-            h, is_tuple = _unwrap(output)
+            h, is_tuple = layer_hidden(output)
             h2 = plan.apply_residual(layer, h, positions.to(h.device), prefill=True)
             return (h2,) + tuple(output[1:]) if is_tuple else h2
         return hook
