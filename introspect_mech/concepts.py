@@ -109,6 +109,11 @@ class ConceptVectors:
     def get(self, word: str, layer: int) -> torch.Tensor:
         return self.vectors[self._word_index(word), self._layer_index(layer)]
 
+    def __contains__(self, word: object) -> bool:
+        """``"dust" in vecs``: whether a vector was extracted for the word (case-insensitive), without the
+        error ``get`` raises — for callers that choose words by what a file holds."""
+        return isinstance(word, str) and word.strip().lower() in self._index
+
     def stack(self, words: Sequence[str] | None = None) -> torch.Tensor:
         """``[K, n_layers, d]`` for ``RecordSpec(cosine_with=...)`` (layers must be all model layers)."""
         idx = [self._word_index(w) for w in (words or self.words)]
