@@ -218,6 +218,22 @@ def _truncated_model(tmp: Path) -> str:
         (dst / "model.safetensors").write_bytes(f.read(1_000_000))
     return str(dst)
 
+def _damaged_adapter(tmp: Path, meta: object) -> str:
+    """An adapter folder with valid (tiny) weights and this adapter.json (the checksum covers only the weights)."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp / "org"
+    d.mkdir()
+    save_file({"w": torch.zeros(1)}, str(d / "adapter.safetensors"))
+    (d / "adapter.json").write_text(json.dumps(meta))
+    return str(d)
+
+
+_ADAPTER_META = {"format": "introspect_mech.organism.adapter/1", "base_model": {"fingerprint": "x"},
+                 "lora": {"rank": 16, "alpha": 32.0, "layers": [20], "target_modules": ["q_proj"]}}
+
+
 def _jsonl(tmp: Path, name: str, *lines: str) -> str:
     """A labelled-data file with these lines (for the calibrate cases)."""
     (tmp / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -390,6 +406,12 @@ CASES: list[Case] = [
     Case("--adapter folder that does not exist", lambda t: S + ["--adapter", str(t / "no-adapter")],
          "organism train"),
     Case("--adapter that is a plain file", lambda t: S + ["--adapter", _a_file(t)], "does not exist"),
+    Case("--adapter whose adapter.json is a JSON list", lambda t: S + ["--adapter", _damaged_adapter(t, [1, 2])],
+         "not an organism adapter"),
+    Case("--adapter whose adapter.json has 'base_model' as a string", lambda t: S + ["--adapter", _damaged_adapter(
+        t, {**_ADAPTER_META, "base_model": "smollm2"})], "'base_model' must be an object"),
+    Case("--adapter whose adapter.json 'lora' has an unknown key", lambda t: S + ["--adapter", _damaged_adapter(
+        t, {**_ADAPTER_META, "lora": {**_ADAPTER_META["lora"], "dropout": 0.1}})], "'lora' must be an object"),
     Case("organism injection layers with no layer above to adapt",
          lambda t: ["organism", "train", "--out", str(t / "r"), "--layers", "25-29"], "leave no layer above"),
     Case("organism dose range reversed", lambda t: ["organism", "train", "--out", str(t / "r"), "--dose", "0.9,0.2"],
