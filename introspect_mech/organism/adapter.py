@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ class LoraSpec:
     target_modules: list[str] = field(default_factory=list)
 
     def validate(self, n_layers: int) -> None:
-        if self.rank < 1 or self.alpha <= 0:
+        if self.rank < 1 or not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ConfigError(f"LoRA rank must be >= 1 and alpha > 0, got rank {self.rank}, alpha {self.alpha}")
         if not self.layers or any(not 0 <= L < n_layers for L in self.layers):
             raise ConfigError(f"LoRA layers {self.layers} must be a non-empty subset of 0..{n_layers - 1}")
