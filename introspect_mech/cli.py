@@ -195,6 +195,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.compare is not None and not args.compare:
+        raise ConfigError("--compare names no run; pass the run folders to put beside this one (or drop --compare)")
     out = write_report(args.run, grader=args.grader, figures_dir=args.figures_dir, png=not args.no_png,
                        judge_url=args.judge_url, compare=args.compare or ())
     print(out["table"])

@@ -94,6 +94,15 @@ def _orphan_results(tmp: Path) -> str:
     return str(d)
 
 
+def _other_run(tmp: Path) -> str:
+    """A second Exp 1 run folder beside ``_run_dir_with``'s (for the --compare cases)."""
+    d = tmp / "other"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps(_M1))
+    (d / "results.jsonl").write_text(json.dumps(_exp1_record()) + "\n")
+    return str(d)
+
+
 def _a_file(tmp: Path) -> str:
     (tmp / "afile").write_text("x")
     return str(tmp / "afile")
@@ -289,6 +298,16 @@ CASES: list[Case] = [
     Case("results file with no trials yet", lambda t: ["report", _run_dir(t, "")], "no trials"),
     Case("unknown grader", lambda t: ["report", _run_dir(t, '{"trial_id": "a"}\n'), "--grader", "magic"],
          "unknown grader"),
+    Case("report --compare with the reported run itself", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]),
+                                                                   "--compare", str(t / "run") + "/"],
+         "is the run being reported already"),
+    Case("report --compare listing a run twice", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]),
+                                                           "--compare", _other_run(t), str(t / "other")],
+         "list each run once"),
+    Case("report --compare naming no run", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]), "--compare"],
+         "--compare names no run"),
+    Case("report --compare with a folder that is not a run", lambda t: ["report", _run_dir_with(t, _M1, [
+        _exp1_record()]), "--compare", str(t / "missing")], "--compare"),
     Case("tokenizer without a chat template, chat format requested", None, "fmt='raw'", _no_template),
     Case("LLM judge without an API key", None, "OPENAI_API_KEY", _judge_without_key),
     Case("injection vector of the wrong dimension", None, "d_model", _mismatched_vector),
