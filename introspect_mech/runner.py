@@ -355,6 +355,34 @@ def _differences(old: dict, new: dict) -> list[str]:
     return out
 
 
+RUN_FLAGS = {"batch_size": "--batch-size", "temperature": "--temperature", "seed": "--seed", "decode": "--decode"}
+
+
+def _resume_options(old: dict, new: dict) -> str:
+    """The command-line options that resume the stored run, for each setting that differs: ``--batch-size 2
+    --decode continuous`` (config fields by their experiment's flag; the model by --model/--adapter)."""
+    from .experiments import registry
+    from .experiments.options import _shown, cli_options
+
+    name = new.get("experiment")  # an experiment outside the registry (a Python-API sweep) has no flags
+    known = {s.name for s in registry.specs()}
+    flags = {o.field: o.flag for o in cli_options(registry.get(name).config)} if name in known else {}
+    out = []
+    for k in RESUME_KEYS:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k in RUN_FLAGS and a is not None:
+            out.append(f"{RUN_FLAGS[k]} {_shown(a)}")
+        elif k == "model_fingerprint":
+            out.append("the same --model/--adapter")
+        elif k == "config" and isinstance(a, dict) and isinstance(b, dict):
+            for f in sorted(set(a) | set(b)):
+                if a.get(f) != b.get(f) and f in flags:
+                    out.append(f"{flags[f]} {_shown(a.get(f))}" if a.get(f) is not None else f"no {flags[f]}")
+    return " ".join(out)
+
+
 def _check_context(experiment: Experiment, model: Any, trials: Sequence[Trial]) -> None:
     """Every prompt plus its reply must fit the model's context; checked on one trial per prompt."""
     ctx = getattr(model, "context_length", None)
@@ -474,8 +502,10 @@ def run_sweep(
                                     "are unknown; restore the manifest, or move the run folder aside and start afresh")
             diff = _differences(_stored_settings(old), settings)
             if diff:
+                fix = _resume_options(_stored_settings(old), settings)
                 raise ArtifactError(f"{out} holds a run with other settings: {'; '.join(diff)}. Resume it with the "
-                                    "same options (and package version), or pass a new --out")
+                                    f"same options{f' ({fix})' if fix else ''} (and package version), or pass a new "
+                                    "--out")
             if any("run_key" not in r for r in records):
                 raise ArtifactError(f"{rpath} was written by an older introspect_mech that did not record each "
                                     "trial's settings; finish it with that version, or pass a new --out")
