@@ -242,12 +242,20 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the toolkit's error format: one line starting ``error:`` that names the option and points to
+    ``--help`` (exit status 2), instead of a usage block then ``PROG: error: ...`` (subcommands inherit the class)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import registry
     from .experiments.options import SYSTEM_HELP, add_config_arguments
     from .grading.factory import JUDGE_HELP
 
-    parser = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="introspect-mech", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("vectors", help="extract concept vectors (mean subtraction) and save them")

@@ -362,7 +362,7 @@ def _resume_options(old: dict, new: dict) -> str:
     """The command-line options that resume the stored run, for each setting that differs: ``--batch-size 2
     --decode continuous`` (config fields by their experiment's flag; the model by --model/--adapter)."""
     from .experiments import registry
-    from .experiments.options import _shown, cli_options
+    from .experiments.options import as_option_text, cli_options
 
     name = new.get("experiment")  # an experiment outside the registry (a Python-API sweep) has no flags
     known = {s.name for s in registry.specs()}
@@ -373,13 +373,13 @@ def _resume_options(old: dict, new: dict) -> str:
         if a == b:
             continue
         if k in RUN_FLAGS and a is not None:
-            out.append(f"{RUN_FLAGS[k]} {_shown(a)}")
+            out.append(f"{RUN_FLAGS[k]} {as_option_text(a)}")
         elif k == "model_fingerprint":
             out.append("the same --model/--adapter")
         elif k == "config" and isinstance(a, dict) and isinstance(b, dict):
             for f in sorted(set(a) | set(b)):
                 if a.get(f) != b.get(f) and f in flags:
-                    out.append(f"{flags[f]} {_shown(a.get(f))}" if a.get(f) is not None else f"no {flags[f]}")
+                    out.append(f"{flags[f]} {as_option_text(a.get(f))}" if a.get(f) is not None else f"no {flags[f]}")
     return " ".join(out)
 
 
