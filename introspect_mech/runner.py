@@ -29,7 +29,7 @@ import torch
 
 from .errors import ArtifactError, ConfigError
 from . import protocol
-from .execution import MIN_PREFIX, generate
+from .execution import MIN_PREFIX, check_temperature, generate
 from .inject import Injection
 from .prompts import RenderedPrompt
 from .seeds import seed_from
@@ -302,6 +302,7 @@ def check_run_settings(batch_size: int | str | None, temperature: float, seed: i
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
             or temperature < 0:
         raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    check_temperature(temperature)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
 
