@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{res.n_generated} generated in {res.seconds:.1f} s"
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
-    if os.environ.get("INTROSPECT_MECH_TIMING"):  # start-up breakdown for benchmarks/bench_startup.py
+    if env_flag("INTROSPECT_MECH_TIMING"):  # start-up breakdown for benchmarks/bench_startup.py
         marks["generation_s"] = res.seconds
         marks["startup_s"] = marks["sweep_returned"] - res.seconds
         print(json.dumps({"timing": marks}), file=sys.stderr)
@@ -343,6 +343,24 @@ def _add_verbose(sub: argparse._SubParsersAction) -> None:
                                  "conversion bar); also INTROSPECT_MECH_VERBOSE=1")
 
 
+def _set_threads(threads: str | None) -> None:
+    """``INTROSPECT_MECH_THREADS=N``: e.g. 1 when several jobs share a small CPU (oversubscribed OpenMP threads
+    thrash badly). Checked like an option: a bad value is a one-line error, not a torch traceback."""
+    if threads is None or threads.strip() == "":
+        return
+    if not threads.strip().isdigit() or int(threads) < 1:
+        raise ConfigError(f"INTROSPECT_MECH_THREADS must be a whole number >= 1 (e.g. 1), got {threads!r}; "
+                          "fix or unset it")
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: unset, empty or 0 is off (as INTROSPECT_MECH_VERBOSE)."""
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -356,12 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .verbosity import set_verbose
 
         set_verbose(True)
-    threads = os.environ.get("INTROSPECT_MECH_THREADS")
-    if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
-        import torch
-
-        torch.set_num_threads(int(threads))
     try:
+        _set_threads(os.environ.get("INTROSPECT_MECH_THREADS"))
         return int(args.func(args) or 0)
     except IntrospectError as exc:
         print(f"error: {exc}", file=sys.stderr)
