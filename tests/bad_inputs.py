@@ -468,6 +468,8 @@ CASES: list[Case] = [
     Case("organism train --out ''", lambda t: ["organism", "train", "--out", ""], "--out is empty"),
     Case("organism eval --out that is a file (refused before the evaluation runs)",
          lambda t: ["organism", "eval", "--out", _a_file(t)], "existing file"),
+    Case("organism train negative layer range (read as 3-5 before)",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--layers=-3-5"], "layers are indices >= 0"),
     Case("organism train dose range up to inf", lambda t: ["organism", "train", "--out", str(t / "r"), "--dose",
                                                            "0.1,inf"], "finite"),
     Case("organism train mix weight NaN", lambda t: ["organism", "train", "--out", str(t / "r"), "--mix",

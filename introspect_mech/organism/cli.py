@@ -11,6 +11,8 @@ from ..model_options import add_model_args
 
 
 def _range(text: str, cast: Callable[[str], Any], what: str) -> tuple:
+    if cast is int and str(text).strip().startswith("-"):  # '-3-5' split on '-' read as 3-5
+        raise ConfigError(f"{what} {text!r}: layers are indices >= 0; write the range like 12-16")
     parts = [p.strip() for p in str(text).replace(":", "-").split("-") if p.strip()] if cast is int else \
         [p.strip() for p in str(text).split(",") if p.strip()]
     try:
