@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{res.n_generated} generated in {res.seconds:.1f} s"
           + (f", {res.trials_per_second:.2f} trials/s)" if res.n_generated else ")"))
     print(f"next: introspect-mech report {args.out}")
-    if os.environ.get("INTROSPECT_MECH_TIMING"):  # start-up breakdown for benchmarks/bench_startup.py
+    if env_flag("INTROSPECT_MECH_TIMING"):  # start-up breakdown for benchmarks/bench_startup.py
         marks["generation_s"] = res.seconds
         marks["startup_s"] = marks["sweep_returned"] - res.seconds
         print(json.dumps({"timing": marks}), file=sys.stderr)
@@ -195,6 +195,8 @@ def cmd_repair(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
+    if args.compare is not None and not args.compare:
+        raise ConfigError("--compare names no run; pass the run folders to put beside this one (or drop --compare)")
     out = write_report(args.run, grader=args.grader, figures_dir=args.figures_dir, png=not args.no_png,
                        judge_url=args.judge_url, compare=args.compare or ())
     print(out["table"])
@@ -240,12 +242,20 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the toolkit's error format: one line starting ``error:`` that names the option and points to
+    ``--help`` (exit status 2), instead of a usage block then ``PROG: error: ...`` (subcommands inherit the class)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments import registry
     from .experiments.options import SYSTEM_HELP, add_config_arguments
     from .grading.factory import JUDGE_HELP
 
-    parser = argparse.ArgumentParser(prog="introspect-mech", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="introspect-mech", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("vectors", help="extract concept vectors (mean subtraction) and save them")
@@ -333,6 +343,24 @@ def _add_verbose(sub: argparse._SubParsersAction) -> None:
                                  "conversion bar); also INTROSPECT_MECH_VERBOSE=1")
 
 
+def _set_threads(threads: str | None) -> None:
+    """``INTROSPECT_MECH_THREADS=N``: e.g. 1 when several jobs share a small CPU (oversubscribed OpenMP threads
+    thrash badly). Checked like an option: a bad value is a one-line error, not a torch traceback."""
+    if threads is None or threads.strip() == "":
+        return
+    if not threads.strip().isdigit() or int(threads) < 1:
+        raise ConfigError(f"INTROSPECT_MECH_THREADS must be a whole number >= 1 (e.g. 1), got {threads!r}; "
+                          "fix or unset it")
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: unset, empty or 0 is off (as INTROSPECT_MECH_VERBOSE)."""
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -346,12 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .verbosity import set_verbose
 
         set_verbose(True)
-    threads = os.environ.get("INTROSPECT_MECH_THREADS")
-    if threads:  # e.g. 1 when several jobs share a small CPU: oversubscribed OpenMP threads thrash badly
-        import torch
-
-        torch.set_num_threads(int(threads))
     try:
+        _set_threads(os.environ.get("INTROSPECT_MECH_THREADS"))
         return int(args.func(args) or 0)
     except IntrospectError as exc:
         print(f"error: {exc}", file=sys.stderr)

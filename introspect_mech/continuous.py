@@ -34,7 +34,7 @@ import nnsight
 import torch
 
 from .errors import ConfigError, IntrospectError
-from .execution import MIN_PREFIX, PrefixCache, build_prefix_cache
+from .execution import MIN_PREFIX, PrefixCache, build_prefix_cache, check_temperature
 from .inject import Injection
 from .interventions import InterventionPlan
 from .kv_slots import SlotCache, cascade_supported
@@ -95,6 +95,7 @@ def _check(model: Any, requests: Sequence[Request], slots: int, temperature: flo
         raise ConfigError(f"slots must be >= 1, got {slots}")
     if temperature < 0 or min_new_tokens < 0:
         raise ConfigError("temperature and min_new_tokens must be >= 0")
+    check_temperature(temperature)
     for r in requests:
         if r.max_new_tokens < 1:
             raise ConfigError("max_new_tokens must be >= 1")

@@ -66,6 +66,18 @@ class Generation:
 
 MIN_PREFIX = 16  # below this a shared prefix is not worth a separate forward pass
 
+MIN_TEMPERATURE = 1e-4
+"""Smallest sampling temperature above 0. Logits / 1e-300 overflow float32: HF generate then raises on inf/nan
+probabilities mid-run (on every resume), continuous sampling returned the last vocabulary id for every token.
+A temperature this small already samples the argmax; 0 is greedy decoding."""
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a positive temperature too small to divide the logits by (see ``MIN_TEMPERATURE``)."""
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ConfigError(f"temperature {temperature!r} is below {MIN_TEMPERATURE:g} (it overflows the logits); "
+                          "pass 0 for greedy decoding")
+
 
 @dataclass
 class PrefixCache:
@@ -154,6 +166,8 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ConfigError("max_new_tokens must be >= 1")
+    if temperature:
+        check_temperature(temperature)
     batch = as_batch(model, prompts)
     plan = make_plan(model, batch, injections, ablations)
     if prefix is not None:

@@ -425,6 +425,22 @@ def _resolve_dtype(dtype: Any) -> torch.dtype | None:
     return table[str(dtype)]
 
 
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has; raises ``ModelLoadError`` naming the fix (before any weights load)."""
+    text = str(device).strip()
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ModelLoadError(f"unknown device {device!r}; pass cpu, cuda, cuda:N or mps") from None
+    backend = {"cuda": torch.cuda, "mps": getattr(torch.backends, "mps", None)}.get(dev.type)
+    if dev.type in ("cuda", "mps") and not (backend is not None and backend.is_available()):
+        raise ModelLoadError(f"device {text!r}: this torch build or machine has no {dev.type.upper()}; "
+                             "pass --device cpu (or leave it out)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             f"pass cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
 def load_model(
     name: str | None = None,
     *,
@@ -456,6 +472,11 @@ def load_model(
     alias = ALIASES.get(name.lower(), name.lower())
     torch_dtype = _resolve_dtype(dtype)
     attn_impl = "eager" if attention else None
+    if device is not None and not remote:
+        check_device(device)
+    if adapter is not None and not str(adapter).strip():
+        raise ModelLoadError("--adapter is empty; pass the folder written by `introspect-mech organism train`, "
+                             "or drop --adapter for the base model")
 
     if adapter is not None:
         if remote:

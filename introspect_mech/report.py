@@ -72,7 +72,15 @@ def write_report(run_dir: str | Path, *, grader: str = "rules", figures_dir: str
         raise ArtifactError(f"{run}/results.jsonl holds no trials yet; run (or resume) the sweep first")
     exp = manifest["experiment"]
     others = []
+    seen = {run.resolve(): "the run being reported"}
     for other in compare:  # every compared run is read and checked before anything is written
+        where = Path(other).resolve()
+        if where in seen:
+            raise ConfigError(f"--compare {other} is {seen[where]} already; list each run once")
+        seen[where] = "listed"
+        if not (Path(other) / "manifest.json").exists():
+            raise MissingFileError(f"--compare {other} is not a run folder (no manifest.json); pass a folder made by "
+                                   "`introspect-mech run`")
         m2, r2 = load_run(other)
         if m2["experiment"] != exp:
             raise ArtifactError(f"--compare {other} is a {m2['experiment']} run, not {exp}")

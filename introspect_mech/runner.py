@@ -29,7 +29,7 @@ import torch
 
 from .errors import ArtifactError, ConfigError
 from . import protocol
-from .execution import MIN_PREFIX, generate
+from .execution import MIN_PREFIX, check_temperature, generate
 from .inject import Injection
 from .prompts import RenderedPrompt
 from .seeds import seed_from
@@ -302,6 +302,7 @@ def check_run_settings(batch_size: int | str | None, temperature: float, seed: i
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
             or temperature < 0:
         raise ConfigError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    check_temperature(temperature)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
 
@@ -353,6 +354,34 @@ def _differences(old: dict, new: dict) -> list[str]:
         else:
             out.append(f"{k} (stored {a!r}, this command {b!r})")
     return out
+
+
+RUN_FLAGS = {"batch_size": "--batch-size", "temperature": "--temperature", "seed": "--seed", "decode": "--decode"}
+
+
+def _resume_options(old: dict, new: dict) -> str:
+    """The command-line options that resume the stored run, for each setting that differs: ``--batch-size 2
+    --decode continuous`` (config fields by their experiment's flag; the model by --model/--adapter)."""
+    from .experiments import registry
+    from .experiments.options import as_option_text, cli_options
+
+    name = new.get("experiment")  # an experiment outside the registry (a Python-API sweep) has no flags
+    known = {s.name for s in registry.specs()}
+    flags = {o.field: o.flag for o in cli_options(registry.get(name).config)} if name in known else {}
+    out = []
+    for k in RESUME_KEYS:
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if k in RUN_FLAGS and a is not None:
+            out.append(f"{RUN_FLAGS[k]} {as_option_text(a)}")
+        elif k == "model_fingerprint":
+            out.append("the same --model/--adapter")
+        elif k == "config" and isinstance(a, dict) and isinstance(b, dict):
+            for f in sorted(set(a) | set(b)):
+                if a.get(f) != b.get(f) and f in flags:
+                    out.append(f"{flags[f]} {as_option_text(a.get(f))}" if a.get(f) is not None else f"no {flags[f]}")
+    return " ".join(out)
 
 
 def _check_context(experiment: Experiment, model: Any, trials: Sequence[Trial]) -> None:
@@ -474,8 +503,10 @@ def run_sweep(
                                     "are unknown; restore the manifest, or move the run folder aside and start afresh")
             diff = _differences(_stored_settings(old), settings)
             if diff:
+                fix = _resume_options(_stored_settings(old), settings)
                 raise ArtifactError(f"{out} holds a run with other settings: {'; '.join(diff)}. Resume it with the "
-                                    "same options (and package version), or pass a new --out")
+                                    f"same options{f' ({fix})' if fix else ''} (and package version), or pass a new "
+                                    "--out")
             if any("run_key" not in r for r in records):
                 raise ArtifactError(f"{rpath} was written by an older introspect_mech that did not record each "
                                     "trial's settings; finish it with that version, or pass a new --out")

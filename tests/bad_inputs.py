@@ -94,6 +94,15 @@ def _orphan_results(tmp: Path) -> str:
     return str(d)
 
 
+def _other_run(tmp: Path) -> str:
+    """A second Exp 1 run folder beside ``_run_dir_with``'s (for the --compare cases)."""
+    d = tmp / "other"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps(_M1))
+    (d / "results.jsonl").write_text(json.dumps(_exp1_record()) + "\n")
+    return str(d)
+
+
 def _a_file(tmp: Path) -> str:
     (tmp / "afile").write_text("x")
     return str(tmp / "afile")
@@ -218,6 +227,22 @@ def _truncated_model(tmp: Path) -> str:
         (dst / "model.safetensors").write_bytes(f.read(1_000_000))
     return str(dst)
 
+def _damaged_adapter(tmp: Path, meta: object) -> str:
+    """An adapter folder with valid (tiny) weights and this adapter.json (the checksum covers only the weights)."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp / "org"
+    d.mkdir()
+    save_file({"w": torch.zeros(1)}, str(d / "adapter.safetensors"))
+    (d / "adapter.json").write_text(json.dumps(meta))
+    return str(d)
+
+
+_ADAPTER_META = {"format": "introspect_mech.organism.adapter/1", "base_model": {"fingerprint": "x"},
+                 "lora": {"rank": 16, "alpha": 32.0, "layers": [20], "target_modules": ["q_proj"]}}
+
+
 def _jsonl(tmp: Path, name: str, *lines: str) -> str:
     """A labelled-data file with these lines (for the calibrate cases)."""
     (tmp / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -241,6 +266,10 @@ CASES: list[Case] = [
     Case("unknown model name", lambda t: S + ["--model", "no-such-model"], "unknown model"),
     Case("model path that does not exist", lambda t: S + ["--model", "./missing/model"], "unknown model"),
     Case("unknown dtype", lambda t: S + ["--dtype", "float8"], "unknown dtype"),
+    Case("unknown device", lambda t: S + ["--device", "bogus"], "unknown device 'bogus'"),
+    Case("empty device", lambda t: R + ["--device=", "--out", str(t / "r")], "unknown device ''"),
+    Case("a CUDA device this machine does not have", lambda t: S + ["--device", "cuda:99"], "device 'cuda:99'"),
+    Case("empty --adapter", lambda t: R + ["--adapter=", "--out", str(t / "r")], "--adapter is empty"),
     Case("layer index out of range", lambda t: S + ["--layer", "42"], "out of range"),
     Case("depth fraction > 1", lambda t: S + ["--layer", "1.5"], "outside [0, 1]"),
     Case("layer that is not a number", lambda t: S + ["--layer", "middle"], "neither an integer"),
@@ -267,12 +296,36 @@ CASES: list[Case] = [
     Case("NaN strength for the fixed random control", lambda t: R + ["--random-fixed-strength", "nan", "--out",
                                                                      str(t / "r")], "not finite"),
     Case("too many sentence pairs (Exp 4)", lambda t: ["run", "intentional-control", "--n-pairs", "80", "--out",
-                                                       str(t / "r")], "n_pairs"),
+                                                       str(t / "r")], "--n-pairs must be between 1 and 50"),
+    # registry CLI of the red-team review: argparse errors are one line too; flags named as typed
+    Case("--trials that is not a whole number", lambda t: R + ["--trials", "1.5", "--out", str(t / "r")],
+         "argument --trials: invalid int value"),
+    Case("unknown experiment", lambda t: ["run", "no-such-experiment", "--out", str(t / "r")], "invalid choice"),
+    Case("run without --out", lambda t: ["run", "injected-thoughts"], "required: --out"),
+    Case("empty --random-fixed-strength", lambda t: R + ["--random-fixed-strength", "", "--out", str(t / "r")],
+         "--random-fixed-strength ('none' to skip)"),
+    Case("Exp 2 --n-pairs 0 (names the flag, not the field)", lambda t: ["run", "thoughts-vs-text", "--n-pairs", "0",
+                                                                        "--out", str(t / "r")],
+         "--n-pairs (sentences) must be between 1 and 50"),
+    Case("--control-trials 10**20 (would never finish building the trial list)",
+         lambda t: R + ["--control-trials", "99999999999999999999", "--out", str(t / "r")], "at most 100,000"),
+    Case("--trials 10**20", lambda t: R + ["--trials", "99999999999999999999", "--out", str(t / "r")],
+         "--trials must be at most"),
     Case("report on a folder that is not a run", lambda t: ["report", str(t)], "not a run folder"),
     Case("corrupt results file", lambda t: ["report", _run_dir(t, '{"trial_id": "a"}\nnot json at all\n')], "corrupt"),
     Case("results file with no trials yet", lambda t: ["report", _run_dir(t, "")], "no trials"),
     Case("unknown grader", lambda t: ["report", _run_dir(t, '{"trial_id": "a"}\n'), "--grader", "magic"],
          "unknown grader"),
+    Case("report --compare with the reported run itself", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]),
+                                                                   "--compare", str(t / "run") + "/"],
+         "is the run being reported already"),
+    Case("report --compare listing a run twice", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]),
+                                                           "--compare", _other_run(t), str(t / "other")],
+         "list each run once"),
+    Case("report --compare naming no run", lambda t: ["report", _run_dir_with(t, _M1, [_exp1_record()]), "--compare"],
+         "--compare names no run"),
+    Case("report --compare with a folder that is not a run", lambda t: ["report", _run_dir_with(t, _M1, [
+        _exp1_record()]), "--compare", str(t / "missing")], "--compare"),
     Case("tokenizer without a chat template, chat format requested", None, "fmt='raw'", _no_template),
     Case("LLM judge without an API key", None, "OPENAI_API_KEY", _judge_without_key),
     Case("injection vector of the wrong dimension", None, "d_model", _mismatched_vector),
@@ -300,6 +353,9 @@ CASES: list[Case] = [
     Case("NaN temperature", lambda t: R + ["--temperature", "nan", "--out", str(t / "r")], "temperature", review=(42,)),
     Case("negative temperature", lambda t: R + ["--temperature", "-1", "--out", str(t / "r")], "temperature",
          review=(43,)),
+    Case("temperature 1e-300 (overflows the logits)", lambda t: R + ["--temperature", "1e-300", "--out", str(t / "r")],
+         "pass 0 for greedy"),
+    Case("temperature 1e-300 (steer)", lambda t: S + ["--temperature", "1e-300"], "pass 0 for greedy"),
     Case("NaN temperature (steer)", lambda t: S + ["--temperature", "nan"], "temperature", review=(42,)),
     Case("8,000-character concept (steer)", lambda t: S + ["--concept", "dust " * 1600], "characters long",
          review=(49,)),
@@ -390,6 +446,12 @@ CASES: list[Case] = [
     Case("--adapter folder that does not exist", lambda t: S + ["--adapter", str(t / "no-adapter")],
          "organism train"),
     Case("--adapter that is a plain file", lambda t: S + ["--adapter", _a_file(t)], "does not exist"),
+    Case("--adapter whose adapter.json is a JSON list", lambda t: S + ["--adapter", _damaged_adapter(t, [1, 2])],
+         "not an organism adapter"),
+    Case("--adapter whose adapter.json has 'base_model' as a string", lambda t: S + ["--adapter", _damaged_adapter(
+        t, {**_ADAPTER_META, "base_model": "smollm2"})], "'base_model' must be an object"),
+    Case("--adapter whose adapter.json 'lora' has an unknown key", lambda t: S + ["--adapter", _damaged_adapter(
+        t, {**_ADAPTER_META, "lora": {**_ADAPTER_META["lora"], "dropout": 0.1}})], "'lora' must be an object"),
     Case("organism injection layers with no layer above to adapt",
          lambda t: ["organism", "train", "--out", str(t / "r"), "--layers", "25-29"], "leave no layer above"),
     Case("organism dose range reversed", lambda t: ["organism", "train", "--out", str(t / "r"), "--dose", "0.9,0.2"],
@@ -402,6 +464,27 @@ CASES: list[Case] = [
          lambda t: ["organism", "train", "--out", str(t / "r"), "--init-adapter", str(t / "no-adapter")], "does not exist"),
     Case("organism snapshot steps that are not whole numbers",
          lambda t: ["organism", "train", "--out", str(t / "r"), "--snapshots", "1.5"], "whole numbers"),
+    # organism options of the red-team review (shared/notes: checked before the model loads)
+    Case("organism train --out ''", lambda t: ["organism", "train", "--out", ""], "--out is empty"),
+    Case("organism eval --out that is a file (refused before the evaluation runs)",
+         lambda t: ["organism", "eval", "--out", _a_file(t)], "existing file"),
+    Case("organism train negative layer range (read as 3-5 before)",
+         lambda t: ["organism", "train", "--out", str(t / "r"), "--layers=-3-5"], "layers are indices >= 0"),
+    Case("organism train dose range up to inf", lambda t: ["organism", "train", "--out", str(t / "r"), "--dose",
+                                                           "0.1,inf"], "finite"),
+    Case("organism train mix weight NaN", lambda t: ["organism", "train", "--out", str(t / "r"), "--mix",
+                                                     "concept=nan"], "mix must give"),
+    Case("organism train alpha NaN", lambda t: ["organism", "train", "--out", str(t / "r"), "--alpha", "nan"],
+         "--alpha a finite number"),
+    Case("organism train 0 steps (before the model loads)", lambda t: ["organism", "train", "--out", str(t / "r"),
+                                                                       "--steps", "0"], "steps and batch_size"),
+    Case("organism train negative --n-english", lambda t: ["organism", "train", "--out", str(t / "r"),
+                                                          "--n-english", "-5"], "--n-english must be >= 0"),
+    Case("organism train --init-adapter ''", lambda t: ["organism", "train", "--out", str(t / "r"), "--init-adapter",
+                                                        ""], "does not exist"),
+    Case("organism eval infinite dose", lambda t: ["organism", "eval", "--doses", "inf"], "finite numbers > 0"),
+    Case("organism eval a mode listed twice", lambda t: ["organism", "eval", "--modes", "greedy,greedy"],
+         "--modes lists greedy twice"),
     Case("organism regrade of a folder without records",
          lambda t: ["organism", "eval", "--regrade", str(t / "no-eval")], "organism eval"),
 ]

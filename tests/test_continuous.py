@@ -494,3 +494,18 @@ def test_real_model_mixed_exp1_prompts_equal_hf_generate(smol, smol_vectors):  #
             assert got[i].tokens == ref.new_tokens[k], f"trial {trials[i].condition} {trials[i].prompt_key}"
             _doses_close(got[i].doses, ref.doses[k], rel=1e-4)
     assert len({tuple(c.tokens) for c in got}) >= 5
+
+
+@tiny
+def test_a_temperature_that_overflows_the_logits_is_refused(tiny_model_of):
+    """Red-team review: logits / 1e-300 overflow float32; continuous sampling silently returned the last
+    vocabulary id for every token and HF generate raised on inf/nan probabilities mid-run. Both refuse it now."""
+    m = tiny_model_of("llama")
+    p = render(m.tokenizer, [{"role": "user", "content": TEXTS[4]}])
+    with pytest.raises(ConfigError, match="pass 0 for greedy"):
+        generate_all(m, [Request(p, (), 4, 1)], slots=1, temperature=1e-300)
+    with pytest.raises(ConfigError, match="pass 0 for greedy"):
+        generate(m, [p], [[]], max_new_tokens=4, temperature=1e-300, seed=1)
+    with pytest.raises(ConfigError, match="pass 0 for greedy"):
+        runner.check_run_settings(None, 1e-30, 0, None)
+    runner.check_run_settings(None, 1e-4, 0, None)  # small but safe

@@ -251,6 +251,31 @@ def test_adapter_refuses_another_base_and_bad_paths(tiny_model_of, tmp_path):
         adapters.read_adapter(tmp_path / "org")
 
 
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: [1, 2], "not an organism adapter"),
+    (lambda m: {**m, "base_model": "tiny"}, "'base_model' must be an object"),
+    (lambda m: {**m, "lora": "r2"}, "'lora' must be an object"),
+    (lambda m: {**m, "lora": {**m["lora"], "dropout": 0.1}}, "'lora' must be an object"),
+    (lambda m: {**m, "lora": {k: v for k, v in m["lora"].items() if k != "rank"}}, "'lora' must be an object"),
+    (lambda m: {**m, "lora": {**m["lora"], "layers": ["2"]}}, "layer indices"),
+    (lambda m: {**m, "lora": {**m["lora"], "rank": 3}}, "do not fit the LoRA shape"),
+], ids=["list", "base-str", "lora-str", "lora-extra-key", "lora-no-rank", "layers-str", "rank-mismatch"])
+def test_damaged_adapter_json_is_one_error(tiny_model_of, tmp_path, edit, needle):
+    """A hand-edited or damaged adapter.json (the checksum covers only the weights) gives an ArtifactError
+    naming the field, not an AttributeError/TypeError/RuntimeError from deep inside loading (red-team review)."""
+    base = tiny_model_of("llama")
+    model = im.wrap(_clone_hf(base), base.tokenizer, name="tiny-llama")
+    spec = adapters.LoraSpec(2, 4.0, [2], adapters.linear_module_names(model))
+    pm = adapters.attach_lora(model, spec)
+    adapters.save_adapter(tmp_path / "org", pm, {"name": "org", "base_model": {"fingerprint": base.fingerprint},
+                                                 "lora": dict(spec.__dict__)})
+    pm.unload()
+    js = tmp_path / "org" / adapters.META_FILE
+    js.write_text(json.dumps(edit(json.loads(js.read_text()))))
+    with pytest.raises(ArtifactError, match=needle):
+        adapters.apply_adapter(_clone_hf(base), base.arch, tmp_path / "org", base.fingerprint)
+
+
 def test_killed_training_resumes_to_the_same_adapter(tiny_model_of, tmp_path):
     """Stop after 2 of 4 steps (as a kill would, after a checkpoint), rerun: same adapter as 4 steps straight."""
     model = tiny_model_of("llama")

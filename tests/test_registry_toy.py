@@ -162,7 +162,8 @@ def test_a_toy_experiment_runs_resumes_reports_and_compares_through_the_cli(toy,
     assert sorted(_records(run), key=lambda r: r["trial_id"]) == sorted(recs, key=lambda r: r["trial_id"])
     # another setting is refused, naming it
     assert _run(model_dirs["llama"], run, "--n-words", "2") == 2
-    assert "n_words (stored 3, this command 2)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "n_words (stored 3, this command 2)" in err and "same options (--n-words 3)" in err, err
 
     # report: the toy's own table, figure and HTML page
     assert main(["report", str(run), "--no-png"]) == 0

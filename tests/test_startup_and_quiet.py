@@ -139,3 +139,23 @@ def test_a_sweep_prints_one_progress_bar_and_no_library_chatter(tmp_path):
     assert verbose.returncode == 0
     man = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert man["decode"] == "continuous" and man["batch_size"] == 128
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "2.5"])
+def test_a_bad_thread_count_is_a_one_line_error(value, monkeypatch, capsys, tmp_path):
+    """Red-team review: INTROSPECT_MECH_THREADS=abc / 0 raised ValueError / RuntimeError tracebacks from main()."""
+    from introspect_mech.cli import main
+
+    monkeypatch.setenv("INTROSPECT_MECH_THREADS", value)
+    assert main(["repair", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: INTROSPECT_MECH_THREADS must be a whole number >= 1") and "\n" not in err, err
+
+
+def test_timing_flag_zero_means_off(monkeypatch):
+    """INTROSPECT_MECH_TIMING=0 is off, as INTROSPECT_MECH_VERBOSE=0 is (it printed the breakdown before)."""
+    from introspect_mech import cli
+
+    for value, on in (("1", True), ("yes", True), ("0", False), ("", False), (" 0 ", False)):
+        monkeypatch.setenv("INTROSPECT_MECH_TIMING", value)
+        assert cli.env_flag("INTROSPECT_MECH_TIMING") is on, value

@@ -56,9 +56,9 @@ class SweepOptions(PromptOptions):
         check_sweep_axes(self.layers, self.strengths)
 
 
-def check_pairs(n: int, what: str = "n_pairs", most: int = 50) -> None:
+def check_pairs(n: int, what: str = "--n-pairs", most: int = 50) -> None:
     if not 1 <= n <= most:
-        raise ConfigError(f"{what} must be between 1 and {most}")
+        raise ConfigError(f"{what} must be between 1 and {most} (the paper's pairs), got {n}")
 
 
 class BoundExperiment:

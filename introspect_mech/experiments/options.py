@@ -75,9 +75,10 @@ def cli_options(cfg_cls: type) -> list[CliOption]:
     return out
 
 
-def _shown(v: Any) -> str:
+def as_option_text(v: Any) -> str:
+    """A value as it is typed on the command line (lists comma-joined, 4.0 as 4, None as none)."""
     if isinstance(v, (list, tuple)):
-        return ",".join(_shown(x) for x in v)
+        return ",".join(as_option_text(x) for x in v)
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return "none" if v is None else str(v)
@@ -86,7 +87,7 @@ def _shown(v: Any) -> str:
 def add_config_arguments(p: argparse.ArgumentParser, cfg_cls: type) -> None:
     """One flag per ``opt`` field; each defaults to None (not given) and shows the dataclass default."""
     for o in cli_options(cfg_cls):
-        default = _shown(o.default)
+        default = as_option_text(o.default)
         p.add_argument(o.flag, dest=o.dest, default=None, choices=o.choices,
                        type=o.parse if o.parse in (int, float) else None,
                        help=f"{o.help} (default: {default})" if default != "" else o.help)
@@ -126,11 +127,11 @@ def layer_list(text: str) -> list[str]:
     return items(text, "--layers")
 
 
-def _number(text: str) -> float:
+def _number(text: str, what: str = "--strengths") -> float:
     try:
         return float(text)
     except ValueError:
-        raise StrengthError(f"strength must be a number, got {text!r}") from None
+        raise StrengthError(f"{what}: a strength must be a number such as 4, got {text!r}") from None
 
 
 def strength_list(text: str) -> list[float]:
@@ -145,4 +146,5 @@ def strength_list(text: str) -> list[float]:
 
 def optional_strength(text: str) -> float | None:
     """A strength, or None for 'none'/'off' (checked by the config)."""
-    return None if str(text).strip().lower() in ("none", "off") else _number(text)
+    return None if str(text).strip().lower() in ("none", "off") else _number(text, "--random-fixed-strength ('none' "
+                                                                                   "to skip)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ class LoraSpec:
     target_modules: list[str] = field(default_factory=list)
 
     def validate(self, n_layers: int) -> None:
-        if self.rank < 1 or self.alpha <= 0:
+        if self.rank < 1 or not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ConfigError(f"LoRA rank must be >= 1 and alpha > 0, got rank {self.rank}, alpha {self.alpha}")
         if not self.layers or any(not 0 <= L < n_layers for L in self.layers):
             raise ConfigError(f"LoRA layers {self.layers} must be a non-empty subset of 0..{n_layers - 1}")
@@ -149,13 +150,40 @@ def read_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         tensors = load_file(str(st))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(f"{st.parent} holds a corrupt adapter ({exc}); re-train it with `introspect-mech organism train`") from exc
-    if meta.get("format") != FORMAT or "lora" not in meta or "base_model" not in meta:
-        raise ArtifactError(f"{js} is not an organism adapter (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "lora" not in meta or "base_model" not in meta:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactError(f"{js} is not an organism adapter (format {got!r}, expected {FORMAT!r})")
+    _check_meta(js, meta)
     if meta.get("weights_sha256") and meta["weights_sha256"] != file_sha256(st):
         raise ArtifactError(f"{st} does not match the checksum in {js} (mixed or damaged files); re-train the adapter")
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise ArtifactError(f"{st} holds NaN/inf weights; re-train the adapter")
     return tensors, meta
+
+
+def _check_meta(js: Path, meta: dict) -> None:
+    """The fields loading relies on have their types (a hand-edited or damaged adapter.json fails here, in one
+    line, instead of deep inside peft)."""
+    def bad(what: str) -> ArtifactError:
+        return ArtifactError(f"{js}: {what}; restore the adapter.json written by `introspect-mech organism train` "
+                             "(or re-train the adapter)")
+
+    base = meta["base_model"]
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), str):
+        raise bad("'base_model' must be an object with a 'fingerprint' string")
+    lora = meta["lora"]
+    fields = {"rank", "alpha", "layers", "target_modules"}
+    if not isinstance(lora, dict) or set(lora) != fields:
+        have = sorted(lora) if isinstance(lora, dict) else type(lora).__name__
+        raise bad(f"'lora' must be an object with exactly {', '.join(sorted(fields))} (got {have})")
+    if isinstance(lora["rank"], bool) or not isinstance(lora["rank"], int) \
+            or isinstance(lora["alpha"], bool) or not isinstance(lora["alpha"], (int, float)):
+        raise bad("'lora' rank must be an integer and alpha a number")
+    if not isinstance(lora["layers"], list) or not all(isinstance(L, int) and not isinstance(L, bool)
+                                                       for L in lora["layers"]):
+        raise bad("'lora' layers must be a list of layer indices")
+    if not isinstance(lora["target_modules"], list) or not all(isinstance(t, str) for t in lora["target_modules"]):
+        raise bad("'lora' target_modules must be a list of module names")
 
 
 def adapter_fingerprint(base_fingerprint: str, meta: dict) -> str:
@@ -172,7 +200,12 @@ def merge_adapter(hf_model: Any, arch: Any, tensors: dict[str, torch.Tensor], sp
 
     with torch.random.fork_rng(devices=[]), _quiet_peft():  # peft's LoRA init would consume the caller's RNG
         pm = get_peft_model(hf_model, spec.peft_config(arch))
-    result = set_peft_model_state_dict(pm, tensors)
+    try:
+        result = set_peft_model_state_dict(pm, tensors)
+    except RuntimeError as exc:  # size mismatch: the weights are not of the LoRA shape adapter.json declares
+        first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
+        raise ArtifactError(f"adapter weights do not fit the LoRA shape its adapter.json declares ({first[:160]}); "
+                            "restore the adapter's files from one training run, or re-train it") from None
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     unexpected = list(getattr(result, "unexpected_keys", []))
     if missing or unexpected:

@@ -6,10 +6,13 @@ import argparse
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..store import check_out_dir
 from ..model_options import add_model_args
 
 
 def _range(text: str, cast: Callable[[str], Any], what: str) -> tuple:
+    if cast is int and str(text).strip().startswith("-"):  # '-3-5' split on '-' read as 3-5
+        raise ConfigError(f"{what} {text!r}: layers are indices >= 0; write the range like 12-16")
     parts = [p.strip() for p in str(text).replace(":", "-").split("-") if p.strip()] if cast is int else \
         [p.strip() for p in str(text).split(",") if p.strip()]
     try:
@@ -65,10 +68,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                       use_prefix=not args.no_prefix, recipe=recipe,
                       snapshots=_ints(args.snapshots, "--snapshots") if args.snapshots else [],
                       init_adapter=args.init_adapter)
-    recipe.validate()
+    cfg.check_options()  # every option that needs no model, before the model loads
+    check_out_dir(args.out)
     if args.adapter:
         raise ConfigError("organism train starts from a base model; drop --adapter (a warm start is --init-adapter)")
-    if args.init_adapter:
+    if args.init_adapter is not None:
         from .adapter import check_adapter_path
 
         check_adapter_path(args.init_adapter)  # before the model loads
@@ -83,6 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvalConfig, evaluate_organism, regrade
 
     if args.regrade:
+        if args.out is not None:
+            check_out_dir(args.out)
         regrade(args.regrade, args.out)
         if args.out:
             print(f"summary: {args.out}/summary.json, {args.out}/summary.md")
@@ -94,6 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      yes_bias=not args.no_yes_bias, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, seed=args.seed)
     cfg.validate()
+    if args.out is not None:  # checked now, not after the whole evaluation has run
+        check_out_dir(args.out)
     model = load_model_from_args(args)
     evaluate_organism(model, cfg, args.out, progress=not args.no_progress)
     if args.out:

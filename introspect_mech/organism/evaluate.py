@@ -29,6 +29,7 @@ versa; the two readings are pooled (every word counted once, at a cell chosen wi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -83,10 +84,14 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.layers or not self.doses:
             raise ConfigError("evaluation needs at least one layer and one dose")
-        if any(not (d > 0) for d in self.doses):
-            raise ConfigError(f"doses must be > 0, got {self.doses}")
+        if any(not (0 < d < math.inf) for d in self.doses):
+            raise ConfigError(f"--doses must be finite numbers > 0, got {self.doses}")
         if set(self.modes) - {"greedy", "sampled"} or not self.modes:
             raise ConfigError(f"modes must be a subset of greedy, sampled; got {self.modes}")
+        for what, vals in (("--doses", list(self.doses)), ("--modes", list(self.modes)), ("--layers", list(self.layers))):
+            twice = sorted({str(v) for v in vals if vals.count(v) > 1})
+            if twice:
+                raise ConfigError(f"{what} lists {', '.join(twice)} twice; list each once")
         if self.control_trials < 0 or self.random_per_cell < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("control_trials and random_per_cell must be >= 0, max_new_tokens and batch_size >= 1")
 

@@ -25,6 +25,7 @@ keying on one exact prompt; the paper's own prompt is one of them.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -167,12 +168,15 @@ class RecipeConfig:
             raise ConfigError(f"injection layers {lo}-{hi} leave no layer above them to adapt: the model has "
                               f"{n_layers} layers (0..{n_layers - 1}); use a range ending below {n_layers - 1}")
         dlo, dhi = self.dose
-        if not (0 < dlo <= dhi) or dhi != dhi:
-            raise ConfigError(f"dose range must satisfy 0 < lo <= hi, got {self.dose}")
+        if not (0 < dlo <= dhi) or not math.isfinite(dhi):
+            raise ConfigError(f"dose range must satisfy 0 < lo <= hi with finite numbers, got {self.dose}")
         for name, mix, keys in (("mix", self.mix, KINDS), ("question_injection", self.question_injection,
                                                             ("concept", "random", "none"))):
-            if set(mix) - set(keys) or any(float(v) < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+            if set(mix) - set(keys) or any(not (0 <= float(v) < math.inf) for v in mix.values()) \
+                    or not sum(mix.values()) > 0:
                 raise ConfigError(f"{name} must give non-negative weights to {', '.join(keys)}; got {mix}")
+        if self.n_english < 0:
+            raise ConfigError(f"--n-english must be >= 0, got {self.n_english}")
         if self.fmt not in ("auto", "chat", "raw"):
             raise ConfigError(f"unknown prompt format {self.fmt!r}; use auto, chat or raw")
         yes_no_questions(self.self_questions)  # validates the choice

@@ -71,7 +71,8 @@ class TrainConfig:
     init_adapter: str | None = None
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
-    def validate(self, model: Model) -> None:
+    def check_options(self) -> None:
+        """Everything that needs no model (the CLI calls this before the model loads, so a typo costs nothing)."""
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -81,6 +82,12 @@ class TrainConfig:
         if any(not (isinstance(k, int) and 0 < k < self.steps) for k in self.snapshots):
             raise ConfigError(f"snapshot steps must be integers between 1 and steps-1 ({self.steps - 1}), "
                               f"got {self.snapshots}")
+        if self.rank < 1 or not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ConfigError(f"--rank must be >= 1 and --alpha a finite number > 0, got {self.rank}, {self.alpha}")
+        self.recipe.validate()
+
+    def validate(self, model: Model) -> None:
+        self.check_options()
         if model.remote:
             raise ConfigError("training needs local weights; load the model without --remote")
         self.recipe.validate(model.arch.n_layers)

@@ -12,6 +12,7 @@ from ..options import items, opt, optional_strength
 NAME = "injected_thoughts"
 ALL_CONTROLS = ("control", "yes_bias", "random_vector", "negated", "scaling", "alt_prompt")
 N_YES_BIAS = len(protocol.experiment(NAME)["yes_bias_control_questions"])
+MAX_COUNT = 100_000  # per-cell samples / control trials: far above the paper's, far below a hang
 PAPER_RANDOM_STRENGTH = 8.0  # "random vectors norm-matched to a concept vector at strength 8" (protocol JSON)
 
 
@@ -80,6 +81,10 @@ class InjectedThoughtsConfig(SweepOptions):
             raise ConfigError("variant must be '2025' or '2026'")
         if self.trials < 1 or self.max_new_tokens < 1:
             raise ConfigError("--trials and --max-new-tokens must be >= 1")
+        for name in ("trials", "control_trials"):  # the trial list is built in memory: 10**20 would never return
+            if getattr(self, name) > MAX_COUNT:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at most {MAX_COUNT:,} (the paper uses 100 "
+                                  f"control trials), got {getattr(self, name):,}; split a larger sweep into runs")
         if self.n_concepts is not None and self.n_concepts < 1:
             raise ConfigError(f"--n-concepts must be >= 1 (or left out for all), got {self.n_concepts}")
         for name in ("control_trials", "control_per_cell", "yes_bias_per_cell", "alt_per_cell"):

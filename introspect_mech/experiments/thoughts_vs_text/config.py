@@ -21,6 +21,6 @@ class ThoughtsVsTextConfig(SweepOptions):
 
     def validate(self) -> None:
         super().validate()
-        check_pairs(self.n_sentences, "n_sentences")
+        check_pairs(self.n_sentences, "--n-pairs (sentences)")
         if not 2 <= self.n_choices <= 50:
             raise ConfigError("n_choices must be between 2 and 50")
