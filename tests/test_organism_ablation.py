@@ -13,7 +13,7 @@ from introspect_mech.errors import ConfigError
 from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
 from introspect_mech.organism import adapter as adapters
 from introspect_mech.organism.ablation import (Ablation, AblationConfig, AdapterSwitch, ablate_layers, ablations,
-                                               summarize_ablation)
+                                               regrade_ablation, summarize_ablation)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 LORA_LAYERS = [1, 2]
@@ -109,3 +109,8 @@ def test_ablate_layers_runs_every_condition_with_the_same_injections(tiny_model_
     # the base condition's replies are the base model's (the switch restores the organism after)
     assert switch.removed == ()
     assert "| organism |" in (tmp_path / "abl" / "summary.md").read_text()
+    # a stored ablation regrades to the same table (no model)
+    again = regrade_ablation(tmp_path / "abl", log=lambda *_: None)
+    assert [(r.name, r.detection, r.false_positive, r.concept_claim) for r in again["rows"]] == \
+        [(r.name, r.detection, r.false_positive, r.concept_claim) for r in s["rows"]]
+    assert again["config"]["layer"] == 0

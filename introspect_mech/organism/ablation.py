@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..models import Model
 
 __all__ = ["AblationConfig", "AdapterSwitch", "Ablation", "ablate_layers", "ablations", "load_switch",
-           "summarize_ablation", "markdown"]
+           "regrade_ablation", "summarize_ablation", "markdown"]
 
 
 def _layer_params(model: Model, layer: int) -> dict[str, torch.Tensor]:
@@ -235,6 +235,45 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
     return summary
 
 
+def regrade_ablation(folder: str | os.PathLike, *, log: Callable[[str], None] = print) -> dict:
+    """Grade and summarise a stored ablation's ``records.jsonl`` again (no model): for a changed grader or
+    summary. Rewrites ``summary.json`` and ``summary.md`` beside it, keeping the stored config and timing."""
+    import json
+
+    from ..errors import ArtifactError, MissingFileError
+    from ..grading.rules import RuleGrader
+    from ..store import atomic_write_json, atomic_write_text
+    from .evaluate import grade
+
+    o = Path(folder)
+    path = o / "records.jsonl"
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist; pass a folder written by `organism ablate --out`")
+    try:
+        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not JSON lines ({exc})") from exc
+    if not records or any(not {"ablation", "removed", "kind", "condition", "text", "word"} <= set(r) for r in records):
+        raise ArtifactError(f"{path} does not hold organism ablation records")
+    conds, seen = [], set()
+    for r in records:
+        if r["ablation"] not in seen:
+            seen.add(r["ablation"])
+            conds.append(Ablation(r["ablation"], tuple(r["removed"]), r["kind"]))
+    grader = RuleGrader()
+    grade(records, grader)
+    summary = summarize_ablation(records, conds)
+    old = o / "summary.json"
+    prior = json.loads(old.read_text()) if old.is_file() else {}
+    summary.update({k: prior[k] for k in ("config", "model", "adapted_layers", "seconds", "threads") if k in prior})
+    summary["grader"] = grader.name
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(o / "summary.json", summary)
+    atomic_write_text(o / "summary.md", markdown(summary) + "\n")
+    log(markdown(summary))
+    return summary
+
+
 @dataclass
 class AblationRow:
     """One ablation's rates, and its detection effect against the full organism."""
@@ -246,6 +285,8 @@ class AblationRow:
     success: Rate
     false_positive: Rate
     unusual_random: Rate | None
+    concept_claim: Rate | None = None  # injected replies opening with "Yes" (the trained concept report)
+    unusual_injected: Rate | None = None  # injected replies saying "unusual, can't tell what" (the random-vector report)
     net_detection: object = None  # Difference: detection − false positives
     effect: object = None  # Difference: detection − the organism's detection
     lost: int = 0  # words the organism detects and this ablation does not
@@ -269,6 +310,8 @@ def summarize_ablation(records: Sequence[dict], conds: Sequence[Ablation]) -> di
         rnd = [r for r in recs if r["condition"] == "random_vector"]
         row = AblationRow(a.name, a.kind, list(a.removed), det, Rate.from_bools(r["success"] for r in inj), fp,
                           Rate.from_bools(r["unusual"] for r in rnd) if rnd else None)
+        row.concept_claim = Rate.from_bools(r.get("says_yes") for r in inj)
+        row.unusual_injected = Rate.from_bools(r.get("unusual") for r in inj)
         row.net_detection = difference_interval(det.k, det.n, fp.k, fp.n)
         row.effect = difference_interval(det.k, det.n, ref_rate.k, ref_rate.n)
         row.lost = sum(1 for r in inj if ref.get(r["word"]) and not r["affirmative"])
@@ -284,12 +327,14 @@ def markdown(summary: dict) -> str:
             f"(greedy); false positives: sampled no-injection trials; adapted layers {summary.get('adapted_layers')}; "
             f"grader {summary.get('grader', '?')}.")
     lines = [head, "", "| ablation | LoRA removed from | detection | Δ detection vs organism | words lost / gained | "
-             "success | false positives | net detection | random vec.: 'unusual' |", "|---|---|---|---|---|---|---|---|---|"]
+             "of which 'Yes, … about X' | of which 'unusual, can't tell' | success | false positives | net detection | "
+             "random vec.: 'unusual' |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         rm = "–" if not r.removed else (f"{r.removed[0]}..{r.removed[-1]}" if len(r.removed) > 2 and
                                          r.removed == list(range(r.removed[0], r.removed[-1] + 1)) else
                                          ",".join(map(str, r.removed)))
         lines.append(f"| {r.name} | {rm} | {format_rate(r.detection)} | {format_difference(r.effect)} | "
-                     f"{r.lost} / {r.gained} | {format_rate(r.success)} | {format_rate(r.false_positive)} | "
+                     f"{r.lost} / {r.gained} | {format_rate(r.concept_claim)} | {format_rate(r.unusual_injected)} | "
+                     f"{format_rate(r.success)} | {format_rate(r.false_positive)} | "
                      f"{format_difference(r.net_detection)} | {format_rate(r.unusual_random)} |")
     return "\n".join(lines)

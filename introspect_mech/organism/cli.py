@@ -102,8 +102,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablation import AblationConfig, ablate_layers, load_switch
+    from .ablation import AblationConfig, ablate_layers, load_switch, regrade_ablation
 
+    if args.regrade:
+        regrade_ablation(args.regrade)
+        return 0
+    if not args.out:
+        raise ConfigError("organism ablate needs --out DIR (or --regrade DIR for a stored ablation)")
     if not args.adapter:
         raise ConfigError("organism ablate removes an adapter's LoRA layer by layer; pass --adapter PATH")
     cfg = AblationConfig(layer=args.layer, dose=args.dose, singles=not args.no_singles, block_size=args.block_size,
@@ -170,7 +175,9 @@ def add_organism_parser(sub: Any) -> None:
     p = osub.add_parser("ablate", help="layer-wise adapter ablation: detection on the held-out words with the LoRA "
                                        "removed from one layer, or a block of layers, at a time")
     add_model_args(p)
-    p.add_argument("--out", required=True, help="folder for records.jsonl, summary.json, summary.md")
+    p.add_argument("--out", default=None, help="folder for records.jsonl, summary.json, summary.md")
+    p.add_argument("--regrade", default=None, metavar="ABLATION_DIR",
+                   help="grade and summarise a stored ablation again (no model, no generation)")
     p.add_argument("--layer", type=int, default=14, help="injection layer")
     p.add_argument("--dose", type=float, default=0.5, help="target dose ‖s·v‖/mean‖h‖")
     p.add_argument("--block-size", type=int, default=3, help="adjacent adapted layers per block (0: no blocks)")
