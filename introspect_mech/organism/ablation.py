@@ -168,7 +168,7 @@ def _rows(model: Model, cfg: AblationConfig, words: list[str]) -> list:
     from ..experiments.injected_thoughts.prompt import exp1_prompt
     from ..inject import Injection, random_like
     from ..seeds import seed_from
-    from .evaluate import _Row
+    from .evaluate import EvalRow
     from .train import dose_references
 
     p = exp1_prompt(model.tokenizer)
@@ -179,15 +179,15 @@ def _rows(model: Model, cfg: AblationConfig, words: list[str]) -> list:
     for w in words:
         v = vectors.get(w, L)
         s = cfg.dose * ref / float(v.double().norm())
-        rows.append(_Row("injected", "greedy", p.rendered, Injection(v, L, s, p.window, label=w), w, L, cfg.dose))
+        rows.append(EvalRow("injected", "greedy", p.rendered, Injection(v, L, s, p.window, label=w), w, L, cfg.dose))
     for i in range(cfg.random_per_ablation):
         w = words[i % len(words)]
         v = vectors.get(w, L)
         s = cfg.dose * ref / float(v.double().norm())
         rv = random_like(v, seed_from("organism-ablation-random", w, L, i))
-        rows.append(_Row("random_vector", "greedy", p.rendered, Injection(rv, L, s, p.window, label="random"), w, L,
+        rows.append(EvalRow("random_vector", "greedy", p.rendered, Injection(rv, L, s, p.window, label="random"), w, L,
                          cfg.dose))
-    rows += [_Row("control", "sampled", p.rendered, None, words[k % len(words)]) for k in range(cfg.control_trials)]
+    rows += [EvalRow("control", "sampled", p.rendered, None, words[k % len(words)]) for k in range(cfg.control_trials)]
     return rows
 
 
@@ -195,7 +195,7 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
                   progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Generate and grade every ablation's trials (same injections, same seeds); summarise against the organism."""
     from ..grading.rules import RuleGrader
-    from .evaluate import _generate_rows, grade
+    from .evaluate import generate_rows, grade
     from .words import held_out_words
 
     cfg.validate()
@@ -212,7 +212,7 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
     records: list[dict] = []
     for a in conds:
         with switch.removed_from(a.removed):
-            recs = _generate_rows(model, gen_cfg, rows, progress)  # same seeds in every ablation
+            recs = generate_rows(model, gen_cfg, rows, progress)  # same seeds in every ablation
         for r in recs:
             r.update({"ablation": a.name, "removed": list(a.removed), "kind": a.kind})
         records += recs
