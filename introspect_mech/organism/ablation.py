@@ -22,17 +22,18 @@ which is conservative for these paired trials), beside the number of words that 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from ..errors import ConfigError
-from ..stats import Rate, difference_interval, format_difference, format_rate
+from ..stats import Difference, Rate, difference_interval, format_difference, format_rate
 
 if TYPE_CHECKING:
     from ..models import Model
@@ -195,7 +196,7 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
                   progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Generate and grade every ablation's trials (same injections, same seeds); summarise against the organism."""
     from ..grading.rules import RuleGrader
-    from .evaluate import generate_rows, grade
+    from .evaluate import EvalConfig, generate_rows, grade
     from .words import held_out_words
 
     cfg.validate()
@@ -205,8 +206,6 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
     t0 = time.perf_counter()
     switch.remove(())
     rows = _rows(model, cfg, words)
-    from .evaluate import EvalConfig
-
     gen_cfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     grader = RuleGrader()
     records: list[dict] = []
@@ -224,7 +223,6 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
                     "grader": grader.name})
     if out is not None:
         from ..store import atomic_write_json, atomic_write_text
-        import json
 
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
@@ -238,8 +236,6 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
 def regrade_ablation(folder: str | os.PathLike, *, log: Callable[[str], None] = print) -> dict:
     """Grade and summarise a stored ablation's ``records.jsonl`` again (no model): for a changed grader or
     summary. Rewrites ``summary.json`` and ``summary.md`` beside it, keeping the stored config and timing."""
-    import json
-
     from ..errors import ArtifactError, MissingFileError
     from ..grading.rules import RuleGrader
     from ..store import atomic_write_json, atomic_write_text
@@ -287,11 +283,10 @@ class AblationRow:
     unusual_random: Rate | None
     concept_claim: Rate | None = None  # injected replies opening with "Yes" (the trained concept report)
     unusual_injected: Rate | None = None  # injected replies saying "unusual, can't tell what" (the random-vector report)
-    net_detection: object = None  # Difference: detection − false positives
-    effect: object = None  # Difference: detection − the organism's detection
+    net_detection: Difference | None = None  # detection − false positives
+    effect: Difference | None = None  # detection − the organism's detection
     lost: int = 0  # words the organism detects and this ablation does not
     gained: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def summarize_ablation(records: Sequence[dict], conds: Sequence[Ablation]) -> dict:
