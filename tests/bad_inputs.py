@@ -487,6 +487,12 @@ CASES: list[Case] = [
          "--modes lists greedy twice"),
     Case("organism regrade of a folder without records",
          lambda t: ["organism", "eval", "--regrade", str(t / "no-eval")], "organism eval"),
+    Case("organism ablate without an adapter", lambda t: ["organism", "ablate", "--out", str(t / "a")], "pass --adapter"),
+    Case("organism ablate without --out", lambda t: ["organism", "ablate", "--adapter", str(t / "x")], "needs --out"),
+    Case("organism ablate regrade of a folder without records",
+         lambda t: ["organism", "ablate", "--regrade", str(t / "no-ablation")], "organism ablate --out"),
+    Case("organism ablate with a zero dose",
+         lambda t: ["organism", "ablate", "--adapter", str(t / "x"), "--out", str(t / "a"), "--dose", "0"], "dose must be"),
 ]
 
 

@@ -63,7 +63,7 @@ KINDS = {
                                     if i == 0 else [], with_doses=True),
     "introspect_mech/runner.py:_generate_rows":
         lambda m, ps: generate(m, ps, _injs(m, ps), max_new_tokens=4, temperature=1.0, seed=3),
-    "introspect_mech/organism/evaluate.py:_generate_rows":
+    "introspect_mech/organism/evaluate.py:generate_rows":
         lambda m, ps: generate(m, ps, [_injs(m, ps)[0], None, _injs(m, ps)[0]], max_new_tokens=4, temperature=1.0,
                                seed=5),
     "introspect_mech/organism/train.py:dose_references":

@@ -156,6 +156,37 @@ def test_markdown_table_labels_both_random_controls():
     assert "1.00 [0.21, 1.00] (1/1)" in row  # the fixed-strength control of layer 10, shown on its cells
 
 
+def test_detect_before_mention_is_the_share_of_any_order_identifications_with_the_claim_first():
+    """The paper's internality criterion, from the rule grader's own order verdicts: a reply that names the
+    word first and claims detection after is identified in any order but not "detected before mention"
+    (mutant: counting every identified reply, or every affirmative one, gives 3/3 or 3/4)."""
+    from introspect_mech.grading.base import GradeRequest
+    from introspect_mech.grading.rules import RuleGrader
+
+    replies = ["Yes, I detect an injected thought. It is about dust.",  # claim first: counts
+               "I notice an injected thought about dust.",  # same sentence: counts (before or with)
+               "Dust. Dust is on my mind. Yes, I detect an injected thought about dust.",  # word first: delayed
+               "Yes, I detect an injected thought, but I cannot tell what it is about.",  # not identified
+               "No, I do not detect an injected thought."]
+    records = [rec("injected", "dust", 10, 2.0, response=r) for r in replies]
+    records.append(rec("control", "dust", response="No."))
+    grades = it.grade_records(records, RuleGrader(related=None))
+    s = it.summarize(records, grades, n_layers=30)
+    cell = next(r for r in s["cells"] if r["condition"] == "injected")
+    assert (cell["identified_any_order"].k, cell["identified_any_order"].n) == (3, 5)
+    assert (cell["detect_before_mention"].k, cell["detect_before_mention"].n) == (2, 3)
+    assert (cell["success"].k, cell["affirmative"].k) == (2, 4)
+    assert s["internality"]["detect_before_mention"].k == 2
+    table = it.markdown_table(s)
+    assert "detect before mention" in table and "0.67 [0.21, 0.94] (2/3)" in table
+    assert "3 of 5 claim detection and identify the word in any order" in table
+    names = [x.name for x in it.headline(s).series]
+    assert "detect before mention (of trials identified in any order)" in names
+    # a grader that does not judge the order leaves the rate empty instead of inventing one
+    blind = [G(affirmative=True, correct_id=True) for _ in records]
+    assert it.summarize(records, blind, n_layers=30)["internality"]["detect_before_mention"].n == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Experiment 1: the trial list (controls)
 # ---------------------------------------------------------------------------------------------

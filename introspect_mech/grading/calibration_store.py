@@ -27,6 +27,7 @@ from .calibrate import CalibrationReport
 SUCCESS_LABEL = "correct_id|affirmative,before_mention"  # the paper's rule on both sides
 SUCCESS_ANY_ORDER_LABEL = "correct_id|affirmative"  # our success vs the reference's order-free conjunction
 AFFIRMATIVE_LABEL = "affirmative"
+BEFORE_MENTION_LABEL = "before_mention"  # the claim is not preceded by the word (Exp 1's internality criterion)
 
 
 def store_path() -> Path:

@@ -109,8 +109,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablation import AblationConfig, ablate_layers, load_switch, regrade_ablation
+
+    if args.regrade:
+        regrade_ablation(args.regrade)
+        return 0
+    if not args.out:
+        raise ConfigError("organism ablate needs --out DIR (or --regrade DIR for a stored ablation)")
+    if not args.adapter:
+        raise ConfigError("organism ablate removes an adapter's LoRA layer by layer; pass --adapter PATH")
+    cfg = AblationConfig(layer=args.layer, dose=args.dose, singles=not args.no_singles, block_size=args.block_size,
+                         control_trials=args.control_trials, random_per_ablation=args.random,
+                         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+    cfg.validate()
+    if args.remote:
+        raise ConfigError("organism ablate swaps local weights; drop --remote")
+    model, switch = load_switch(args.adapter, name=args.model, device=args.device, dtype=args.dtype,
+                                trust_remote_code=args.trust_remote_code)
+    ablate_layers(model, switch, cfg, args.out, progress=not args.no_progress)
+    print(f"records: {args.out}/records.jsonl; summary: {args.out}/summary.json, {args.out}/summary.md")
+    return 0
+
+
 def add_organism_parser(sub: Any) -> None:
-    """Register ``organism train`` and ``organism eval`` on the top-level subparsers."""
+    """Register ``organism train``, ``organism eval`` and ``organism ablate`` on the top-level subparsers."""
     org = sub.add_parser("organism", help="train and quickly evaluate the introspective model organism (LoRA)")
     osub = org.add_subparsers(dest="organism_command", required=True)
 
@@ -156,3 +179,21 @@ def add_organism_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = osub.add_parser("ablate", help="layer-wise adapter ablation: detection on the held-out words with the LoRA "
+                                       "removed from one layer, or a block of layers, at a time")
+    add_model_args(p)
+    p.add_argument("--out", default=None, help="folder for records.jsonl, summary.json, summary.md")
+    p.add_argument("--regrade", default=None, metavar="ABLATION_DIR",
+                   help="grade and summarise a stored ablation again (no model, no generation)")
+    p.add_argument("--layer", type=int, default=14, help="injection layer")
+    p.add_argument("--dose", type=float, default=0.5, help="target dose ‖s·v‖/mean‖h‖")
+    p.add_argument("--block-size", type=int, default=3, help="adjacent adapted layers per block (0: no blocks)")
+    p.add_argument("--no-singles", action="store_true", help="blocks only, no single-layer ablations")
+    p.add_argument("--control-trials", type=int, default=30, help="sampled no-injection trials per ablation")
+    p.add_argument("--random", type=int, default=0, help="greedy random norm-matched vectors per ablation")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_ablate)

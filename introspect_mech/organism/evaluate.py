@@ -97,7 +97,9 @@ class EvalConfig:
 
 
 @dataclass(frozen=True, eq=False)
-class _Row:
+class EvalRow:
+    """One trial to generate: its condition, decoding mode, prompt and injection (shared with ``ablation``)."""
+
     condition: str
     mode: str
     prompt: Any
@@ -108,38 +110,38 @@ class _Row:
     question: str | None = None
 
 
-def _rows(model: Model, cfg: EvalConfig, words: list[str], vectors: Any) -> list[_Row]:
+def _rows(model: Model, cfg: EvalConfig, words: list[str], vectors: Any) -> list[EvalRow]:
     p = exp1_prompt(model.tokenizer)
     prompt, window = p.rendered, p.window
     qs = protocol_yes_bias_questions() if cfg.yes_bias else []
     q_prompts = [trial_prompt(model.tokenizer, 0, q) for q in qs]
     refs = dose_references(model, [(prompt, window)] + q_prompts, cfg.layers)
-    rows: list[_Row] = []
+    rows: list[EvalRow] = []
     for mode in cfg.modes:
         for L in cfg.layers:
             for d in cfg.doses:
                 for w in words:
                     v = vectors.get(w, L)
                     s = d * refs[0][L] / float(v.double().norm())
-                    rows.append(_Row("injected", mode, prompt, Injection(v, L, s, window, label=w), w, L, d))
+                    rows.append(EvalRow("injected", mode, prompt, Injection(v, L, s, window, label=w), w, L, d))
                 for i in range(min(cfg.random_per_cell, len(words) * 10)):
                     w = words[i % len(words)]
                     v = vectors.get(w, L)
                     s = d * refs[0][L] / float(v.double().norm())
                     rv = random_like(v, seed_from("organism-eval-random", w, L, i))
-                    rows.append(_Row("random_vector", mode, prompt, Injection(rv, L, s, window, label="random"), w, L, d))
+                    rows.append(EvalRow("random_vector", mode, prompt, Injection(rv, L, s, window, label="random"), w, L, d))
                 for k, (q, (qp, qw)) in enumerate(zip(qs, q_prompts)):
                     w = words[k % len(words)]
                     v = vectors.get(w, L)
                     s = d * refs[1 + k][L] / float(v.double().norm())
-                    rows.append(_Row("yes_bias", mode, qp, Injection(v, L, s, qw, label=w), w, L, d, q))
+                    rows.append(EvalRow("yes_bias", mode, qp, Injection(v, L, s, qw, label=w), w, L, d, q))
         n_ctl = 1 if mode == "greedy" else cfg.control_trials
-        rows += [_Row("control", mode, prompt, None, words[k % len(words)]) for k in range(n_ctl)]
-        rows += [_Row("yes_bias_clean", mode, qp, None, None, question=q) for q, (qp, _) in zip(qs, q_prompts)]
+        rows += [EvalRow("control", mode, prompt, None, words[k % len(words)]) for k in range(n_ctl)]
+        rows += [EvalRow("yes_bias_clean", mode, qp, None, None, question=q) for q, (qp, _) in zip(qs, q_prompts)]
     return rows
 
 
-def _generate_rows(model: Model, cfg: EvalConfig, rows: list[_Row], progress: bool) -> list[dict]:
+def generate_rows(model: Model, cfg: EvalConfig, rows: list[EvalRow], progress: bool) -> list[dict]:
     """Generate every row; rows sharing the Exp 1 prompt use its prefix KV cache (exact)."""
     from tqdm.auto import tqdm
 
@@ -390,7 +392,7 @@ def evaluate_organism(model: Model, cfg: EvalConfig, out: str | os.PathLike | No
     vectors = extract_concept_vectors(model, words, layers=layers)
     rows = _rows(model, cfg, words, vectors)
     grader = RuleGrader()
-    records = grade(_generate_rows(model, cfg, rows, progress), grader)
+    records = grade(generate_rows(model, cfg, rows, progress), grader)
     summary = summarize(records)
     summary.update({"config": asdict(cfg), "model": model.describe(), "seconds": round(time.perf_counter() - t0, 1),
                     "threads": torch.get_num_threads(),

@@ -113,6 +113,7 @@ def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int 
             "coherent": _rate(g.coherent for g in gs),
             "thinking_about_word": _rate(g.thinking_about_word for g in gs),
             "mean_dose": (sum(doses) / len(doses)) if doses else None,
+            **internality(gs),
         }
         if by_category:
             row["category"] = k[3]
@@ -124,6 +125,25 @@ def _cell_rows(records: Sequence[dict], grades: Sequence[Grades], n_layers: int 
     rows.sort(key=lambda r: (r["condition"], r["layer"] is None, r["layer"] or 0, r["strength"] or 0,
                              r.get("category") or ""))
     return rows
+
+
+def identified_any_order(g: Grades) -> bool | None:
+    """Claims detection and identifies the word, in either order (None when the grader does not judge it)."""
+    v = g.raw.get("detects_and_identifies")
+    return None if v is None else bool(v)
+
+
+def internality(grades: Sequence[Grades]) -> dict[str, Rate]:
+    """The paper's internality criterion, "detect before mention": of the trials that claim detection and
+    identify the word in *any* order, the share whose claim comes before (or with) the first mention of
+    the word or a related concept. A model that says the word first and then "notices" it could have read
+    the thought off its own output; the paper counts only the detection that precedes the mention. The
+    success rate already requires it; this rate says how much of the any-order identification it removes.
+
+    Graders that do not judge the order (an LLM judge) leave both rates empty (n = 0)."""
+    any_order = [identified_any_order(g) for g in grades]
+    first = [bool(g.correct_id) for g, a in zip(grades, any_order) if a]
+    return {"identified_any_order": Rate.from_bools(any_order), "detect_before_mention": Rate.from_bools(first)}
 
 
 def _question_index(rec: dict) -> int:
@@ -217,7 +237,7 @@ def grader_quality(grader_name: str | None, calibration: dict | None) -> dict:
     if calibration is not None:
         out["source"] = cs.describe(calibration)
         for key, label in (("success", cs.SUCCESS_LABEL), ("success_any_order", cs.SUCCESS_ANY_ORDER_LABEL),
-                           ("affirmative", cs.AFFIRMATIVE_LABEL)):
+                           ("affirmative", cs.AFFIRMATIVE_LABEL), ("before_mention", cs.BEFORE_MENTION_LABEL)):
             q = cs.Quality.of(calibration, label)
             out[key] = None if q is None else {"label": label, "recall": q.recall, "precision": q.precision,
                                                "kappa": q.kappa, "text": q.short()}
@@ -253,6 +273,7 @@ def summarize(records: Sequence[dict], grades: Sequence[Grades], n_layers: int |
                                   n_layers, by_category=True),
         "category_totals": category_totals(inj_pairs),
         "held_out": held_out(records, grades, fp),
+        "internality": internality([g for _, g in inj_pairs]),
         "yes_bias": yes_bias_comparison(records),
         "best_in_sample": ({k: best_in_sample[k] for k in ("layer", "strength", "depth", "success")}
                            if best_in_sample else None),
@@ -327,11 +348,11 @@ def markdown_table(summary: dict) -> str:
     lines = quality_lines(summary.get("grader_quality"))
     if lines:
         lines.append("")
-    lines += ["| layer (depth) | strength | dose | success | affirmative | net affirm. (− FP) | coherent | "
-              "random vec. (cell strength) "
+    lines += ["| layer (depth) | strength | dose | success | affirmative | net affirm. (− FP) | "
+              "detect before mention (of identified, any order) | coherent | random vec. (cell strength) "
               f"affirm. | random vec. ({fixed_label}) affirm. | negated affirm. | scaling affirm. | "
               "yes-bias 'yes': injected vs clean, same questions (unparsed) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in (c for c in cells if c["condition"] == "injected"):
         k = (r["layer"], r["strength"])
         def other(cond, metric="affirmative"):
@@ -344,11 +365,20 @@ def markdown_table(summary: dict) -> str:
         lines.append(
             f"| {r['layer']} ({r['depth']:.2f}) | {r['strength']:g} | "
             f"{(r['mean_dose'] or 0):.2f} | {_fmt(r['success'])} | {_fmt(r['affirmative'])} | "
-            f"{_diff(r.get('net_affirmative'))} | {_fmt(r['coherent'])} | "
+            f"{_diff(r.get('net_affirmative'))} | {_fmt(r.get('detect_before_mention'))} | {_fmt(r['coherent'])} | "
             f"{other('random_vector')} | {_fmt(fx['affirmative']) if fx else '–'} | {other('negated')} | "
             f"{other('scaling')} | {yb_txt} |")
     c = summary["control"]
     lines.append("")
+    it = summary.get("internality")
+    if it:
+        q = (summary.get("grader_quality") or {}).get("before_mention")
+        lines.append(
+            "Detect before mention (the paper's internality criterion), all injected trials: "
+            f"{it['identified_any_order'].k} of {it['identified_any_order'].n} claim detection and identify the word in "
+            f"any order; of those, the claim comes first in {_fmt(it['detect_before_mention'])} (only these count as "
+            "success; the rest are delayed detections, word first)"
+            + (f"; grader on the before-mention label: {q['text']}." if q else "."))
     lines.append(f"No-injection control trials: false-positive (affirmative) rate {_fmt(c['false_positive'])}, "
                  f"coherent {_fmt(c['coherent'])}.")
     yb = next((r for r in cells if r["condition"] == "yes_bias_clean"), None)
@@ -446,7 +476,8 @@ def headline(summary: dict) -> Headline:
     series = [series_of("success (detected and identified)", inj, "success"),
               series_of("affirmative (claims detection)", inj, "affirmative", baseline=fp,
                         baseline_label="false positives"),
-              series_of("net affirmative (affirmative − false positives)", inj, "net_affirmative", kind="difference")]
+              series_of("net affirmative (affirmative − false positives)", inj, "net_affirmative", kind="difference"),
+              series_of("detect before mention (of trials identified in any order)", inj, "detect_before_mention")]
     for cond, label in (("random_vector", "control: random vector (cell strength), affirmative"),
                         ("negated", "control: negated vector, affirmative"),
                         ("scaling", "control: activation scaling, affirmative")):
@@ -454,12 +485,16 @@ def headline(summary: dict) -> Headline:
         if rows:
             series.append(series_of(label, rows, "affirmative", baseline=fp, baseline_label="false positives"))
     ho, yb = summary.get("held_out") or {}, (summary.get("yes_bias") or {}).get("pooled")
+    it = summary.get("internality") or {}
     scalars = [("false positives (no injection), affirmative", fp),
                ("coherent (no injection)", summary["control"]["coherent"])]
     if ho:
         scalars += [("held-out success (best cell chosen on the other half of the concepts)",
                      ho["pooled_held_out_success"]),
                     ("held-out net affirmative", ho.get("pooled_net_affirmative"))]
+    if it:
+        scalars += [("identified in any order (all injected trials)", it["identified_any_order"]),
+                    ("detect before mention, of those identified", it["detect_before_mention"])]
     if yb:
         scalars += [("yes-bias 'yes', injected − clean (same questions)", yb["difference"])]
     return Headline(tuple(series), tuple(scalars))
