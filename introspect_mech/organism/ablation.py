@@ -236,21 +236,15 @@ def ablate_layers(model: Model, switch: AdapterSwitch, cfg: AblationConfig, out:
 def regrade_ablation(folder: str | os.PathLike, *, log: Callable[[str], None] = print) -> dict:
     """Grade and summarise a stored ablation's ``records.jsonl`` again (no model): for a changed grader or
     summary. Rewrites ``summary.json`` and ``summary.md`` beside it, keeping the stored config and timing."""
-    from ..errors import ArtifactError, MissingFileError
     from ..grading.rules import RuleGrader
     from ..store import atomic_write_json, atomic_write_text
-    from .evaluate import grade
+    from .evaluate import grade, read_stored_records
 
     o = Path(folder)
     path = o / "records.jsonl"
-    if not path.is_file():
-        raise MissingFileError(f"{path} does not exist; pass a folder written by `organism ablate --out`")
-    try:
-        records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is not JSON lines ({exc})") from exc
-    if not records or any(not {"ablation", "removed", "kind", "condition", "text", "word"} <= set(r) for r in records):
-        raise ArtifactError(f"{path} does not hold organism ablation records")
+    records = read_stored_records(path, {"ablation", "removed", "kind", "condition", "text", "word"},
+                                  missing_hint="pass a folder written by `organism ablate --out`", json_hint="",
+                                  what="organism ablation records")
     conds, seen = [], set()
     for r in records:
         if r["ablation"] not in seen:

@@ -345,23 +345,35 @@ def write_summary(out: str | os.PathLike, records: list[dict], summary: dict) ->
     atomic_write_text(out / "summary.md", markdown(summary) + "\n")
 
 
+def read_stored_records(path: Path, required: set[str], *, missing_hint: str, json_hint: str,
+                        what: str) -> list[dict]:
+    """The records of a stored organism ``records.jsonl`` (an eval or an ablation), each checked to hold the
+    ``required`` fields: regrading reads them without a model, so a wrong or damaged file must be a one-line
+    error naming what to pass, not a ``KeyError`` halfway through grading."""
+    from ..errors import ArtifactError, MissingFileError
+
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist; {missing_hint}")
+    try:
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as exc:
+        raise ArtifactError(f"{path} is not JSON lines ({exc}){json_hint}") from exc
+    if not records or any(not required <= set(r) for r in records):
+        raise ArtifactError(f"{path} does not hold {what}")
+    return records
+
+
 def regrade(records_path: str | os.PathLike, out: str | os.PathLike | None = None, *,
             log: Callable[[str], None] = print) -> dict:
     """Grade and summarise stored ``records.jsonl`` again (no model, no generation): for evaluations
     made before the grader or the summary changed. With ``out``, write the three files there."""
-    from ..errors import ArtifactError, MissingFileError
-
     path = Path(records_path)
     if path.is_dir():
         path = path / "records.jsonl"
-    if not path.is_file():
-        raise MissingFileError(f"{path} does not exist; pass an organism eval folder or its records.jsonl")
-    try:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError as exc:
-        raise ArtifactError(f"{path} is not JSON lines ({exc}); pass the records.jsonl written by organism eval") from exc
-    if not records or any(not {"condition", "mode", "text", "word"} <= set(r) for r in records):
-        raise ArtifactError(f"{path} does not hold organism eval records (condition, mode, text, word)")
+    records = read_stored_records(path, {"condition", "mode", "text", "word"},
+                                  missing_hint="pass an organism eval folder or its records.jsonl",
+                                  json_hint="; pass the records.jsonl written by organism eval",
+                                  what="organism eval records (condition, mode, text, word)")
     grader = RuleGrader()
     records = grade(records, grader)
     summary = summarize(records)
