@@ -188,18 +188,23 @@ class SlotCache(Cache):
                 layer.allocate(src.keys.shape[1], src.keys.shape[-1], src.values.shape[-1], src.keys.dtype,
                                src.keys.device)
 
-    def load_prefix(self, start: int, n: int, prefix: Any) -> None:
-        """Copy a prefix's keys and values (computed once, batch 1) into slots ``start .. start + n``.
+    def load_prefix(self, start: int, n: int, prefix: Any, offset: int = 0) -> None:
+        """Copy a prefix's keys and values (computed once, batch 1) at positions ``offset..`` into slots
+        ``start .. start + n`` (column = position - ``offset``; cascade rows store positions from their stem on).
 
         A sliding-window layer of the prefix's own cache keeps only its last ``window - 1``
-        columns; those are all a later token can see, so they are placed right-aligned."""
+        columns; those are all a later token can see, so they are placed right-aligned (the columns
+        before them stay hidden by the window)."""
         cache, P = prefix.cache, prefix.length
         self._allocate_like(cache)
         for layer, src in zip(self.layers, cache.layers):
             k, v = src.keys[0], src.values[0]
-            w = k.shape[-2]
-            layer.kbuf[start:start + n, :, P - w:P] = k.to(layer.kbuf.dtype)
-            layer.vbuf[start:start + n, :, P - w:P] = v.to(layer.vbuf.dtype)
+            first = max(P - k.shape[-2], int(offset))  # first position both held by the cache and wanted
+            if first >= P:
+                continue
+            k, v = k[:, first - (P - k.shape[-2]):], v[:, first - (P - k.shape[-2]):]
+            layer.kbuf[start:start + n, :, first - offset:P - offset] = k.to(layer.kbuf.dtype)
+            layer.vbuf[start:start + n, :, first - offset:P - offset] = v.to(layer.vbuf.dtype)
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` columns of slot ``src`` into slot ``dst`` (keeps running rows contiguous)."""

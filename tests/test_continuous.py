@@ -509,3 +509,23 @@ def test_a_temperature_that_overflows_the_logits_is_refused(tiny_model_of):
     with pytest.raises(ConfigError, match="pass 0 for greedy"):
         runner.check_run_settings(None, 1e-30, 0, None)
     runner.check_run_settings(None, 1e-4, 0, None)  # small but safe
+
+
+@tiny
+def test_stem_lengths_cut_prefixes_at_the_common_stem(sdpa_model):
+    """Clean rows (prefix = prompt minus its last token) join the injected rows' stem when the cut leaves them at
+    most MAX_STEM_EXTRA own columns; a prompt that shares less than MIN_PREFIX tokens keeps its own prefix; rows
+    with no cacheable prefix stay at 0. A function of the request list alone."""
+    m = sdpa_model("llama")
+    reqs = _prefix_requests(m)
+    keys = [cont_mod.prefix_length(r.prompt, r.injections) for r in reqs]
+    stems = cont_mod.stem_lengths(reqs)
+    injected = [k for k, r in zip(keys, reqs) if r.injections]
+    assert len(set(injected)) == 1 and len(set(keys)) > 1  # clean rows have longer prefixes of their own
+    assert stems == [injected[0]] * len(reqs)
+    lone = Request(render(m.tokenizer, [{"role": "user", "content": "Zebra " * 40}]), ())
+    stems = cont_mod.stem_lengths(reqs + [lone, Request(lone.prompt, (Injection.scaling(1, 2.0),))])
+    assert stems[-2] == len(lone.prompt) - 1 and stems[-1] == 0
+    far = Request(render(m.tokenizer, [{"role": "user", "content": " ".join(TEXTS[:4]) + "\n\n" + "word " * 80}]), ())
+    assert cont_mod.stem_lengths(reqs + [far])[-1] == len(far.prompt) - 1  # > MAX_STEM_EXTRA own columns: own group
+    assert cont_mod.stem_lengths(reqs) == cont_mod.stem_lengths(list(reqs))
