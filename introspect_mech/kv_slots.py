@@ -259,7 +259,9 @@ def cascade_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     cache's per-row mask over them. For each group of rows sharing a cached prefix the prefix part is
     one matrix product of all their queries with the prefix's keys; the two partial softmaxes are
     combined with their maxima and sums (the log-sum-exp identity), so the result is the attention
-    over the concatenation, up to float rounding."""
+    over the concatenation, up to float rounding. Written for the decode step, where it runs once per
+    layer and step on many rows: masks broadcast instead of being expanded, the softmax is computed in
+    place, and a group that holds every row (the usual case, ``stem_lengths``) is read without gathers."""
     cache = _ACTIVE[-1]
     layer = module.layer_idx
     n, hq, s, d = query.shape
@@ -267,48 +269,62 @@ def cascade_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     g = hq // hkv
     scale = scaling if scaling is not None else d ** -0.5
     q = query.reshape(n, hkv, g * s, d)  # query heads of one KV head, then positions
-    scores = torch.matmul(q, key.transpose(-1, -2)) * scale  # [n, hkv, g*s, W]
+    scores = torch.matmul(q, key.transpose(-1, -2))  # [n, hkv, g*s, W]
+    W = scores.shape[-1]
+    scores.mul_(scale)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     m = attention_mask if not isinstance(attention_mask, dict) else attention_mask[cache.types[layer]]
-    m = m.to(query.device)[:, :, None].expand(n, 1, g, s, m.shape[-1]).reshape(n, 1, g * s, m.shape[-1])
-    scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m
+    m = m.to(query.device)[:, :, None]  # [n, 1, 1, s, W]: broadcast over the KV and query heads
+    s5 = scores.view(n, hkv, g, s, W)
+    if m.dtype == torch.bool:
+        s5.masked_fill_(~m, float("-inf"))
+    else:
+        s5.add_(m)
     mx = scores.amax(-1, keepdim=True)
-    e = torch.exp(scores - mx)
+    e = scores.sub_(mx).exp_()
     total = e.sum(-1, keepdim=True)
     out = torch.matmul(e.to(value.dtype), value).float()
     mx, total = mx.float(), total.float()
     window = cache.windows[layer]
     for rows, pre in cache.groups:
+        whole = rows.numel() == n  # every row of this forward (rows are distinct indices)
         rows = rows.to(query.device)
         src = pre.cache.layers[layer]
         kp, vp = src.keys[0], src.values[0]  # [hkv, P', d]: the prefix's last P' positions
         first = pre.length - kp.shape[-2]
-        ng = rows.numel()
-        qg = q[rows].permute(1, 0, 2, 3).reshape(hkv, ng * g * s, d)
-        sp = torch.bmm(qg, kp.transpose(1, 2).to(qg.dtype)) * scale  # [hkv, ng*g*s, P']
+        ng = n if whole else rows.numel()
+        qg = (q if whole else q[rows]).transpose(0, 1).reshape(hkv, ng * g * s, d)
+        sp = torch.bmm(qg, kp.transpose(1, 2).to(qg.dtype))  # [hkv, ng*g*s, P']
+        sp.mul_(scale)
         if softcap is not None:
             sp = torch.tanh(sp / softcap) * softcap
         if window is not None:  # sliding layer: prefix position p is visible from q iff p > q - window
             qpos = cache.positions.to(query.device)[rows]  # [ng, s]
             ppos = torch.arange(first, pre.length, device=qpos.device)
             vis = ppos[None, None, :] > (qpos[:, :, None] - window)  # [ng, s, P']
-            vis = vis[None, :, None].expand(hkv, ng, g, s, vis.shape[-1]).reshape(hkv, ng * g * s, vis.shape[-1])
-            sp = sp.masked_fill(~vis, float("-inf"))
-        mp = sp.amax(-1, keepdim=True)  # -inf where a sliding window hides the whole prefix
-        safe = torch.where(torch.isfinite(mp), mp, torch.zeros_like(mp))
-        ep = torch.exp(sp - safe)
+            sp.view(hkv, ng, g, s, -1).masked_fill_(~vis[None, :, None], float("-inf"))
+            mp = sp.amax(-1, keepdim=True)  # -inf where the window hides the whole prefix
+            mp = torch.where(torch.isfinite(mp), mp, torch.zeros_like(mp))
+        else:
+            mp = sp.amax(-1, keepdim=True)
+        ep = sp.sub_(mp).exp_()
         tp = ep.sum(-1, keepdim=True)
         op = torch.bmm(ep.to(vp.dtype), vp).float()
-        # back to [ng, hkv, g*s, ...]; a hidden prefix merges with weight exp(-inf) = 0
-        op = op.reshape(hkv, ng, g * s, -1).permute(1, 0, 2, 3)
-        mp = mp.reshape(hkv, ng, g * s, 1).permute(1, 0, 2, 3).float()
-        tp = tp.reshape(hkv, ng, g * s, 1).permute(1, 0, 2, 3).float()
-        mr, tr, orow = mx[rows], total[rows], out[rows]
+        # back to [ng, hkv, g*s, ...]; a hidden prefix merges with weight exp(-inf) = 0 (its sum tp is 0)
+        op = op.view(hkv, ng, g * s, -1).transpose(0, 1)
+        mp = mp.view(hkv, ng, g * s, 1).transpose(0, 1).float()
+        tp = tp.view(hkv, ng, g * s, 1).transpose(0, 1).float()
+        mr, tr, orow = (mx, total, out) if whole else (mx[rows], total[rows], out[rows])
         new = torch.maximum(mr, mp)
         a, b = torch.exp(mr - new), torch.exp(mp - new)
-        out[rows] = orow * a + op * b
-        total[rows] = tr * a + tp * b
-        mx[rows] = new
-    out = (out / total).to(query.dtype).reshape(n, hq, s, d)
+        if whole:
+            out = orow.mul_(a).add_(op * b)
+            total = tr.mul_(a).add_(tp * b)
+            mx = new
+        else:
+            out[rows] = orow * a + op * b
+            total[rows] = tr * a + tp * b
+            mx[rows] = new
+    out = out.div_(total).to(query.dtype).reshape(n, hq, s, d)
     return out.transpose(1, 2).contiguous(), None
