@@ -376,6 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_verbose(True)
     try:
         _set_threads(os.environ.get("INTROSPECT_MECH_THREADS"))
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()
         return int(args.func(args) or 0)
     except IntrospectError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -159,3 +159,27 @@ def test_timing_flag_zero_means_off(monkeypatch):
     for value, on in (("1", True), ("yes", True), ("0", False), ("", False), (" 0 ", False)):
         monkeypatch.setenv("INTROSPECT_MECH_TIMING", value)
         assert cli.env_flag("INTROSPECT_MECH_TIMING") is on, value
+
+
+def test_cli_keeps_freed_memory_for_the_next_step(monkeypatch):
+    """The command line sets glibc's malloc to reuse freed large blocks (allocator.py); off with
+    INTROSPECT_MECH_KEEP_FREED=0, and a no-op (False, no error) where the C library has no mallopt."""
+    import ctypes
+
+    from introspect_mech import allocator, cli
+
+    if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
+        assert allocator.keep_freed_memory() is True
+    monkeypatch.setenv("INTROSPECT_MECH_KEEP_FREED", "0")
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.delenv("INTROSPECT_MECH_KEEP_FREED")
+
+    def no_libc(*a, **k):
+        raise OSError("no libc")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_libc)
+    assert allocator.keep_freed_memory() is False
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert cli.main(["report", "/nonexistent/run"]) == 2  # any command: set before it runs
+    assert calls == [1]
