@@ -361,7 +361,20 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip() not in ("", "0")
 
 
+ANALYZE_HELP = """usage: introspect-mech analyze ANALYSIS [options]
+
+mechanism analyses; each owns its options: introspect-mech analyze ANALYSIS --help
+
+analyses:
+{rows}
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["analyze"] and argv[1:] in (["-h"], ["--help"]):  # its parser passes --help on to the analysis
+        print(ANALYZE_HELP.format(rows="\n".join(f"  {n:<16} (analyses.{m})" for n, m in sorted(ANALYSES.items()))))
+        return 0
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:

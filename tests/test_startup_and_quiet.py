@@ -183,3 +183,13 @@ def test_cli_keeps_freed_memory_for_the_next_step(monkeypatch):
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     assert cli.main(["report", "/nonexistent/run"]) == 2  # any command: set before it runs
     assert calls == [1]
+
+
+def test_analyze_help_lists_the_analyses(capsys):
+    """``analyze --help`` (its parser hands --help on to the analysis named after it) lists the analyses."""
+    from introspect_mech import cli
+
+    for flag in ("--help", "-h"):
+        assert cli.main(["analyze", flag]) == 0
+        out = capsys.readouterr().out
+        assert all(name in out for name in cli.ANALYSES) and "analyze ANALYSIS --help" in out
