@@ -155,8 +155,12 @@ class AblationConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if not self.dose > 0:
-            raise ConfigError(f"--dose must be > 0, got {self.dose}")
+        from .evaluate import MAX_DOSE
+
+        if not 0 < self.dose <= MAX_DOSE:
+            raise ConfigError(f"--dose must be in (0, {MAX_DOSE:g}], got {self.dose}")
+        if self.seed < 0 or self.layer < 0:
+            raise ConfigError(f"--seed and --layer must be >= 0, got {self.seed}, {self.layer}")
         if self.block_size < 0 or self.control_trials < 0 or self.random_per_ablation < 0:
             raise ConfigError("--block-size, --control-trials and --random must be >= 0")
         if self.max_new_tokens < 1 or self.batch_size < 1:

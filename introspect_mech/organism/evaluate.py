@@ -68,6 +68,11 @@ def says_unusual(text: str) -> bool:
     return bool(UNUSUAL.search(text) and CANT_TELL.search(text))
 
 
+MAX_DOSE = 100.0
+"""Largest dose ``organism eval`` takes: at 100x the mean residual norm the residual is the injected vector alone
+(training draws doses below 1), and larger values only risk float overflow in the layers above."""
+
+
 @dataclass
 class EvalConfig:
     layers: list[int] = field(default_factory=lambda: [14])
@@ -84,8 +89,18 @@ class EvalConfig:
     def validate(self) -> None:
         if not self.layers or not self.doses:
             raise ConfigError("evaluation needs at least one layer and one dose")
-        if any(not (0 < d < math.inf) for d in self.doses):
-            raise ConfigError(f"--doses must be finite numbers > 0, got {self.doses}")
+        if any(not (0 < d <= MAX_DOSE) for d in self.doses):
+            raise ConfigError(f"--doses must be numbers in (0, {MAX_DOSE:g}] (‖s·v‖ / mean ‖h‖), got {self.doses}")
+        for L in self.layers:  # the model checks the index range; the form is checked before it loads
+            text = str(L).strip()
+            try:
+                val = float(text) if any(c in text for c in ".eE") else int(text)
+            except ValueError:
+                raise ConfigError(f"--layers: {L!r} is neither a layer index nor a depth fraction like 0.5") from None
+            if isinstance(val, float) and not 0.0 <= val <= 1.0:
+                raise ConfigError(f"--layers: depth fraction {L!r} is outside [0, 1]")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if set(self.modes) - {"greedy", "sampled"} or not self.modes:
             raise ConfigError(f"modes must be a subset of greedy, sampled; got {self.modes}")
         for what, vals in (("--doses", list(self.doses)), ("--modes", list(self.modes)), ("--layers", list(self.layers))):

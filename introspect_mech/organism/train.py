@@ -73,6 +73,8 @@ class TrainConfig:
 
     def check_options(self) -> None:
         """Everything that needs no model (the CLI calls this before the model loads, so a typo costs nothing)."""
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.warmup < 0 or not 0 <= self.min_lr_ratio <= 1:
