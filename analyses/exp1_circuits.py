@@ -22,6 +22,9 @@ knock-out − metric intact, against a permutation null of component sets drawn 
 p is centred on the null median (``stats.permutation_test``) and always printed with the minimum
 attainable p, 1 / (1 + number of null sets).
 
+Mean: the component's mean over the clean rows' positions from the window on (``mean_over="clean"``,
+the value it takes when nothing is injected), or over every row (``"all"``).
+
 Patch: each row's components take their values from its counterfactual — an injected row from the
 clean run of the same prompt, a clean row from an injected run of the same prompt — so the test
 asks whether these components alone carry the difference between the two conditions.
@@ -133,6 +136,7 @@ class Exp1CircuitConfig:
     n_clean: int = 20  # clean prompts: both variants × trial numbers 1..n_clean/2 (rounded up)
     n_null: int = 39  # null component sets per hypothesis (minimum attainable p = 1 / (1 + n_null))
     null_layers: list[int] | None = None  # pool of a whole-layer hypothesis's null (default: after the injection)
+    mean_over: str = "clean"  # rows whose mean a mean-ablation writes: "clean" or "all" (injected and clean)
     batch_size: int = 32
     seed: int = 0
 
@@ -158,6 +162,8 @@ class Exp1CircuitConfig:
         if self.intervention == "patch" and self.n_words < self.n_clean:
             raise ConfigError("--intervention patch pairs every clean prompt with an injected one: "
                               "use --n-words >= --n-clean")
+        if self.mean_over not in ("clean", "all"):
+            raise ConfigError(f"--mean-over must be 'clean' or 'all', got {self.mean_over!r}")
         if self.n_null < 1:
             raise ConfigError(f"--n-null must be >= 1 (minimum attainable p = 1/(1+n)), got {self.n_null}")
         if self.batch_size < 1:
@@ -241,8 +247,9 @@ def run(model: Model, cfg: Exp1CircuitConfig | None = None, out_dir: str | Path 
     touched = sorted({x for s in specs for x in s.layers} | set(pool))
     stats = None
     if cfg.intervention == "mean":
-        # the mean over both conditions: knocking a component out removes what tells them apart
-        stats = ComponentStats(model, trials.prompts, trials.injections, start=trials.start, layers=touched)
+        rows = slice(n_inj, None) if cfg.mean_over == "clean" else slice(None)
+        stats = ComponentStats(model, trials.prompts[rows], trials.injections[rows], start=trials.start,
+                               layers=touched)
     elif cfg.intervention == "patch":
         stats = ComponentStats(model, trials.prompts, trials.counterfactual, start=trials.start, layers=touched)
     batch = len(trials.prompts) if cfg.intervention == "patch" else cfg.batch_size
@@ -323,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-null", type=int, default=39, help="null sets per hypothesis (min attainable p = 1/(1+n))")
     p.add_argument("--null-layers", default=None,
                    help="layers a whole-layer hypothesis's null is drawn from, e.g. 15-29 (default: after --layer)")
+    p.add_argument("--mean-over", default="clean", choices=["clean", "all"],
+                   help="mean ablation writes the component's mean over the clean rows (default) or over all rows")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="figures/circuits")
@@ -335,6 +344,7 @@ def config_from_args(a: argparse.Namespace) -> Exp1CircuitConfig:
                             injection_layer=a.layer, strength=a.strength, n_words=a.n_words, n_clean=a.n_clean,
                             n_null=a.n_null,
                             null_layers=list(_layer_list(a.null_layers, "--null-layers")) if a.null_layers else None,
+                            mean_over=a.mean_over,
                             batch_size=a.batch_size, seed=a.seed)
     cfg.validate()
     return cfg

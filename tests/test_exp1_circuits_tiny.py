@@ -32,7 +32,7 @@ def test_specs_parse_into_components():
 @pytest.mark.parametrize("bad, match", [
     (dict(hypotheses=["attn:3"]), "use mlp:LAYERS"), (dict(hypotheses=["mlp:18-17"]), "backwards"),
     (dict(hypotheses=["head:17"]), "LAYER.HEAD"), (dict(intervention="resample"), "--intervention"),
-    (dict(strength=0.0), "--strength"), (dict(n_words=51), "--n-words"), (dict(n_null=0), "--n-null"),
+    (dict(strength=0.0), "--strength"), (dict(mean_over="injected"), "--mean-over"), (dict(n_words=51), "--n-words"), (dict(n_null=0), "--n-null"),
     (dict(intervention="patch", n_words=3, n_clean=4), "--n-words >= --n-clean"),
 ])
 def test_bad_configs_fail_before_the_model(bad, match):
