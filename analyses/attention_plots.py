@@ -498,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("layer  " + "  ".join(f"{n:>28}" for n in names))
         for i, L in enumerate(c["layers"]):
             print(f"{L:>5}  " + "  ".join(f"{c['mean_tv_over_heads_by_layer'][n][i]:>28.4f}" for n in names))
-        print(f"written: {args.out}/attention_compare.json, " + ", ".join(c["files"].values()))
+        print("written: " + ", ".join(dict.fromkeys([f"{args.out}/attention_compare.json", *c["files"].values()])))
         return 0
     if args.labels:
         raise AttentionMapsError("--labels only goes with --compare")
