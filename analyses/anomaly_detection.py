@@ -46,7 +46,8 @@ from introspect_mech.seeds import seed_from
 from introspect_mech.stats import Rate, format_p
 from introspect_mech.store import atomic_write_json
 
-from .circuits import Direction, Hypothesis, LogitMetric, covariance_directions, next_token_logodds, test_hypothesis
+from .circuits import (Direction, Hypothesis, LogitMetric, covariance_directions, next_token_logodds, test_hypothesis,
+                       yes_no_token_ids)
 
 if TYPE_CHECKING:
     from introspect_mech.models import Model
@@ -250,9 +251,7 @@ def causal_test(model: Model, cfg: AnomalyConfig, inj_layer: int, vectors, words
     """Project the probe directions out at readout layers > the injection layer, at tokens from the
     injection window on; metric = Exp 1 yes-vs-no log-odds; null per ``cfg.null``."""
     p = exp1_prompt(model.tokenizer)
-    tok = model.tokenizer
-    yes = sorted({tok(x, add_special_tokens=False)["input_ids"][0] for x in ("Yes", " Yes", "yes")})
-    no = sorted({tok(x, add_special_tokens=False)["input_ids"][0] for x in ("No", " No", "no")})
+    yes, no = yes_no_token_ids(model.tokenizer)
     cw = words[: cfg.causal_concepts]
     injs = [Injection(vectors.get(w, inj_layer), inj_layer, cfg.causal_strength, p.window, label=w) for w in cw]
     metric = LogitMetric(model, [p.rendered] * len(cw), next_token_logodds(yes, no), injections=injs,

@@ -371,6 +371,10 @@ def run(model: Model, *, prompt: str = "exp1", concept: str = "dust", layer_inje
         "layer_inject": L, "strength": strength, "window": window.to_dict(),
         "dose": injected.meta["doses"][0] if injected.meta.get("doses") else None,
         "png_layer": png_layer, "slider_query_rows": [q.start, q.stop],
+        # the answer position's attention rows, every layer and head, for `--compare` across models
+        "answer_position": {"layers": list(diff.layers),
+                            "clean": [_answer_rows(clean, L) for L in diff.layers],
+                            "injected": [_answer_rows(injected, L) for L in diff.layers]},
         "files": {k: v for k, v in files.items()},
         "note": ("attention at layers <= layer_inject is unchanged by construction (the injection is added to "
                  "that layer's output); one prompt, one model: descriptive, not a statistical result"),
@@ -378,6 +382,85 @@ def run(model: Model, *, prompt: str = "exp1", concept: str = "dust", layer_inje
     summary_path = out / "attention_summary.json"
     atomic_write_json(summary_path, summary)
     summary["files"]["summary"] = {"json": str(summary_path)}
+    return summary
+
+
+def _answer_rows(maps: AttentionMaps, layer: int) -> list[list[float]]:
+    """``[H][T]``: each head's attention from the last token (the answer position), 5 decimals."""
+    return (maps.weights[layer][:, -1].double().round(decimals=5) + 0.0).tolist()
+
+
+def _tv(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Total-variation distance between attention rows, over the last axis (0: identical, 1: disjoint)."""
+    return 0.5 * (a - b).abs().sum(-1)
+
+
+def read_summary(folder: str | Path) -> dict:
+    """A run's ``attention_summary.json``, checked to carry the answer-position rows ``compare`` needs."""
+    import json
+
+    path = Path(folder) / "attention_summary.json"
+    if not path.is_file():
+        raise AttentionMapsError(f"{path} does not exist; run `introspect-mech analyze attention --out {folder}` first")
+    try:
+        s = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AttentionMapsError(f"{path} is not readable JSON ({exc}); re-run the analysis into {folder}") from None
+    if "answer_position" not in s:
+        raise AttentionMapsError(f"{path} has no answer-position rows (written by an older version); re-run the "
+                                 f"analysis into {folder}")
+    return s
+
+
+def compare(folders: Sequence[str | Path], labels: Sequence[str] | None = None, out_dir: str | Path = "figures/attention",
+            png: bool = True) -> dict:
+    """Two runs of this analysis on the same prompt and injection (e.g. an organism and its base model) side by
+    side at the answer position: per layer and head, (1)-(2) each model's injected-vs-clean total-variation
+    distance, (3)-(4) the distance between the two models' attention rows under injection and without.
+
+    Why TV distance of the answer row: it is what the answer token reads; 0 means the head attends exactly
+    as before, 1 that it attends to disjoint tokens. Layers whose weights the two models share must give 0
+    in (3)-(4) up to the injection's downstream effect (an adapter above them cannot reach them)."""
+    import plotly.graph_objects as go
+
+    if len(folders) != 2:
+        raise AttentionMapsError(f"--compare takes two run folders (got {len(folders)})")
+    labels = list(labels) if labels else [Path(f).name for f in folders]
+    if len(labels) != 2:
+        raise AttentionMapsError(f"--labels needs one label per compared folder (got {len(labels)})")
+    a, b = (read_summary(f) for f in folders)
+    if a["tokens"] != b["tokens"]:
+        raise AttentionMapsError("the two runs used different prompts (token lists differ); run both on the same one")
+    if (a["layer_inject"], a["strength"], a["concept"]) != (b["layer_inject"], b["strength"], b["concept"]):
+        raise AttentionMapsError("the two runs injected differently (concept, layer or strength differ); "
+                                 "compare runs of the same injection")
+    if a["answer_position"]["layers"] != b["answer_position"]["layers"]:
+        raise AttentionMapsError("the two runs recorded different layers (different model depths?)")
+    layers = a["answer_position"]["layers"]
+    t = {(r, c): torch.tensor(s["answer_position"][c], dtype=torch.float64)
+         for r, s in ((0, a), (1, b)) for c in ("clean", "injected")}  # [L, H, T]
+    panels = {f"{labels[0]}: injected vs clean": _tv(t[0, "injected"], t[0, "clean"]),
+              f"{labels[1]}: injected vs clean": _tv(t[1, "injected"], t[1, "clean"]),
+              f"{labels[0]} vs {labels[1]}, injected": _tv(t[0, "injected"], t[1, "injected"]),
+              f"{labels[0]} vs {labels[1]}, clean": _tv(t[0, "clean"], t[1, "clean"])}
+    fig = make_subplots(rows=1, cols=4, subplot_titles=list(panels), shared_yaxes=True, horizontal_spacing=0.03)
+    zmax = max(float(v.max()) for v in panels.values()) or 1.0
+    for i, (name, v) in enumerate(panels.items(), start=1):
+        fig.add_trace(go.Heatmap(z=v.tolist(), x=[f"H{h}" for h in range(v.shape[1])], y=layers, zmin=0, zmax=zmax,
+                                 colorscale="Viridis", showscale=i == 4, colorbar=dict(title="TV")), row=1, col=i)
+    fig.update_yaxes(title_text="layer", row=1, col=1)
+    fig.update_layout(title=f"Attention at the answer position (TV distance per head): '{a['concept']}' at layer "
+                            f"{a['layer_inject']}, strength {a['strength']:g}", template="plotly_white")
+    per_layer = {name: [float(x) for x in v.mean(1)] for name, v in panels.items()}
+    top = {name: [{"layer": layers[int(i) // v.shape[1]], "head": int(i) % v.shape[1], "tv": float(v.flatten()[i])}
+                  for i in torch.argsort(v.flatten(), descending=True)[:5]] for name, v in panels.items()}
+    out = Path(out_dir)
+    files = save_figure(fig, out / "attention_compare", png=png, width=1600, height=700)
+    summary = {"runs": [str(f) for f in folders], "labels": labels, "layers": layers, "concept": a["concept"],
+               "layer_inject": a["layer_inject"], "strength": a["strength"], "n_tokens": len(a["tokens"]),
+               "mean_tv_over_heads_by_layer": per_layer, "top_heads": top, "files": files,
+               "note": "one prompt, one injection: descriptive, not a statistical result"}
+    atomic_write_json(out / "attention_compare.json", summary)
     return summary
 
 
@@ -397,11 +480,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"keep the last N query rows in the figures (default {DEFAULT_MAX_TOKENS}; 0 = all)")
     p.add_argument("--out", default="figures/attention", help="output folder (default figures/attention)")
     p.add_argument("--no-png", action="store_true", help="HTML only (skip the static PNG)")
+    p.add_argument("--compare", default=None,
+                   help="two folders of earlier runs (comma list), e.g. an organism's and its base model's: draw their "
+                        "answer-position attention side by side into --out (loads no model)")
+    p.add_argument("--labels", default=None, help="with --compare: a label per folder (comma list)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.compare:
+        c = compare([f for f in args.compare.split(",") if f], args.labels.split(",") if args.labels else None,
+                    args.out, png=not args.no_png)
+        print(f"'{c['concept']}' at layer {c['layer_inject']}, strength {c['strength']:g}; mean TV over heads at the "
+              "answer position, by layer:")
+        names = list(c["mean_tv_over_heads_by_layer"])
+        print("layer  " + "  ".join(f"{n:>28}" for n in names))
+        for i, L in enumerate(c["layers"]):
+            print(f"{L:>5}  " + "  ".join(f"{c['mean_tv_over_heads_by_layer'][n][i]:>28.4f}" for n in names))
+        print("written: " + ", ".join(dict.fromkeys([f"{args.out}/attention_compare.json", *c["files"].values()])))
+        return 0
+    if args.labels:
+        raise AttentionMapsError("--labels only goes with --compare")
     model = load_model_from_args(args, attention=True)
     summary = run(model, prompt=args.prompt, concept=args.concept, layer_inject=args.layer, strength=args.strength,
                   png_layer=args.png_layer, out_dir=args.out, max_tokens=args.max_tokens or None, png=not args.no_png,

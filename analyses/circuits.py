@@ -142,16 +142,19 @@ class ComponentStats:
     token, whose activations are outliers), to match hypotheses that act from ``start`` on."""
 
     def __init__(self, model: Model, prompts: Sequence[Any], injections: Sequence[Any] | None = None,
-                 start: int = 1) -> None:
+                 start: int = 1, layers: Sequence[int] | None = None) -> None:
+        """``layers``: record only these (default every layer): a recording of every layer's heads, MLP
+        writes and residual for a few dozen prompts is gigabytes, and a test touches only some layers."""
         self.model, self.prompts, self.injections = model, list(prompts), injections
         self.start = start
+        self.layers = None if layers is None else sorted({int(L) for L in layers})
         self._rec = None
 
     def _recording(self):
         if self._rec is None:
             self._rec = forward(self.model, self.prompts, self.injections,
-                                record=RecordSpec(layers=None, residual=True, head_outputs=True, components=True,
-                                                  logits=False))
+                                record=RecordSpec(layers=self.layers, residual=True, head_outputs=True,
+                                                  components=True, logits=False))
         return self._rec
 
     def _real_mask(self) -> torch.Tensor:
@@ -267,6 +270,14 @@ def next_token_logodds(pos_ids: Sequence[int], neg_ids: Sequence[int]) -> Callab
     return score
 
 
+def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The first tokens of "Yes"/" Yes"/"yes" and of "No"/" No"/"no": the two sides of the Exp 1
+    yes-vs-no log-odds (``next_token_logodds``), one definition for every analysis that reads it."""
+    def first(words: Sequence[str]) -> list[int]:
+        return sorted({tokenizer(x, add_special_tokens=False)["input_ids"][0] for x in words})
+    return first(("Yes", " Yes", "yes")), first(("No", " No", "no"))
+
+
 def random_like_components(model: Model, components: Sequence[Component], rng: random.Random,
                            exclude: set | None = None, same_layers: bool = True) -> list[Component]:
     """A random component set with the same kinds (and, by default, layers) as ``components``."""
@@ -329,9 +340,35 @@ def test_hypothesis(
     ``null_sets``: the null's component sets, drawn by the caller to match how the hypothesis was
     made (e.g. shuffled-label probe directions); then ``n_null`` is ``len(null_sets)``. Otherwise
     ``random_like_components`` draws them (random heads / MLPs; isotropic directions)."""
-    base = metric([]) if baseline is None else baseline
+    res = test_hypothesis_metrics(model, hypothesis, lambda abl: {"metric": metric(abl)}, n_null=n_null, seed=seed,
+                                  stats=stats, same_layers=same_layers,
+                                  baseline=None if baseline is None else {"metric": baseline},
+                                  null_sets=null_sets, null_kind=null_kind, alternative=alternative)
+    return res["metric"]
+
+
+def test_hypothesis_metrics(
+    model: Model,
+    hypothesis: Hypothesis,
+    metrics: Callable[[Sequence[Any]], dict[str, float]],
+    *,
+    n_null: int = 20,
+    seed: int = 0,
+    stats: ComponentStats | None = None,
+    same_layers: bool = True,
+    baseline: dict[str, float] | None = None,
+    null_sets: Sequence[Sequence[Component]] | None = None,
+    null_kind: str | None = None,
+    alternative: Alternative = "two-sided",
+) -> dict[str, HypothesisResult]:
+    """``test_hypothesis`` for several metrics read off the same forward passes (``metrics(ablations)``
+    returns ``{name: value}``): one result per name, every one against the same null sets.
+
+    Why: a detection circuit is judged on injected trials, on clean trials and on their difference;
+    running the hypothesis and each null set once for all three costs a third of three tests."""
+    base = metrics([]) if baseline is None else dict(baseline)
     start = hypothesis.start
-    value = metric(to_ablations(hypothesis.components, hypothesis.intervention, stats, start))
+    value = metrics(to_ablations(hypothesis.components, hypothesis.intervention, stats, start))
     if null_sets is None:
         rng = random.Random(seed)
         exclude = {c for c in hypothesis.components if not isinstance(c, Direction)}
@@ -341,9 +378,11 @@ def test_hypothesis(
         null_kind = null_kind or ("random " + "/".join(sorted(kinds)).lower()
                                   + (" at the same layers" if same_layers else " at any layer")
                                   + (" (isotropic directions)" if "Direction" in kinds else ""))
-    null = [metric(to_ablations(list(comps), hypothesis.intervention, stats, start)) - base for comps in null_sets]
-    return HypothesisResult.from_null(hypothesis.name, base, value, null, len(hypothesis.components),
-                                      hypothesis.describe(), alternative, null_kind or "caller-supplied")
+    null_values = [metrics(to_ablations(list(comps), hypothesis.intervention, stats, start)) for comps in null_sets]
+    return {k: HypothesisResult.from_null(hypothesis.name, base[k], value[k], [v[k] - base[k] for v in null_values],
+                                          len(hypothesis.components), hypothesis.describe(), alternative,
+                                          null_kind or "caller-supplied")
+            for k in value}
 
 
 test_hypothesis.__test__ = False  # not a pytest test despite its name

@@ -214,7 +214,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 ANALYSES = {"anomaly": "anomaly_detection", "concordance": "concordance", "thought-control": "thought_control",
-            "attention": "attention_plots"}
+            "attention": "attention_plots", "circuits": "exp1_circuits"}
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "figures and the HTML report")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("analyze", help="mechanism analyses (anomaly, concordance, thought-control, attention)",
+    p = sub.add_parser("analyze", help="mechanism analyses (anomaly, concordance, thought-control, attention, circuits)",
                        add_help=False)
     p.add_argument("analysis", choices=sorted(ANALYSES))
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the analysis (see analyze NAME --help)")

@@ -193,3 +193,42 @@ def test_cli_on_the_real_model(tmp_path, capsys):
     assert all(r["total_abs_delta"] == 0 for r in s["per_layer"] if r["layer"] <= 20)
     assert all(r["total_abs_delta"] > 0 for r in s["per_layer"] if r["layer"] > 20)
     assert str(out) in capsys.readouterr().out
+
+
+def test_compare_two_models_at_the_answer_position(tiny_model_of, tmp_path, capsys):
+    """An 'organism' that differs from its base only in layer 2's attention: the two models' answer rows agree
+    exactly at layers 0-1 and differ at layer 2; each model's injected-vs-clean distance is its own run's."""
+    m = tiny_model_of("llama")
+    hf = copy.deepcopy(m.hf)
+    with torch.no_grad():
+        hf.model.layers[2].self_attn.q_proj.weight.mul_(4.0)
+    org = wrap(hf, m.tokenizer, name="organism", attention=True)
+    v = _vector(m, norm=6.0)
+    kw = dict(prompt="exp1", concept="dust", layer_inject=0, strength=1, max_tokens=8, png=False, vector=v)
+    run(org, out_dir=tmp_path / "org", **kw)
+    run(m, out_dir=tmp_path / "base", **kw)
+    rc = main(["--compare", f"{tmp_path / 'org'},{tmp_path / 'base'}", "--labels", "org,base", "--no-png",
+               "--out", str(tmp_path / "cmp")])
+    assert rc == 0 and "mean TV over heads" in capsys.readouterr().out
+    c = json.loads((tmp_path / "cmp" / "attention_compare.json").read_text())
+    by = c["mean_tv_over_heads_by_layer"]
+    assert by["org vs base, clean"][:2] == [0.0, 0.0] and by["org vs base, clean"][2] > 0.01
+    assert by["org vs base, injected"][:2] == [0.0, 0.0] and by["org vs base, injected"][2] > 0.01
+    assert by["org: injected vs clean"][0] == 0.0 and by["org: injected vs clean"][1] > 0  # after the injection layer
+    assert by["base: injected vs clean"][1] == pytest.approx(by["org: injected vs clean"][1], abs=1e-4)  # same below 2
+    assert (tmp_path / "cmp" / "attention_compare.html").exists()
+
+
+def test_compare_refuses_runs_that_do_not_match(tiny_model_of, tmp_path):
+    m = tiny_model_of("llama")
+    kw = dict(prompt="exp1", concept="dust", layer_inject=0, max_tokens=8, png=False, vector=_vector(m))
+    run(m, out_dir=tmp_path / "a", strength=1, **kw)
+    run(m, out_dir=tmp_path / "b", strength=2, **kw)
+    from analyses.attention_plots import compare
+
+    with pytest.raises(AttentionMapsError, match="injected differently"):
+        compare([tmp_path / "a", tmp_path / "b"], out_dir=tmp_path / "c", png=False)
+    with pytest.raises(AttentionMapsError, match="does not exist"):
+        compare([tmp_path / "a", tmp_path / "nope"], out_dir=tmp_path / "c", png=False)
+    with pytest.raises(AttentionMapsError, match="two run folders"):
+        compare([tmp_path / "a"], out_dir=tmp_path / "c", png=False)

@@ -119,6 +119,7 @@ OPTIONS = ["--model", "some-model", "--device", "meta", "--dtype", "bfloat16", "
     ["steer"], ["vectors", "--words", "dust", "--out", "{tmp}/v"], ["run", "injected-thoughts", "--out", "{tmp}/r"],
     ["run", "intentional-control", "--n-pairs", "2", "--out", "{tmp}/r"], ["organism", "eval"],
     ["analyze", "anomaly"], ["analyze", "concordance"], ["analyze", "attention"], ["analyze", "thought-control"],
+    ["analyze", "circuits"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_the_model_options_reach_load_model(argv, tmp_path, monkeypatch):
     """Each command loads its model with exactly the options given (``load_model`` is stubbed)."""
