@@ -374,11 +374,12 @@ def test_mixed_partition_is_deterministic_and_keeps_prompts_together():
     flat = [t for x in a for t in x]
     assert [t.prompt_key for t in flat] == sorted(t.prompt_key for t in flat)  # same prompts stay neighbours
     assert any(len({t.prompt_key for t in x}) > 1 for x in a)  # and batches mix prompts
-    assert segments_of(9) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert segments_of(9) == [list(range(8)), [8]]  # SEGMENT_BATCHES = 8
 
 
 @tiny
-def test_sweep_greedy_equals_hf_and_batches_mix_prompts(tiny_model_of, tmp_path):
+def test_sweep_greedy_equals_hf_and_batches_mix_prompts(tiny_model_of, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "SEGMENT_BATCHES", 4)  # 5 batches -> two segments
     m = tiny_model_of("qwen2")
     kw = dict(batch_size=3, temperature=0.0, seed=2, progress=False)
     run_sweep(MixedSweep(), m, tmp_path / "hf", decode="hf", **kw)
