@@ -138,6 +138,24 @@ def _io_features(module: Any) -> tuple[int, int] | None:
     return None
 
 
+def parse_layer(layer: int | float | str, n_layers: int | None = None) -> int | float:
+    """A layer as given (an index, a depth fraction in [0, 1], or their text) as an int or a float, checked
+    for form only; ``Architecture.resolve_layer`` checks the index against the model. Why apart: commands
+    check their layer options with it before the model (and so the layer count) is loaded."""
+    if isinstance(layer, str):
+        text = layer.strip()
+        try:
+            layer = float(text) if any(c in text for c in ".eE") else int(text)
+        except ValueError:
+            raise LayerError(f"layer {layer!r} is neither an integer index nor a depth fraction like 0.67") from None
+    if isinstance(layer, bool):
+        raise LayerError("layer must be an int index or a float depth fraction, not a bool")
+    if isinstance(layer, float) and (layer != layer or not 0.0 <= layer <= 1.0):
+        index = f"an integer index 0..{n_layers - 1}" if n_layers is not None else "an integer index"
+        raise LayerError(f"depth fraction {layer} is outside [0, 1]; pass a fraction like 0.67 or {index}")
+    return layer
+
+
 @dataclass(frozen=True)
 class Architecture:
     """Shapes and module paths of one model; the only place that knows them."""
@@ -261,20 +279,8 @@ class Architecture:
         A float such as ``0.67`` means "two thirds of the way through the network", the
         convention of the paper; it maps to ``round(f * (n_layers - 1))``.
         """
-        if isinstance(layer, str):
-            text = layer.strip()
-            try:
-                layer = float(text) if any(c in text for c in ".eE") else int(text)
-            except ValueError:
-                raise LayerError(f"layer {layer!r} is neither an integer index nor a depth fraction like 0.67") from None
-        if isinstance(layer, bool):
-            raise LayerError("layer must be an int index or a float depth fraction, not a bool")
+        layer = parse_layer(layer, self.n_layers)
         if isinstance(layer, float):
-            if layer != layer or not 0.0 <= layer <= 1.0:
-                raise LayerError(
-                    f"depth fraction {layer} is outside [0, 1]; pass a fraction like 0.67 or an integer index "
-                    f"0..{self.n_layers - 1}"
-                )
             return int(round(layer * (self.n_layers - 1)))
         idx = int(layer)
         if idx < 0:

@@ -199,10 +199,11 @@ class SlotCache(Cache):
         self._allocate_like(cache)
         for layer, src in zip(self.layers, cache.layers):
             k, v = src.keys[0], src.values[0]
-            first = max(P - k.shape[-2], int(offset))  # first position both held by the cache and wanted
+            held = P - k.shape[-2]  # the first position the prefix's cache holds
+            first = max(held, int(offset))  # the first one both held and wanted
             if first >= P:
                 continue
-            k, v = k[:, first - (P - k.shape[-2]):], v[:, first - (P - k.shape[-2]):]
+            k, v = k[:, first - held:], v[:, first - held:]
             layer.kbuf[start:start + n, :, first - offset:P - offset] = k.to(layer.kbuf.dtype)
             layer.vbuf[start:start + n, :, first - offset:P - offset] = v.to(layer.vbuf.dtype)
 

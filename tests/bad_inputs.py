@@ -487,7 +487,7 @@ CASES: list[Case] = [
          "(0, 100]"),
     Case("organism eval negative seed", lambda t: ["organism", "eval", "--seed", "-1"], "--seed must be >= 0"),
     Case("organism eval --layers abc (before the model loads)", lambda t: ["organism", "eval", "--layers", "abc"],
-         "neither a layer index"),
+         "neither an integer index nor a depth fraction"),
     Case("organism ablate dose 1e9", lambda t: ["organism", "ablate", "--adapter", str(t / "a"), "--out",
                                                 str(t / "r"), "--dose", "1e9"], "--dose must be in"),
     Case("organism train negative seed", lambda t: ["organism", "train", "--out", str(t / "r"), "--seed", "-1"],

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ..concepts import extract_concept_vectors
-from ..errors import ConfigError
+from ..arch import parse_layer
+from ..errors import ConfigError, LayerError
 from ..execution import build_prefix_cache, generate
 from ..experiments.injected_thoughts.prompt import exp1_prompt
 from ..experiments.injected_thoughts.report import grader_quality
@@ -92,13 +93,10 @@ class EvalConfig:
         if any(not (0 < d <= MAX_DOSE) for d in self.doses):
             raise ConfigError(f"--doses must be numbers in (0, {MAX_DOSE:g}] (‖s·v‖ / mean ‖h‖), got {self.doses}")
         for L in self.layers:  # the model checks the index range; the form is checked before it loads
-            text = str(L).strip()
             try:
-                val = float(text) if any(c in text for c in ".eE") else int(text)
-            except ValueError:
-                raise ConfigError(f"--layers: {L!r} is neither a layer index nor a depth fraction like 0.5") from None
-            if isinstance(val, float) and not 0.0 <= val <= 1.0:
-                raise ConfigError(f"--layers: depth fraction {L!r} is outside [0, 1]")
+                parse_layer(L)
+            except LayerError as exc:
+                raise ConfigError(f"--layers: {exc}") from None
         if self.seed < 0:
             raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if set(self.modes) - {"greedy", "sampled"} or not self.modes:
