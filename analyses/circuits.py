@@ -26,6 +26,7 @@ counterfactual prompt batch of the same token layout).
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
@@ -309,6 +310,91 @@ def random_like_components(model: Model, components: Sequence[Component], rng: r
     return out
 
 
+def null_pool_size(model: Model, components: Sequence[Component], exclude: set | None = None,
+                   same_layers: bool = True) -> int | None:
+    """How many distinct component sets ``random_like_components`` can draw (None: directions, a continuum).
+
+    Why: a single-head hypothesis on a model with 9 heads a layer has only 8 possible nulls at its
+    layer; drawing 39 with replacement repeats them, and a p of 1/40 would claim a resolution the
+    test does not have (the exact floor is 1/9)."""
+    from collections import Counter
+    from math import comb
+
+    if any(isinstance(c, Direction) for c in components):
+        return None
+    arch, exclude = model.arch, exclude or set()
+    heads = [c for c in components if isinstance(c, Head)]
+    n_mlps = sum(isinstance(c, MLP) for c in components)
+    size = 1
+    if heads and same_layers:
+        for layer, k in Counter(h.layer for h in heads).items():
+            size *= comb(sum(Head(layer, h) not in exclude for h in range(arch.n_heads)), k)
+    elif heads:
+        size *= comb(sum(Head(L, h) not in exclude for L in range(arch.n_layers) for h in range(arch.n_heads)),
+                     len(heads))
+    if n_mlps:
+        size *= comb(sum(MLP(L) not in exclude for L in range(arch.n_layers)), n_mlps)
+    return size
+
+
+def _all_like(model: Model, components: Sequence[Component], exclude: set, same_layers: bool) -> list[list[Component]]:
+    """Every distinct set ``random_like_components`` could draw, in a fixed order (small pools only)."""
+    from collections import Counter
+
+    arch = model.arch
+    groups: list[list[tuple[Component, ...]]] = []
+    heads = [c for c in components if isinstance(c, Head)]
+    if heads and same_layers:
+        for layer, k in sorted(Counter(h.layer for h in heads).items()):
+            avail = [Head(layer, h) for h in range(arch.n_heads) if Head(layer, h) not in exclude]
+            groups.append(list(itertools.combinations(avail, k)))
+    elif heads:
+        avail = [Head(L, h) for L in range(arch.n_layers) for h in range(arch.n_heads) if Head(L, h) not in exclude]
+        groups.append(list(itertools.combinations(avail, len(heads))))
+    n_mlps = sum(isinstance(c, MLP) for c in components)
+    if n_mlps:
+        avail = [MLP(L) for L in range(arch.n_layers) if MLP(L) not in exclude]
+        groups.append(list(itertools.combinations(avail, n_mlps)))
+    return [[c for part in combo for c in part] for combo in itertools.product(*groups)]
+
+
+@dataclass
+class NullSets:
+    """The null's component sets and whether they are every possible one (an exact test)."""
+
+    sets: list[list[Component]]
+    exhaustive: bool
+    pool_size: int | None  # distinct sets possible (None: directions)
+
+    def describe(self) -> str:
+        if self.exhaustive:
+            return f"all {len(self.sets)} possible sets (exact; min p = 1/{len(self.sets) + 1})"
+        return f"{len(self.sets)} distinct sets" + (f" of {self.pool_size} possible" if self.pool_size else "")
+
+
+def draw_null_sets(model: Model, components: Sequence[Component], n: int, rng: random.Random,
+                   exclude: set | None = None, same_layers: bool = True) -> NullSets:
+    """``n`` *distinct* random sets like ``components`` -- or every possible set when there are at most ``n``.
+
+    Draws follow ``random_like_components``'s sequence and skip repeats, so a run whose draws never
+    repeated gets the same nulls as before repeats were skipped. Directions are continuous and never repeat."""
+    exclude = set(exclude or ())
+    size = null_pool_size(model, components, exclude, same_layers)
+    if size is not None and size == 0:
+        raise ValueError("no component set other than the hypothesis's exists for the null distribution")
+    if size is not None and size <= n:
+        return NullSets(_all_like(model, components, exclude, same_layers), True, size)
+    sets: list[list[Component]] = []
+    seen: set[frozenset] = set()
+    while len(sets) < n:
+        s = random_like_components(model, components, rng, exclude, same_layers)
+        key = frozenset(id(c) if isinstance(c, Direction) else c for c in s)
+        if key not in seen:
+            seen.add(key)
+            sets.append(s)
+    return NullSets(sets, False, size)
+
+
 def covariance_directions(x: torch.Tensor, n: int, seed: int = 0) -> list[torch.Tensor]:
     """``n`` unit directions drawn from N(0, Σ) with Σ the covariance of the rows of ``x`` ``[N, d]``:
     random directions that live where the residual actually varies, as a data-derived direction does."""
@@ -339,7 +425,8 @@ def test_hypothesis(
 
     ``null_sets``: the null's component sets, drawn by the caller to match how the hypothesis was
     made (e.g. shuffled-label probe directions); then ``n_null`` is ``len(null_sets)``. Otherwise
-    ``random_like_components`` draws them (random heads / MLPs; isotropic directions)."""
+    ``draw_null_sets`` draws ``n_null`` distinct ones (random heads / MLPs; isotropic directions), or
+    takes every possible set when there are no more, so ``min_p`` is the test's true floor."""
     res = test_hypothesis_metrics(model, hypothesis, lambda abl: {"metric": metric(abl)}, n_null=n_null, seed=seed,
                                   stats=stats, same_layers=same_layers,
                                   baseline=None if baseline is None else {"metric": baseline},
@@ -372,12 +459,13 @@ def test_hypothesis_metrics(
     if null_sets is None:
         rng = random.Random(seed)
         exclude = {c for c in hypothesis.components if not isinstance(c, Direction)}
-        null_sets = [random_like_components(model, hypothesis.components, rng, exclude, same_layers)
-                     for _ in range(n_null)]
+        drawn = draw_null_sets(model, hypothesis.components, n_null, rng, exclude, same_layers)
+        null_sets = drawn.sets
         kinds = {type(c).__name__ for c in hypothesis.components}
-        null_kind = null_kind or ("random " + "/".join(sorted(kinds)).lower()
+        described = null_kind or ("random " + "/".join(sorted(kinds)).lower()
                                   + (" at the same layers" if same_layers else " at any layer")
                                   + (" (isotropic directions)" if "Direction" in kinds else ""))
+        null_kind = f"{described}; {drawn.describe()}"
     null_values = [metrics(to_ablations(list(comps), hypothesis.intervention, stats, start)) for comps in null_sets]
     return {k: HypothesisResult.from_null(hypothesis.name, base[k], value[k], [v[k] - base[k] for v in null_values],
                                           len(hypothesis.components), hypothesis.describe(), alternative,

@@ -17,7 +17,8 @@ knock-out − metric intact, against a permutation null of component sets drawn 
   equal number of *other* layers, drawn without repetition from ``null_layers`` (default: every
   layer after the injection layer, where the injected vector is read), so the null knocks out as
   much model as the hypothesis does;
-- for named heads (``head:17.3``): random heads at the same layers (``circuits.random_like_components``).
+- for named heads (``head:17.3``): distinct random heads at the same layers (``circuits.draw_null_sets``;
+  every possible set when there are no more than ``n_null``, an exact test with a coarser minimum p).
 
 p is centred on the null median (``stats.permutation_test``) and always printed with the minimum
 attainable p, 1 / (1 + number of null sets).
@@ -53,7 +54,7 @@ from introspect_mech.stats import format_p
 from introspect_mech.store import atomic_write_json
 
 from .circuits import (MLP, Component, ComponentStats, Head, Hypothesis, LogitMetric, next_token_logodds,
-                       random_like_components, test_hypothesis_metrics, yes_no_token_ids)
+                       draw_null_sets, test_hypothesis_metrics, yes_no_token_ids)
 
 if TYPE_CHECKING:
     from introspect_mech.models import Model
@@ -268,9 +269,9 @@ def run(model: Model, cfg: Exp1CircuitConfig | None = None, out_dir: str | Path 
         if spec.kind == "head":
             rng = random.Random(cfg.seed)
             exclude = set(hyp.components)
-            null_sets = [random_like_components(model, hyp.components, rng, exclude, same_layers=True)
-                         for _ in range(cfg.n_null)]
-            null_kind = f"{len(hyp.components)} random other heads at the same layers"
+            drawn = draw_null_sets(model, hyp.components, cfg.n_null, rng, exclude, same_layers=True)
+            null_sets = drawn.sets
+            null_kind = f"{len(hyp.components)} random other heads at the same layers; {drawn.describe()}"
             null_layers: list[tuple[int, ...]] = []
         else:
             null_layers = null_layer_sets(spec, pool, cfg.n_null, cfg.seed)

@@ -193,7 +193,19 @@ def test_planted_head_zero_ablation_is_extreme_vs_null(planted):
     met = ch.IntentLogOdds(m, items[:2], INJ_LAYER, STRENGTH)
     res = ch.causal_test(m, met, [Head(2, 0)], intervention="patch", n_null=5, seed=0)
     r = res["results"]["intent_logodds_matched"]
-    assert r["n_null"] == 5 and 1 / 6 <= r["p_value"] <= 1 and r["effect"] != 0
+    # only 3 other heads share layer 2: the null is all of them (exact), not 5 draws with repeats
+    assert r["n_null"] == 3 and r["min_p"] == pytest.approx(1 / 4) and 1 / 4 <= r["p_value"] <= 1 and r["effect"] != 0
+    assert sorted(tuple(map(tuple, s)) for s in res["null_head_sets"]) == [((2, 1),), ((2, 2),), ((2, 3),)]
+    assert "all 3 possible sets" in r["null_kind"]
+
+
+def test_downstream_null_sets_are_distinct_or_exhaustive(llama_exp):
+    m = llama_exp[0]
+    after = [Head(L, h) for L in range(INJ_LAYER + 1, m.arch.n_layers) for h in range(m.arch.n_heads)]
+    few = ch.downstream_null(m, [after[0]], INJ_LAYER, n_null=50, seed=0)
+    assert sorted((s[0].layer, s[0].head) for s in few) == [(h.layer, h.head) for h in after[1:]]  # each once
+    many = ch.downstream_null(m, after[:2], INJ_LAYER, n_null=5, seed=0)
+    assert len({tuple(s) for s in many}) == 5 and all(not set(s) & set(after[:2]) for s in many)
 
 
 def test_run_writes_summary_and_figures_on_a_tiny_model(tiny_model_of, tmp_path):
@@ -213,11 +225,14 @@ def test_run_writes_summary_and_figures_on_a_tiny_model(tiny_model_of, tmp_path)
     # defaults: heads ranked by the QK concordance contrast (named), same-layer random heads, interventions
     # from the sentence on, and every p with its minimum attainable p
     assert d["config"]["rank_feature"] == "qk_sentence" and "QK" in d["config"]["rank_feature_title"]
-    assert d["config"]["null"] == "same_layers" and d["config"]["min_attainable_p"] == pytest.approx(1 / 3)
+    # the floor is the test's own: 1 / (1 + the number of distinct null sets), at most n_null of them
+    floors = {r["min_p"] for c in d["causal"].values() for r in c["results"].values()}
+    assert d["config"]["null"] == "same_layers" and d["config"]["min_attainable_p"] == max(floors) >= 1 / 3
     assert d["config"]["ablation_start"] == s["config"]["ablation_start"] > 0
     for c in d["causal"].values():
         r = c["results"]["intent_logodds_matched"]
-        assert r["min_p"] == pytest.approx(1 / 3) and r["hypothesis"]["start"] == d["config"]["ablation_start"]
+        assert r["min_p"] == pytest.approx(1 / (1 + len(c["null_head_sets"])))
+        assert len(c["null_head_sets"]) <= 2 and r["hypothesis"]["start"] == d["config"]["ablation_start"]
         assert "median" in r["p_method"] and c["null_kind"].startswith("random other heads")
         hyp_layers = {L for L, _h in d["hypothesis_heads"]}
         assert all(L in hyp_layers for hs in c["null_head_sets"] for L, _h in hs)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+from math import comb
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -21,16 +23,26 @@ NULLS = ("downstream", "any", "same_layers")
 
 def downstream_null(model: Model, heads: Sequence[Head], injection_layer: int, n_null: int,
                     seed: int) -> list[list[Head]]:
-    """``n_null`` sets of ``len(heads)`` distinct random heads at layers after the injection layer,
-    excluding the hypothesis heads."""
+    """``n_null`` distinct sets of ``len(heads)`` random heads at layers after the injection layer,
+    excluding the hypothesis heads (all of them when there are no more than ``n_null``)."""
     arch = model.arch
     pool = [Head(L, h) for L in range(injection_layer + 1, arch.n_layers) for h in range(arch.n_heads)
             if Head(L, h) not in set(heads)]
     if len(pool) < len(heads):
         raise ValueError(f"only {len(pool)} heads after layer {injection_layer} outside the hypothesis; "
                          f"need {len(heads)}")
+    k = len(heads)
+    if comb(len(pool), k) <= n_null:  # every possible set: an exact test (its minimum p is coarser, and says so)
+        return [list(c) for c in itertools.combinations(pool, k)]
     rng = random.Random(seed)
-    return [sorted(rng.sample(pool, len(heads)), key=lambda x: (x.layer, x.head)) for _ in range(n_null)]
+    out: list[list[Head]] = []
+    seen: set[tuple[Head, ...]] = set()
+    while len(out) < n_null:  # distinct sets: a repeated null would claim a resolution the test lacks
+        s = tuple(sorted(rng.sample(pool, k), key=lambda x: (x.layer, x.head)))
+        if s not in seen:
+            seen.add(s)
+            out.append(list(s))
+    return out
 
 
 def causal_test(
@@ -66,11 +78,15 @@ def causal_test(
                  "same_layers": "random other heads at the hypothesis heads' layers",
                  "any": "random heads at any layer"}[null]
     if null == "downstream":
-        test_hypothesis(model, hyp, metric, stats=stats, baseline=base[metric.quantity],
-                        null_sets=downstream_null(model, heads, metric.layer, n_null, seed), null_kind=null_kind)
+        sets = downstream_null(model, heads, metric.layer, n_null, seed)
+        null_kind += (f"; all {len(sets)} possible sets (exact; min p = 1/{len(sets) + 1})" if len(sets) < n_null
+                      else f"; {len(sets)} distinct sets")
+        test_hypothesis(model, hyp, metric, stats=stats, baseline=base[metric.quantity], null_sets=sets,
+                        null_kind=null_kind)
     else:
-        test_hypothesis(model, hyp, metric, n_null=n_null, seed=seed, stats=stats,
-                        same_layers=(null == "same_layers"), baseline=base[metric.quantity], null_kind=null_kind)
+        null_kind = test_hypothesis(model, hyp, metric, n_null=n_null, seed=seed, stats=stats,
+                                    same_layers=(null == "same_layers"), baseline=base[metric.quantity],
+                                    null_kind=null_kind).null_kind
     hist = list(metric.history)
     results = {}
     for q, name in QUANTITIES.items():

@@ -152,7 +152,9 @@ def run(
                    "injection_layer": L, "strength": s, "k": k, "n_null": n_null, "null": null,
                    "interventions": list(interventions), "rank_feature": rank_feature,
                    "rank_feature_title": FEATURE_TITLES[rank_feature], "ablation_start": start,
-                   "min_attainable_p": 1 / (1 + n_null), "with_none": with_none,
+                   # the coarsest floor of the causal tests (below n_null nulls when fewer head sets exist)
+                   "min_attainable_p": max((r["min_p"] for c in causal.values() for r in c["results"].values()),
+                                           default=1 / (1 + n_null)), "with_none": with_none,
                    "causal_pairs": len(c_items), "causal_pair_indices": causal_idx, "held_out": held_out,
                    "seed": seed, "packed_replies": metric.packed,
                    "answer_position": "last prompt token (the start of the reply)",
