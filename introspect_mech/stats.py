@@ -157,6 +157,31 @@ def _kappa_from_counts(tp: int, fp: int, fn: int, tn: int) -> float:
     return (po - pe) / (1.0 - pe)
 
 
+def kappa_interval(tp: int, fp: int, fn: int, tn: int, level: float = 0.95, n_boot: int = 4000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of Cohen's kappa, resampling the rated items (as 2x2 counts).
+
+    Why: a calibration set with 11 positives gives a kappa whose sampling error is as large as the
+    differences between graders; a kappa without its interval invites reading noise as progress.
+    Resamples whose kappa is undefined (one rater constant) are dropped; (nan, nan) when nothing is left."""
+    import numpy as np
+
+    n = tp + fp + fn + tn
+    if n == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(n, np.array([tp, fp, fn, tn], dtype=float) / n, size=n_boot)
+    a, b, c, d = (draws[:, i].astype(float) for i in range(4))
+    po = (a + d) / n
+    pe = ((a + b) * (a + c) + (c + d) * (b + d)) / (n * n)
+    ok = pe < 1.0
+    if not ok.any():
+        return math.nan, math.nan
+    k = (po[ok] - pe[ok]) / (1.0 - pe[ok])
+    lo, hi = np.quantile(k, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def cohens_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
     """Cohen's kappa for two binary raters over the same items (NaN when undefined)."""
     c = Confusion.of(list(a), list(b))

@@ -240,3 +240,18 @@ def test_summaries_write_rates_and_means_as_plain_json(tmp_path):
     d = json.loads((tmp_path / "s.json").read_text())
     assert d["r"] == {"k": 1, "n": 4, "rate": 0.25, "lo": pytest.approx(Rate.of(1, 4).lo), "hi": pytest.approx(Rate.of(1, 4).hi)}
     assert set(d["m"][0]) == {"mean", "lo", "hi", "n"} and d["m"][0]["mean"] == 2.0
+
+
+def test_kappa_interval_covers_the_estimate_and_narrows_with_n():
+    from introspect_mech.stats import _kappa_from_counts, kappa_interval
+
+    small = (3, 5, 8, 251)  # the rule grader's test-split success counts: 11 reference positives
+    k = _kappa_from_counts(*small)
+    lo, hi = kappa_interval(*small)
+    assert lo < k < hi and hi - lo > 0.3  # 11 positives cannot pin kappa down
+    big = tuple(10 * x for x in small)
+    lo10, hi10 = kappa_interval(*big)
+    assert lo10 < _kappa_from_counts(*big) < hi10 and (hi10 - lo10) < 0.5 * (hi - lo)
+    assert kappa_interval(*small) == (lo, hi)  # seeded: the same table prints the same interval
+    assert all(x != x for x in kappa_interval(0, 0, 0, 10))  # one rater constant: undefined, not 0 or 1
+    assert all(x != x for x in kappa_interval(0, 0, 0, 0))

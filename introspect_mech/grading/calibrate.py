@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError, ConfigError, IntrospectError, MissingFileError
-from ..stats import Confusion
+from ..stats import Confusion, kappa_interval
 from .base import Grader, GradeRequest, Grades
 
 DATA_ENV = "INTROSPECT_GRADING_DATA"
@@ -227,13 +227,17 @@ class LabelAgreement:
     kappa: float
     reference_positive_rate: float
     grader_positive_rate: float
+    kappa_lo: float = math.nan  # 95 % percentile bootstrap over the rated rows (stats.kappa_interval)
+    kappa_hi: float = math.nan
 
 
 def agreement(label: str, pairs: Sequence[tuple[bool | None, bool | None]]) -> LabelAgreement:
     kept = [(o, g) for o, g in pairs if o is not None and g is not None]
     c = Confusion.of([o for o, _ in kept], [g for _, g in kept])
     n = c.n
+    lo, hi = kappa_interval(c.tp, c.fp, c.fn, c.tn)
     return LabelAgreement(
+        kappa_lo=lo, kappa_hi=hi,
         label=label, n=n, skipped=len(pairs) - n, tp=c.tp, fp=c.fp, fn=c.fn, tn=c.tn,
         agreement=c.agreement, precision=c.precision, recall=c.recall, kappa=c.kappa,
         reference_positive_rate=(c.tp + c.fn) / n if n else math.nan,
@@ -273,11 +277,12 @@ class CalibrationReport:
 
     def to_markdown(self) -> str:
         head = (f"{self.title()}\n\n"
-                "| label | n | agree | precision | recall | kappa | ref + rate | grader + rate | TP | FP | FN | TN |\n"
+                "| label | n | agree | precision | recall | kappa [95 % CI] | ref + rate | grader + rate | TP | FP | FN | TN |\n"
                 "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
         lines = [
             f"| {la.label} | {la.n} | {_fmt(la.agreement)} | {_fmt(la.precision)} | {_fmt(la.recall)} | "
-            f"{_fmt(la.kappa)} | {_fmt(la.reference_positive_rate)} | {_fmt(la.grader_positive_rate)} | "
+            f"{_fmt(la.kappa)} [{_fmt(la.kappa_lo)}, {_fmt(la.kappa_hi)}] | {_fmt(la.reference_positive_rate)} | "
+            f"{_fmt(la.grader_positive_rate)} | "
             f"{la.tp} | {la.fp} | {la.fn} | {la.tn} |"
             for la in self.labels
         ]
