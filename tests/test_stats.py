@@ -243,15 +243,15 @@ def test_summaries_write_rates_and_means_as_plain_json(tmp_path):
 
 
 def test_kappa_interval_covers_the_estimate_and_narrows_with_n():
-    from introspect_mech.stats import _kappa_from_counts, kappa_interval
+    from introspect_mech.stats import Confusion, kappa_interval
 
     small = (3, 5, 8, 251)  # the rule grader's test-split success counts: 11 reference positives
-    k = _kappa_from_counts(*small)
+    k = Confusion(*small).kappa
     lo, hi = kappa_interval(*small)
     assert lo < k < hi and hi - lo > 0.3  # 11 positives cannot pin kappa down
     big = tuple(10 * x for x in small)
     lo10, hi10 = kappa_interval(*big)
-    assert lo10 < _kappa_from_counts(*big) < hi10 and (hi10 - lo10) < 0.5 * (hi - lo)
+    assert lo10 < Confusion(*big).kappa < hi10 and (hi10 - lo10) < 0.5 * (hi - lo)
     assert kappa_interval(*small) == (lo, hi)  # seeded: the same table prints the same interval
     assert all(x != x for x in kappa_interval(0, 0, 0, 10))  # one rater constant: undefined, not 0 or 1
     assert all(x != x for x in kappa_interval(0, 0, 0, 0))
