@@ -41,6 +41,8 @@ def test_offline_classifier_on_held_out_half_is_what_the_readme_reports():
     # measured 0.866 agreement, kappa 0.689 (README); a regression below these fails
     assert rep.three_way["agreement"] >= 0.85
     assert rep.three_way["kappa"] >= 0.65
+    lo, hi = rep.three_way["kappa_ci"]  # bootstrap over rows: brackets the estimate, and is printed
+    assert lo < rep.three_way["kappa"] < hi and hi - lo < 0.3 and f"[{lo:.3f}, {hi:.3f}]" in rep.to_markdown()
     conf = rep.three_way["confusion"]
     assert sum(sum(v.values()) for v in conf.values()) == rep.n_rows
 

@@ -92,7 +92,8 @@ class IntentCalibration(CalibrationReport):
         if self.three_way:
             t = self.three_way
             text += (f"\n3-way (intent / apology / neither): agreement {t['agreement']:.3f} "
-                     f"[{t['lo']:.3f}, {t['hi']:.3f}], kappa {t['kappa']:.3f}; rows = reference, columns = grader:\n\n"
+                     f"[{t['lo']:.3f}, {t['hi']:.3f}], kappa {t['kappa']:.3f} "
+                     f"[{t['kappa_ci'][0]:.3f}, {t['kappa_ci'][1]:.3f}]; rows = reference, columns = grader:\n\n"
                      "| reference \\ grader | " + " | ".join(LABELS3) + " |\n|---|---|---|---|\n")
             for ref in LABELS3:
                 text += f"| {ref} | " + " | ".join(str(t["confusion"][ref][g]) for g in LABELS3) + " |\n"
@@ -106,6 +107,28 @@ def _kappa3(pairs: Sequence[tuple[str, str]]) -> float:
     po = sum(a == b for a, b in pairs) / n
     pe = sum((sum(a == lab for a, _ in pairs) / n) * (sum(b == lab for _, b in pairs) / n) for lab in LABELS3)
     return (po - pe) / (1 - pe) if pe < 1 else math.nan
+
+
+def _kappa3_interval(pairs: Sequence[tuple[str, str]], level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the 3-way kappa, resampling the rows (seeded, so reproducible)."""
+    import numpy as np
+
+    if not pairs:
+        return math.nan, math.nan
+    idx = {lab: i for i, lab in enumerate(LABELS3)}
+    a = np.array([idx[x] for x, _ in pairs])
+    b = np.array([idx[y] for _, y in pairs])
+    n = len(pairs)
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    ra, rb = a[rows], b[rows]
+    po = (ra == rb).mean(1)
+    pe = sum((ra == k).mean(1) * (rb == k).mean(1) for k in range(len(LABELS3)))
+    ok = pe < 1
+    if not ok.any():
+        return math.nan, math.nan
+    lo, hi = np.quantile((po[ok] - pe[ok]) / (1 - pe[ok]), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def calibrate_intent(
@@ -129,7 +152,7 @@ def calibrate_intent(
         k = sum(a == b for a, b in pairs)
         ci = wilson_interval(k, len(pairs))
         rep.three_way = {"agreement": k / len(pairs) if pairs else math.nan, "lo": ci[0], "hi": ci[1],
-                         "kappa": _kappa3(pairs),
+                         "kappa": _kappa3(pairs), "kappa_ci": list(_kappa3_interval(pairs)),
                          "confusion": {a: {b: sum(1 for x, y in pairs if x == a and y == b) for b in LABELS3}
                                        for a in LABELS3}}
     return rep
