@@ -348,6 +348,16 @@ def test_quick_evaluation_runs_and_grades(tiny_model_of, tmp_path):
     inj = [r for r in recs if r["condition"] == "injected"]
     assert all(r["dose"] == pytest.approx(0.5, rel=1e-4) for r in inj)  # dose-scaled exactly
     assert "false_positives_sampled" in s["goals"]
+    # forced naming: the same word, vector strength and window start as the injected row, reply prefilled
+    forced = {r["word"]: r for r in recs if r["condition"] == "forced_naming"}
+    assert conds[("forced_naming", "greedy")] == 2 and set(forced) == {"dust", "trees"}
+    for r in inj:
+        if r["mode"] == "greedy":
+            assert forced[r["word"]]["strength"] == pytest.approx(r["strength"], rel=1e-9)
+            # the measured dose differs a little: mean ‖h‖ is read over a window that also holds the prefill
+            assert forced[r["word"]]["dose"] == pytest.approx(r["dose"], rel=1e-2)
+    assert all(r["affirmative"] is None and r["success"] in (True, False) for r in forced.values())
+    assert "forced_naming_best_cell_greedy" in s["goals"]
     # the exact checks
     g = grade([{"text": REPLIES["concept"].format(word="dust"), "word": "dust"},
                {"text": REPLIES["random"], "word": "dust"}, {"text": REPLIES["none"], "word": "dust"}])
@@ -502,3 +512,20 @@ def test_word_decodability_finds_a_planted_read_out_and_not_a_shuffled_one():
     assert d.shuffled_top1_among_all.rate <= 0.1 and d.n_candidates == 400
     with pytest.raises(ConfigError, match="overlap"):
         word_decodability(vecs[:350], train, vecs[:5], train[:5], layer=0, similarity=Emb())
+
+
+def test_forced_naming_prompt_extends_the_exp1_prompt_and_is_graded_on_its_first_sentence(tiny_model_of):
+    from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
+    from introspect_mech.organism.evaluate import FORCED_PREFIX, forced_prompt, grade
+
+    tok = tiny_model_of("llama").tokenizer
+    plain, fp = exp1_prompt(tok), forced_prompt(tok)
+    assert fp.start == plain.start and fp.rendered.input_ids[:plain.start] == plain.rendered.input_ids[:plain.start]
+    assert fp.rendered.text.endswith(FORCED_PREFIX) and len(fp.rendered.input_ids) > len(plain.rendered.input_ids)
+    recs = grade([{"condition": "forced_naming", "text": " the sea. Then oceans.", "word": "oceans"},
+                  {"condition": "forced_naming", "text": " pencils. Oceans, oceans.", "word": "oceans"},
+                  {"condition": "forced_naming", "text": " oceans.", "word": "oceans"},
+                  {"condition": "injected", "text": "It is about oceans.", "word": "oceans"}])
+    assert [r["success"] for r in recs] == [True, False, True, False]  # only the first sentence counts
+    assert [r["named"] for r in recs] == [False, False, True, True]
+    assert recs[0]["affirmative"] is None and recs[3]["affirmative"] is False  # the claim is prefilled

@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                      doses=_floats(args.doses, "--doses"), modes=tuple(m.strip() for m in args.modes.split(",")),
                      control_trials=args.control_trials, random_per_cell=args.random_per_cell,
                      yes_bias=not args.no_yes_bias, max_new_tokens=args.max_new_tokens,
-                     batch_size=args.batch_size, seed=args.seed)
+                     batch_size=args.batch_size, seed=args.seed, forced_naming=not args.no_forced_naming)
     cfg.validate()
     if args.out is not None:  # checked now, not after the whole evaluation has run
         check_out_dir(args.out)
@@ -172,6 +172,8 @@ def add_organism_parser(sub: Any) -> None:
     p.add_argument("--control-trials", type=int, default=50, help="sampled no-injection trials")
     p.add_argument("--random-per-cell", type=int, default=50)
     p.add_argument("--no-yes-bias", action="store_true")
+    p.add_argument("--no-forced-naming", action="store_true",
+                   help="skip the rows whose reply is prefilled up to the concept (the naming ceiling)")
     p.add_argument("--regrade", default=None, metavar="EVAL_DIR",
                    help="grade and summarise a stored evaluation again (no model, no generation)")
     p.add_argument("--max-new-tokens", type=int, default=24)
