@@ -310,6 +310,27 @@ def random_like_components(model: Model, components: Sequence[Component], rng: r
     return out
 
 
+def _null_groups(model: Model, components: Sequence[Component], exclude: set,
+                 same_layers: bool) -> list[tuple[list[Component], int]]:
+    """The choices ``random_like_components`` makes, as (candidates, how many are drawn from them): one group
+    per hypothesis layer for same-layer heads (else one over every head), one for MLPs."""
+    from collections import Counter
+
+    arch = model.arch
+    groups: list[tuple[list[Component], int]] = []
+    heads = [c for c in components if isinstance(c, Head)]
+    if heads and same_layers:
+        for layer, k in sorted(Counter(h.layer for h in heads).items()):
+            groups.append(([Head(layer, h) for h in range(arch.n_heads) if Head(layer, h) not in exclude], k))
+    elif heads:
+        groups.append(([Head(L, h) for L in range(arch.n_layers) for h in range(arch.n_heads)
+                        if Head(L, h) not in exclude], len(heads)))
+    n_mlps = sum(isinstance(c, MLP) for c in components)
+    if n_mlps:
+        groups.append(([MLP(L) for L in range(arch.n_layers) if MLP(L) not in exclude], n_mlps))
+    return groups
+
+
 def null_pool_size(model: Model, components: Sequence[Component], exclude: set | None = None,
                    same_layers: bool = True) -> int | None:
     """How many distinct component sets ``random_like_components`` can draw (None: directions, a continuum).
@@ -317,45 +338,17 @@ def null_pool_size(model: Model, components: Sequence[Component], exclude: set |
     Why: a single-head hypothesis on a model with 9 heads a layer has only 8 possible nulls at its
     layer; drawing 39 with replacement repeats them, and a p of 1/40 would claim a resolution the
     test does not have (the exact floor is 1/9)."""
-    from collections import Counter
-    from math import comb
+    from math import comb, prod
 
     if any(isinstance(c, Direction) for c in components):
         return None
-    arch, exclude = model.arch, exclude or set()
-    heads = [c for c in components if isinstance(c, Head)]
-    n_mlps = sum(isinstance(c, MLP) for c in components)
-    size = 1
-    if heads and same_layers:
-        for layer, k in Counter(h.layer for h in heads).items():
-            size *= comb(sum(Head(layer, h) not in exclude for h in range(arch.n_heads)), k)
-    elif heads:
-        size *= comb(sum(Head(L, h) not in exclude for L in range(arch.n_layers) for h in range(arch.n_heads)),
-                     len(heads))
-    if n_mlps:
-        size *= comb(sum(MLP(L) not in exclude for L in range(arch.n_layers)), n_mlps)
-    return size
+    return prod(comb(len(cands), k) for cands, k in _null_groups(model, components, exclude or set(), same_layers))
 
 
 def _all_like(model: Model, components: Sequence[Component], exclude: set, same_layers: bool) -> list[list[Component]]:
     """Every distinct set ``random_like_components`` could draw, in a fixed order (small pools only)."""
-    from collections import Counter
-
-    arch = model.arch
-    groups: list[list[tuple[Component, ...]]] = []
-    heads = [c for c in components if isinstance(c, Head)]
-    if heads and same_layers:
-        for layer, k in sorted(Counter(h.layer for h in heads).items()):
-            avail = [Head(layer, h) for h in range(arch.n_heads) if Head(layer, h) not in exclude]
-            groups.append(list(itertools.combinations(avail, k)))
-    elif heads:
-        avail = [Head(L, h) for L in range(arch.n_layers) for h in range(arch.n_heads) if Head(L, h) not in exclude]
-        groups.append(list(itertools.combinations(avail, len(heads))))
-    n_mlps = sum(isinstance(c, MLP) for c in components)
-    if n_mlps:
-        avail = [MLP(L) for L in range(arch.n_layers) if MLP(L) not in exclude]
-        groups.append(list(itertools.combinations(avail, n_mlps)))
-    return [[c for part in combo for c in part] for combo in itertools.product(*groups)]
+    choices = [itertools.combinations(cands, k) for cands, k in _null_groups(model, components, exclude, same_layers)]
+    return [[c for part in combo for c in part] for combo in itertools.product(*choices)]
 
 
 @dataclass

@@ -202,9 +202,9 @@ def test_planted_head_zero_ablation_is_extreme_vs_null(planted):
 def test_downstream_null_sets_are_distinct_or_exhaustive(llama_exp):
     m = llama_exp[0]
     after = [Head(L, h) for L in range(INJ_LAYER + 1, m.arch.n_layers) for h in range(m.arch.n_heads)]
-    few = ch.downstream_null(m, [after[0]], INJ_LAYER, n_null=50, seed=0)
+    few = ch.downstream_null(m, [after[0]], INJ_LAYER, n_null=50, seed=0).sets
     assert sorted((s[0].layer, s[0].head) for s in few) == [(h.layer, h.head) for h in after[1:]]  # each once
-    many = ch.downstream_null(m, after[:2], INJ_LAYER, n_null=5, seed=0)
+    many = ch.downstream_null(m, after[:2], INJ_LAYER, n_null=5, seed=0).sets
     assert len({tuple(s) for s in many}) == 5 and all(not set(s) & set(after[:2]) for s in many)
 
 

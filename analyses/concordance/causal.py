@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from analyses.circuits import ComponentStats, Head, Hypothesis, HypothesisResult, test_hypothesis
+from analyses.circuits import ComponentStats, Head, Hypothesis, HypothesisResult, NullSets, test_hypothesis
 
 from .metric import QUANTITIES, IntentLogOdds
 
@@ -22,7 +22,7 @@ NULLS = ("downstream", "any", "same_layers")
 
 
 def downstream_null(model: Model, heads: Sequence[Head], injection_layer: int, n_null: int,
-                    seed: int) -> list[list[Head]]:
+                    seed: int) -> NullSets:
     """``n_null`` distinct sets of ``len(heads)`` random heads at layers after the injection layer,
     excluding the hypothesis heads (all of them when there are no more than ``n_null``)."""
     arch = model.arch
@@ -31,9 +31,9 @@ def downstream_null(model: Model, heads: Sequence[Head], injection_layer: int, n
     if len(pool) < len(heads):
         raise ValueError(f"only {len(pool)} heads after layer {injection_layer} outside the hypothesis; "
                          f"need {len(heads)}")
-    k = len(heads)
-    if comb(len(pool), k) <= n_null:  # every possible set: an exact test (its minimum p is coarser, and says so)
-        return [list(c) for c in itertools.combinations(pool, k)]
+    k, size = len(heads), comb(len(pool), len(heads))
+    if size <= n_null:  # every possible set: an exact test (its minimum p is coarser, and says so)
+        return NullSets([list(c) for c in itertools.combinations(pool, k)], True, size)
     rng = random.Random(seed)
     out: list[list[Head]] = []
     seen: set[tuple[Head, ...]] = set()
@@ -42,7 +42,7 @@ def downstream_null(model: Model, heads: Sequence[Head], injection_layer: int, n
         if s not in seen:
             seen.add(s)
             out.append(list(s))
-    return out
+    return NullSets(out, False, size)
 
 
 def causal_test(
@@ -78,10 +78,9 @@ def causal_test(
                  "same_layers": "random other heads at the hypothesis heads' layers",
                  "any": "random heads at any layer"}[null]
     if null == "downstream":
-        sets = downstream_null(model, heads, metric.layer, n_null, seed)
-        null_kind += (f"; all {len(sets)} possible sets (exact; min p = 1/{len(sets) + 1})" if len(sets) < n_null
-                      else f"; {len(sets)} distinct sets")
-        test_hypothesis(model, hyp, metric, stats=stats, baseline=base[metric.quantity], null_sets=sets,
+        drawn = downstream_null(model, heads, metric.layer, n_null, seed)
+        null_kind += f"; {drawn.describe()}"
+        test_hypothesis(model, hyp, metric, stats=stats, baseline=base[metric.quantity], null_sets=drawn.sets,
                         null_kind=null_kind)
     else:
         null_kind = test_hypothesis(model, hyp, metric, n_null=n_null, seed=seed, stats=stats,

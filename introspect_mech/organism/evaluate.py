@@ -136,24 +136,27 @@ def _rows(model: Model, cfg: EvalConfig, words: list[str], vectors: Any) -> list
     q_prompts = [trial_prompt(model.tokenizer, 0, q) for q in qs]
     refs = dose_references(model, [(prompt, window)] + q_prompts, cfg.layers)
     rows: list[EvalRow] = []
+
+    def strength(w: str, L: int, d: float, ref: dict[int, float]) -> float:  # the dose d on this prompt
+        return d * ref[L] / float(vectors.get(w, L).double().norm())
+
     for mode in cfg.modes:
         for L in cfg.layers:
             for d in cfg.doses:
                 for w in words:
-                    v = vectors.get(w, L)
-                    s = d * refs[0][L] / float(v.double().norm())
-                    rows.append(EvalRow("injected", mode, prompt, Injection(v, L, s, window, label=w), w, L, d))
+                    rows.append(EvalRow("injected", mode, prompt,
+                                        Injection(vectors.get(w, L), L, strength(w, L, d, refs[0]), window, label=w),
+                                        w, L, d))
                 for i in range(min(cfg.random_per_cell, len(words) * 10)):
                     w = words[i % len(words)]
-                    v = vectors.get(w, L)
-                    s = d * refs[0][L] / float(v.double().norm())
-                    rv = random_like(v, seed_from("organism-eval-random", w, L, i))
-                    rows.append(EvalRow("random_vector", mode, prompt, Injection(rv, L, s, window, label="random"), w, L, d))
+                    rv = random_like(vectors.get(w, L), seed_from("organism-eval-random", w, L, i))
+                    rows.append(EvalRow("random_vector", mode, prompt,
+                                        Injection(rv, L, strength(w, L, d, refs[0]), window, label="random"), w, L, d))
                 for k, (q, (qp, qw)) in enumerate(zip(qs, q_prompts)):
                     w = words[k % len(words)]
-                    v = vectors.get(w, L)
-                    s = d * refs[1 + k][L] / float(v.double().norm())
-                    rows.append(EvalRow("yes_bias", mode, qp, Injection(v, L, s, qw, label=w), w, L, d, q))
+                    rows.append(EvalRow("yes_bias", mode, qp,
+                                        Injection(vectors.get(w, L), L, strength(w, L, d, refs[1 + k]), qw, label=w),
+                                        w, L, d, q))
         n_ctl = 1 if mode == "greedy" else cfg.control_trials
         rows += [EvalRow("control", mode, prompt, None, words[k % len(words)]) for k in range(n_ctl)]
         rows += [EvalRow("yes_bias_clean", mode, qp, None, None, question=q) for q, (qp, _) in zip(qs, q_prompts)]
@@ -162,9 +165,8 @@ def _rows(model: Model, cfg: EvalConfig, words: list[str], vectors: Any) -> list
         for L in cfg.layers:
             for d in cfg.doses:
                 for w in words:  # the same vector and strength as the word's ``injected`` row
-                    v = vectors.get(w, L)
-                    s = d * refs[0][L] / float(v.double().norm())
-                    rows.append(EvalRow("forced_naming", "greedy", fp.rendered, Injection(v, L, s, fp.window, label=w),
+                    rows.append(EvalRow("forced_naming", "greedy", fp.rendered,
+                                        Injection(vectors.get(w, L), L, strength(w, L, d, refs[0]), fp.window, label=w),
                                         w, L, d))
     return rows
 
