@@ -502,6 +502,12 @@ CASES: list[Case] = [
          lambda t: ["organism", "ablate", "--regrade", str(t / "no-ablation")], "organism ablate --out"),
     Case("organism ablate with a zero dose",
          lambda t: ["organism", "ablate", "--adapter", str(t / "x"), "--out", str(t / "a"), "--dose", "0"], "dose must be"),
+    Case("organism decodability with a negative ridge (before the model loads)",
+         lambda t: ["organism", "decodability", "--ridge", "-1"], "--ridge must be a finite number > 0"),
+    Case("organism decodability --layers that are not numbers",
+         lambda t: ["organism", "decodability", "--layers", "a,b"], "comma-separated whole numbers"),
+    Case("organism decodability --out that is a file",
+         lambda t: ["organism", "decodability", "--out", _a_file(t)], "is an existing file"),
 ]
 
 

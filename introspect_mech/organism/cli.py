@@ -132,6 +132,42 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decodability(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..model_options import load_model_from_args
+    from .decodability import organism_decodability
+
+    layers = _ints(args.layers, "--layers")
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"--layers {args.layers!r}: give layer indices >= 0, e.g. 12,14,16")
+    if not args.ridge > 0 or args.ridge == float("inf"):
+        raise ConfigError(f"--ridge must be a finite number > 0, got {args.ridge}")
+    if args.n_english < 0:
+        raise ConfigError(f"--n-english must be >= 0, got {args.n_english}")
+    if args.out is not None:
+        check_out_dir(args.out)
+    model = load_model_from_args(args)
+    for layer in layers:
+        model.arch.resolve_layer(layer)  # every layer checked before the first extraction
+    rows = [organism_decodability(model, layer=layer, n_english=args.n_english, ridge=args.ridge) for layer in layers]
+    print("| layer | train words | held-out words | first among the held-out | first among all candidates | "
+          "top 10 among all | first is the word or related | shuffled-fit first among all (chance) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for d in rows:
+        print(f"| {d.layer} | {d.n_train} | {d.n_test} | {d.top1_among_test} | {d.top1_among_all} "
+              f"of {d.n_candidates} | {d.top10_among_all} | {d.nearest_related} | "
+              f"{d.shuffled_top1_among_all} |")
+    if args.out:
+        from ..store import atomic_write_json
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "decodability.json", [d.to_dict() for d in rows])
+        print(f"written: {out}/decodability.json")
+    return 0
+
+
 def add_organism_parser(sub: Any) -> None:
     """Register ``organism train``, ``organism eval`` and ``organism ablate`` on the top-level subparsers."""
     org = sub.add_parser("organism", help="train and quickly evaluate the introspective model organism (LoRA)")
@@ -199,3 +235,12 @@ def add_organism_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_ablate)
+
+    p = osub.add_parser("decodability", help="how much of a held-out word its concept vector carries: a ridge "
+                                             "read-out fitted on the training words (the ceiling on naming)")
+    add_model_args(p)
+    p.add_argument("--out", default=None, help="folder for decodability.json")
+    p.add_argument("--layers", default="14", help="vector layers, comma-separated indices")
+    p.add_argument("--ridge", type=float, default=100.0, help="ridge penalty on standardised vectors")
+    p.add_argument("--n-english", type=int, default=3000, help="training words as in `organism train`")
+    p.set_defaults(func=cmd_decodability)
