@@ -389,7 +389,7 @@ def test_config_digest_of_an_older_run_is_unchanged():
     and is recognised); organism v2's stored digest is reproduced. Setting an option changes it."""
     v2 = dict(alpha=32.0, batch_size=16, checkpoint_every=25, grad_clip=1.0, lora_layers=None, lr=0.0004,
               min_lr_ratio=0.1, rank=16, seed=0, steps=300, target_modules=None, use_prefix=True, warmup=10)
-    recipe = RecipeConfig(layers=(12, 16), dose=(0.25, 0.9),
+    recipe = RecipeConfig(layers=(12, 16), dose=(0.25, 0.9), n_english=3000,
                           mix={"concept": 0.45, "none": 0.2, "question": 0.2, "random": 0.15})
     cfg = TrainConfig(**v2, recipe=recipe)
     assert cfg.digest("0e1771b084d58d9f") == "2e602a86483a7e60"  # runs/organism-v2/adapter.json

@@ -97,7 +97,7 @@ def word_decodability(train_vectors: torch.Tensor, train_words: Sequence[str], t
                         float(related_threshold), Rate.from_bools((r_null == 0).tolist()))
 
 
-def organism_decodability(model: Any, layer: int = 14, n_english: int = 3000, ridge: float = 10.0) -> Decodability:
+def organism_decodability(model: Any, layer: int = 14, n_english: int = 5000, ridge: float = 100.0) -> Decodability:
     """``word_decodability`` on the organism's own split: training words → the paper's 50 held-out words."""
     from ..concepts import extract_concept_vectors
     from .recipe import RecipeConfig

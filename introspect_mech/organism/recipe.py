@@ -151,10 +151,11 @@ class RecipeConfig:
 
     layers: tuple[int, int] = (12, 16)  # injection layers (indices); LoRA adapts the layers above
     dose: tuple[float, float] = (0.25, 0.9)  # ‖s·v‖ / mean‖h‖
-    mix: dict = field(default_factory=lambda: {"concept": 0.45, "none": 0.20, "random": 0.15, "question": 0.20})
+    # v5's mix: concept rows are where the read-out is learnt (the other kinds' losses are ~0 by step 150)
+    mix: dict = field(default_factory=lambda: {"concept": 0.65, "none": 0.10, "random": 0.15, "question": 0.10})
     question_injection: dict = field(default_factory=lambda: {"concept": 0.5, "random": 0.25, "none": 0.25})
     paraphrases: bool = True  # False: the paper's prompt only
-    n_english: int = 3000  # common English words added to the category lists
+    n_english: int = 5000  # common English words added to the category lists (a fresh word for most concept rows)
     categories: bool = True
     fmt: str = "auto"
     # which yes/no questions about the assistant itself are trained: all | no-yes | none (see is_self_question)

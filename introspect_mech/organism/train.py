@@ -52,7 +52,7 @@ class TrainConfig:
 
     steps: int = 600
     batch_size: int = 16
-    lr: float = 4e-4
+    lr: float = 6e-4
     warmup: int = 10
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio
     rank: int = 16
