@@ -203,7 +203,7 @@ def add_organism_parser(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--out", default=None, help="folder for records.jsonl, summary.json, summary.md")
     p.add_argument("--layers", default="14", help="injection layers (indices or depth fractions)")
-    p.add_argument("--doses", default="0.5", help="target doses ‖s·v‖/mean‖h‖, comma-separated")
+    p.add_argument("--doses", default="0.5,0.85", help="target doses ‖s·v‖/mean‖h‖, comma-separated")
     p.add_argument("--modes", default="greedy,sampled")
     p.add_argument("--control-trials", type=int, default=50, help="sampled no-injection trials")
     p.add_argument("--random-per-cell", type=int, default=50)
