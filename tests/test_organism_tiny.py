@@ -529,3 +529,36 @@ def test_forced_naming_prompt_extends_the_exp1_prompt_and_is_graded_on_its_first
     assert [r["success"] for r in recs] == [True, False, True, False]  # only the first sentence counts
     assert [r["named"] for r in recs] == [False, False, True, True]
     assert recs[0]["affirmative"] is None and recs[3]["affirmative"] is False  # the claim is prefilled
+
+
+def test_cli_defaults_are_the_dataclass_defaults_and_v2_options_give_v2s_digest(monkeypatch, tmp_path):
+    """`organism train` with no options trains exactly TrainConfig() (recipe v5, digest 49277466 of the
+    stored run); v2's options on the command line give v2's stored digest; `organism eval` with no
+    options evaluates EvalConfig()'s doses. The CLI states no default of its own."""
+    import argparse
+
+    import introspect_mech.model_options as mo
+    import introspect_mech.organism.evaluate as ev
+    import introspect_mech.organism.train as tr
+    from introspect_mech.organism import cli as oc
+    from introspect_mech.organism.evaluate import EvalConfig
+
+    got: dict = {}
+    monkeypatch.setattr(mo, "load_model_from_args", lambda args: None)
+    monkeypatch.setattr(tr, "train_organism", lambda model, cfg, out, progress=True: got.__setitem__("train", cfg))
+    monkeypatch.setattr(ev, "evaluate_organism", lambda model, cfg, out, progress=True: got.__setitem__("eval", cfg))
+    ap = argparse.ArgumentParser()
+    oc.add_organism_parser(ap.add_subparsers())
+    fp = "0e1771b084d58d9f"
+
+    def run(*argv: str) -> None:
+        args = ap.parse_args(["organism", *argv])
+        args.func(args)
+
+    run("train", "--out", str(tmp_path / "a"))
+    assert got["train"].digest(fp) == TrainConfig().digest(fp) == "4927746659af95d9"  # runs/organism-v5/adapter.json
+    run("train", "--out", str(tmp_path / "b"), "--steps", "300", "--lr", "4e-4", "--n-english", "3000",
+        "--mix", "concept=0.45,none=0.2,random=0.15,question=0.2")
+    assert got["train"].digest(fp) == "2e602a86483a7e60"  # runs/organism-v2/adapter.json
+    run("eval")
+    assert got["eval"].doses == EvalConfig().doses == [0.5, 0.85]

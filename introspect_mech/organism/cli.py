@@ -59,15 +59,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train_organism
 
     recipe = RecipeConfig(layers=_range(args.layers, int, "--layers"), dose=_range(args.dose, float, "--dose"),
-                          paraphrases=not args.no_paraphrases, n_english=args.n_english, fmt=args.format,
-                          self_questions=args.self_questions)
+                          paraphrases=not args.no_paraphrases, fmt=args.format, self_questions=args.self_questions)
+    if args.n_english is not None:  # None: the recipe's own default, stated once in RecipeConfig
+        recipe.n_english = args.n_english
     if args.mix:
         recipe.mix = _mix(args.mix)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, rank=args.rank,
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, warmup=args.warmup, rank=args.rank,
                       alpha=args.alpha, seed=args.seed, checkpoint_every=args.checkpoint_every,
                       use_prefix=not args.no_prefix, recipe=recipe,
                       snapshots=_ints(args.snapshots, "--snapshots") if args.snapshots else [],
                       init_adapter=args.init_adapter)
+    if args.lr is not None:  # None: TrainConfig's default
+        cfg.lr = args.lr
     cfg.check_options()  # every option that needs no model, before the model loads
     check_out_dir(args.out)
     if args.adapter:
@@ -95,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
 
     cfg = EvalConfig(layers=[x.strip() for x in args.layers.split(",") if x.strip()],
-                     doses=_floats(args.doses, "--doses"), modes=tuple(m.strip() for m in args.modes.split(",")),
+                     doses=_floats(args.doses, "--doses") if args.doses is not None else EvalConfig().doses, modes=tuple(m.strip() for m in args.modes.split(",")),
                      control_trials=args.control_trials, random_per_cell=args.random_per_cell,
                      yes_bias=not args.no_yes_bias, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, seed=args.seed, forced_naming=not args.no_forced_naming)
@@ -143,7 +146,7 @@ def cmd_decodability(args: argparse.Namespace) -> int:
         raise ConfigError(f"--layers {args.layers!r}: give layer indices >= 0, e.g. 12,14,16")
     if not args.ridge > 0 or args.ridge == float("inf"):
         raise ConfigError(f"--ridge must be a finite number > 0, got {args.ridge}")
-    if args.n_english < 0:
+    if args.n_english is not None and args.n_english < 0:
         raise ConfigError(f"--n-english must be >= 0, got {args.n_english}")
     if args.out is not None:
         check_out_dir(args.out)
@@ -178,14 +181,15 @@ def add_organism_parser(sub: Any) -> None:
     p.add_argument("--out", required=True, help="adapter folder (adapter.safetensors + adapter.json)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's, 6e-4)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--layers", default="12-16", help="injection layers LO-HI; LoRA adapts every layer above HI")
     p.add_argument("--dose", default="0.25,0.9", help="dose range LO,HI (‖s·v‖/mean‖h‖), drawn uniformly")
     p.add_argument("--mix", default=None, help="row kinds (default concept=0.65,none=0.1,random=0.15,question=0.1)")
-    p.add_argument("--n-english", type=int, default=5000, help="common English words added to the category lists")
+    p.add_argument("--n-english", type=int, default=None,
+                   help="common English words added to the category lists (default: RecipeConfig's, 5000)")
     p.add_argument("--no-paraphrases", action="store_true", help="train on the paper's prompt only")
     p.add_argument("--self-questions", default="all", choices=["all", "no-yes", "none"],
                    help="yes/no questions about the assistant itself: all, drop those answered 'yes', or none")
@@ -203,7 +207,8 @@ def add_organism_parser(sub: Any) -> None:
     add_model_args(p)
     p.add_argument("--out", default=None, help="folder for records.jsonl, summary.json, summary.md")
     p.add_argument("--layers", default="14", help="injection layers (indices or depth fractions)")
-    p.add_argument("--doses", default="0.5,0.85", help="target doses ‖s·v‖/mean‖h‖, comma-separated")
+    p.add_argument("--doses", default=None, help="target doses ‖s·v‖/mean‖h‖, comma-separated (default: EvalConfig's, "
+                                                 "0.5,0.85)")
     p.add_argument("--modes", default="greedy,sampled")
     p.add_argument("--control-trials", type=int, default=50, help="sampled no-injection trials")
     p.add_argument("--random-per-cell", type=int, default=50)
@@ -242,5 +247,5 @@ def add_organism_parser(sub: Any) -> None:
     p.add_argument("--out", default=None, help="folder for decodability.json")
     p.add_argument("--layers", default="14", help="vector layers, comma-separated indices")
     p.add_argument("--ridge", type=float, default=100.0, help="ridge penalty on standardised vectors")
-    p.add_argument("--n-english", type=int, default=5000, help="training words as in `organism train`")
+    p.add_argument("--n-english", type=int, default=None, help="training words as in `organism train` (default: its)")
     p.set_defaults(func=cmd_decodability)

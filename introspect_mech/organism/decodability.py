@@ -97,15 +97,18 @@ def word_decodability(train_vectors: torch.Tensor, train_words: Sequence[str], t
                         float(related_threshold), Rate.from_bools((r_null == 0).tolist()))
 
 
-def organism_decodability(model: Any, layer: int = 14, n_english: int = 5000, ridge: float = 100.0) -> Decodability:
-    """``word_decodability`` on the organism's own split: training words → the paper's 50 held-out words."""
+def organism_decodability(model: Any, layer: int = 14, n_english: int | None = None,
+                          ridge: float = 100.0) -> Decodability:
+    """``word_decodability`` on the organism's own split: training words → the paper's 50 held-out words
+    (``n_english=None``: the training recipe's default, so the split is the one `organism train` uses)."""
     from ..concepts import extract_concept_vectors
     from .recipe import RecipeConfig
     from .words import build_split
 
-    split = build_split(n_english)
+    recipe = RecipeConfig()
+    split = build_split(recipe.n_english if n_english is None else n_english, categories=recipe.categories)
     layer = model.arch.resolve_layer(layer)
-    lo, hi = RecipeConfig().layers  # extract what training extracts, so that its vector cache is reused
+    lo, hi = recipe.layers  # extract what training extracts, so that its vector cache is reused
     tv = extract_concept_vectors(model, split.train, layers=list(range(lo, hi + 1)) if lo <= layer <= hi else [layer])
     hv = extract_concept_vectors(model, split.test, layers=[layer])
     return word_decodability(torch.stack([tv.get(w, layer) for w in split.train]), split.train,

@@ -145,7 +145,7 @@ def english_words(n_words: int, *, skip_top: int = 400, scan: int = 20000, plura
     return out
 
 
-def build_split(n_english: int = 3000, *, categories: bool = True, skip_top: int = 400, scan: int = 20000,
+def build_split(n_english: int, *, categories: bool = True, skip_top: int = 400, scan: int = 20000,
                 plural_share: float = 0.5) -> WordSplit:
     """Category-list words plus ``n_english`` common English words, minus every word related to a test word."""
     if n_english < 0:
