@@ -146,14 +146,14 @@ def cmd_decodability(args: argparse.Namespace) -> int:
         raise ConfigError(f"--layers {args.layers!r}: give layer indices >= 0, e.g. 12,14,16")
     if not args.ridge > 0 or args.ridge == float("inf"):
         raise ConfigError(f"--ridge must be a finite number > 0, got {args.ridge}")
-    if args.n_english is not None and args.n_english < 0:
-        raise ConfigError(f"--n-english must be >= 0, got {args.n_english}")
+    if args.n_english is not None:
+        from .recipe import RecipeConfig
+
+        RecipeConfig(n_english=args.n_english).validate()  # the training recipe's own check
     if args.out is not None:
         check_out_dir(args.out)
     model = load_model_from_args(args)
-    for layer in layers:
-        model.arch.resolve_layer(layer)  # every layer checked before the first extraction
-    rows = [organism_decodability(model, layer=layer, n_english=args.n_english, ridge=args.ridge) for layer in layers]
+    rows = organism_decodability(model, layers=layers, n_english=args.n_english, ridge=args.ridge)
     print("| layer | train words | held-out words | first among the held-out | first among all candidates | "
           "top 10 among all | first is the word or related | shuffled-fit first among all (chance) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -97,22 +97,33 @@ def word_decodability(train_vectors: torch.Tensor, train_words: Sequence[str], t
                         float(related_threshold), Rate.from_bools((r_null == 0).tolist()))
 
 
-def organism_decodability(model: Any, layer: int = 14, n_english: int | None = None,
-                          ridge: float = 100.0) -> Decodability:
-    """``word_decodability`` on the organism's own split: training words → the paper's 50 held-out words
-    (``n_english=None``: the training recipe's default, so the split is the one `organism train` uses)."""
+def organism_decodability(model: Any, layers: Sequence[int] = (14,), n_english: int | None = None,
+                          ridge: float = 100.0) -> list[Decodability]:
+    """``word_decodability`` on the organism's own split (training words → the paper's 50 held-out words),
+    one row per layer (``n_english=None``: the training recipe's default, so the split is `organism train`'s).
+
+    The split is built once and each set of words is read in one pass for all layers outside the
+    training range; layers inside it reuse the vectors `organism train` cached."""
     from ..concepts import extract_concept_vectors
     from .recipe import RecipeConfig
     from .words import build_split
 
     recipe = RecipeConfig()
     split = build_split(recipe.n_english if n_english is None else n_english, categories=recipe.categories)
-    layer = model.arch.resolve_layer(layer)
-    lo, hi = recipe.layers  # extract what training extracts, so that its vector cache is reused
-    tv = extract_concept_vectors(model, split.train, layers=list(range(lo, hi + 1)) if lo <= layer <= hi else [layer])
-    hv = extract_concept_vectors(model, split.test, layers=[layer])
-    return word_decodability(torch.stack([tv.get(w, layer) for w in split.train]), split.train,
-                             torch.stack([hv.get(w, layer) for w in split.test]), split.test, layer=layer, ridge=ridge)
+    layers = [model.arch.resolve_layer(layer) for layer in layers]
+    lo, hi = recipe.layers
+    inside = [layer for layer in layers if lo <= layer <= hi]
+    outside = sorted({layer for layer in layers if not lo <= layer <= hi})
+    train_sets = ([extract_concept_vectors(model, split.train, layers=list(range(lo, hi + 1)))] if inside else []) + \
+        ([extract_concept_vectors(model, split.train, layers=outside)] if outside else [])
+    held = extract_concept_vectors(model, split.test, layers=sorted(set(layers)))
+    out = []
+    for layer in layers:
+        tv = train_sets[0] if layer in inside else train_sets[-1]
+        out.append(word_decodability(torch.stack([tv.get(w, layer) for w in split.train]), split.train,
+                                     torch.stack([held.get(w, layer) for w in split.test]), split.test,
+                                     layer=layer, ridge=ridge))
+    return out
 
 
 __all__ = ["Decodability", "organism_decodability", "word_decodability"]
