@@ -39,13 +39,17 @@ def forward(
     spec = record if record is not None else RecordSpec(layers=[], residual=False, logits=True)
     rec_layers = model.arch.resolve_layers(spec.layers) if spec.layers != [] else []
     with torch.no_grad(), quiet_nnsight():
-        with model.nn.trace(batch.inputs(model.device), **model.trace_kwargs):
+        with model.nn.trace(batch.inputs(model.device), **model.trace_kwargs) as tracer:
             store = StepStore()
             touch_layers(model, plan, spec, batch, 0, rec_layers, store)
             if spec.logits:
                 logits = model.nn.output.logits
                 store.logits = (logits[:, -1:] if spec.last_token_only else logits).detach().cpu()
             store = nnsight.save(store)
+            if not spec.logits:
+                # nothing is read above the last layer touched: the layers above it and the LM head need not
+                # run (concept vectors at layers 12-16 of 30 cost 45 % of a full pass)
+                tracer.stop()
     return store.recording(batch, plan, rec_layers)
 
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 # a small recipe: tiny models have 3 layers, so inject at 0-1 and adapt layer 2
 SMALL = dict(layers=(0, 1), n_english=30, categories=False, paraphrases=False)
+V7_DIGEST = "8dcf0fff6f041189"  # TrainConfig() on SmolLM2 (fingerprint 0e1771b0...): runs/organism/adapter.json
 
 
 def _quiet(*_a, **_k) -> None:
@@ -388,7 +389,8 @@ def test_config_digest_of_an_older_run_is_unchanged():
     """Options added later leave an older run's digest alone at their defaults (so its folder resumes
     and is recognised); organism v2's stored digest is reproduced. Setting an option changes it."""
     v2 = dict(alpha=32.0, batch_size=16, checkpoint_every=25, grad_clip=1.0, lora_layers=None, lr=0.0004,
-              min_lr_ratio=0.1, rank=16, seed=0, steps=300, target_modules=None, use_prefix=True, warmup=10)
+              min_lr_ratio=0.1, rank=16, seed=0, steps=300, target_modules=None, use_prefix=True, warmup=10,
+              precision="fp32")
     recipe = RecipeConfig(layers=(12, 16), dose=(0.25, 0.9), n_english=3000,
                           mix={"concept": 0.45, "none": 0.2, "question": 0.2, "random": 0.15})
     cfg = TrainConfig(**v2, recipe=recipe)
@@ -396,6 +398,7 @@ def test_config_digest_of_an_older_run_is_unchanged():
     assert TrainConfig(**v2, recipe=recipe, snapshots=[100]).digest("0e1771b084d58d9f") == "2e602a86483a7e60"
     other = TrainConfig(**v2, recipe=RecipeConfig(**{**recipe.__dict__, "self_questions": "none"}))
     assert other.digest("0e1771b084d58d9f") != "2e602a86483a7e60"
+    assert TrainConfig(**{**v2, "precision": "bf16"}, recipe=recipe).digest("0e1771b084d58d9f") != "2e602a86483a7e60"
 
 
 def _synthetic_records():
@@ -532,8 +535,8 @@ def test_forced_naming_prompt_extends_the_exp1_prompt_and_is_graded_on_its_first
 
 
 def test_cli_defaults_are_the_dataclass_defaults_and_v2_options_give_v2s_digest(monkeypatch, tmp_path):
-    """`organism train` with no options trains exactly TrainConfig() (recipe v5, digest 49277466 of the
-    stored run); v2's options on the command line give v2's stored digest; `organism eval` with no
+    """`organism train` with no options trains exactly TrainConfig() (recipe v7, the digest of the stored
+    run); v5's and v2's options on the command line give their stored digests; `organism eval` with no
     options evaluates EvalConfig()'s doses. The CLI states no default of its own."""
     import argparse
 
@@ -556,9 +559,50 @@ def test_cli_defaults_are_the_dataclass_defaults_and_v2_options_give_v2s_digest(
         args.func(args)
 
     run("train", "--out", str(tmp_path / "a"))
-    assert got["train"].digest(fp) == TrainConfig().digest(fp) == "4927746659af95d9"  # runs/organism-v5/adapter.json
+    assert got["train"].digest(fp) == TrainConfig().digest(fp) == V7_DIGEST  # runs/organism/adapter.json
+    run("train", "--out", str(tmp_path / "c"), "--steps", "600", "--lr", "6e-4", "--precision", "fp32",
+        "--mix", "concept=0.65,none=0.1,random=0.15,question=0.1")
+    assert got["train"].digest(fp) == "4927746659af95d9"  # runs/organism-v5/adapter.json
     run("train", "--out", str(tmp_path / "b"), "--steps", "300", "--lr", "4e-4", "--n-english", "3000",
-        "--mix", "concept=0.45,none=0.2,random=0.15,question=0.2")
+        "--precision", "fp32", "--mix", "concept=0.45,none=0.2,random=0.15,question=0.2")
     assert got["train"].digest(fp) == "2e602a86483a7e60"  # runs/organism-v2/adapter.json
     run("eval")
     assert got["eval"].doses == EvalConfig().doses == [0.5, 0.85]
+
+
+def test_bf16_training_precision_matches_fp32_closely_and_restores_the_base_weights(tiny_model_of, tmp_path):
+    """``precision="bf16"``: the loss of a batch is float32's within bfloat16 rounding (and not identical —
+    the products really run in bfloat16); inside, the frozen linear weights are bfloat16 and the residual
+    stream (the tied embedding) stays float32; after training the base model's weights are its own again,
+    bit for bit."""
+    from introspect_mech.organism.train import frozen_weights_in
+
+    model = tiny_model_of("llama")
+    before = {k: v.clone() for k, v in model.hf.state_dict().items()}
+    cfg = TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup=1, rank=4, alpha=8, seed=2, checkpoint_every=100,
+                      recipe=RecipeConfig(**SMALL))
+    assert cfg.precision == "bf16"
+    recipe, _, _ = build_recipe(model, cfg, log=_quiet)
+    batch = recipe.batch(0, 8)
+    with torch.no_grad():
+        full = example_loss(model, batch)[0].item()
+        with frozen_weights_in(model, "bf16") as autocast:
+            assert model.hf.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+            assert model.hf.get_input_embeddings().weight.dtype == torch.float32
+            with autocast():
+                half = example_loss(model, batch)[0].item()
+        with frozen_weights_in(model, "fp32") as autocast, autocast():
+            again = example_loss(model, batch)[0].item()
+    assert half != full and abs(half - full) < 0.02 * abs(full), (half, full)
+    assert again == full
+    train_organism(model, cfg, tmp_path / "a", progress=False, log=_quiet)
+    after = model.hf.state_dict()
+    assert after.keys() == before.keys()
+    assert all(after[k].dtype == before[k].dtype and torch.equal(after[k], before[k]) for k in before)
+    fp32 = train_organism(model, TrainConfig(**{**cfg.__dict__, "precision": "fp32"}), tmp_path / "b",
+                          progress=False, log=_quiet)
+    assert fp32.meta["config"]["precision"] == "fp32"
+    ta, tb = adapters.read_adapter(tmp_path / "a")[0], adapters.read_adapter(tmp_path / "b")[0]
+    assert not all(torch.equal(ta[k], tb[k]) for k in ta)  # the precision is really used
+    with pytest.raises(ConfigError, match="--precision"):
+        TrainConfig(precision="fp16").check_options()

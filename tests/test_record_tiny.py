@@ -685,3 +685,25 @@ def test_generate_survives_every_row_stopping_before_max_new_tokens(tiny_model, 
     assert gen.sequences.shape[1] == gen.batch.width + 1  # stopped after one step of six
     assert gen.doses[1][0] == 0.0 and gen.doses[0] == []
     assert gen.recording[0].residual[L].shape[:2] == (2, len(p))
+
+
+def test_forward_without_logits_stops_after_the_last_layer_it_needs(tiny_model):
+    """``logits=False``: the pass stops after the highest recorded/edited layer (the layers above and the LM
+    head never run) and records exactly what a full pass records."""
+    m = tiny_model
+    n = m.arch.n_layers
+    ps = prompts_for(m)
+    calls: list[int] = []
+    handle = m.arch.layer(m.hf, n - 1).register_forward_hook(lambda *_: calls.append(1))
+    try:
+        v = torch.randn(m.arch.d_model) * 3
+        inj = [Injection(v, 0, 2.0, Window(1, None)) for _ in ps]
+        short = forward(m, ps, inj, record=RecordSpec(layers=[1], residual=True, logits=False))
+        assert calls == [], "the last layer ran although nothing above layer 1 was needed"
+        full = forward(m, ps, inj, record=RecordSpec(layers=[1], residual=True, logits=True))
+        assert calls == [1]
+    finally:
+        handle.remove()
+    assert torch.equal(short.residual[1], full.residual[1])
+    assert short.ref_norms.keys() == full.ref_norms.keys()
+    assert all(torch.equal(short.ref_norms[L], full.ref_norms[L]) for L in short.ref_norms)

@@ -21,9 +21,10 @@ import math
 import os
 import platform
 import time
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
@@ -31,6 +32,7 @@ from ..concepts import extract_concept_vectors
 from ..errors import ArtifactError, ConfigError
 from ..execution import forward
 from ..inject import Injection
+from ..record import RecordSpec
 from ..store import atomic_write_with
 from .adapter import META_FILE, LoraSpec, attach_lora, linear_module_names, lora_state, save_adapter
 from .forcing import forced_loss, make_forced_batch
@@ -44,15 +46,16 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # Recipe options added after adapters were trained: at these defaults they are left out of the
 # config digest, so that an older run's folder still resumes and is still recognised.
 RECIPE_DEFAULTS_ADDED_LATER = {"self_questions": "all"}
+PRECISIONS = ("bf16", "fp32")
 
 
 @dataclass
 class TrainConfig:
     """Hyper-parameters. ``lora_layers=None``: every layer above the recipe's injection range."""
 
-    steps: int = 600
+    steps: int = 1000  # recipe v7 (v5: 600 steps at lr 6e-4 in float32)
     batch_size: int = 16
-    lr: float = 6e-4
+    lr: float = 8e-4
     warmup: int = 10
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio
     rank: int = 16
@@ -63,6 +66,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 25
     use_prefix: bool = True  # run the shared never-injected prefix once per batch (exact)
+    # "bf16": matrix products in bfloat16 (torch.autocast; the frozen base weights held in bfloat16 while training,
+    # restored bit for bit after), the residual stream, LoRA weights, optimizer and loss in float32 — 1.4x faster per
+    # step on a CPU with AMX/AVX512-BF16 (and on GPUs); "fp32": everything in float32 (recipes v2-v6)
+    precision: str = "bf16"
     # steps (< steps) after which the adapter so far is also saved, as OUT/step-N (an adapter folder):
     # one run then shows what a shorter schedule would have reached (only the cosine schedule differs)
     snapshots: list[int] = field(default_factory=list)
@@ -84,6 +91,8 @@ class TrainConfig:
         if any(not (isinstance(k, int) and 0 < k < self.steps) for k in self.snapshots):
             raise ConfigError(f"snapshot steps must be integers between 1 and steps-1 ({self.steps - 1}), "
                               f"got {self.snapshots}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.rank < 1 or not (self.alpha > 0 and math.isfinite(self.alpha)):
             raise ConfigError(f"--rank must be >= 1 and --alpha a finite number > 0, got {self.rank}, {self.alpha}")
         self.recipe.validate()
@@ -140,6 +149,8 @@ class TrainConfig:
             from .adapter import check_adapter_path, file_sha256
 
             d["init_adapter"] = file_sha256(check_adapter_path(d["init_adapter"])[0])
+        if d.get("precision") == "fp32":  # added later: every adapter before it was trained in float32
+            d.pop("precision")
         for key, default in RECIPE_DEFAULTS_ADDED_LATER.items():  # keep older runs' digests (resumable)
             if d["recipe"].get(key) == default:
                 d["recipe"].pop(key)
@@ -166,7 +177,7 @@ def dose_references(model: Model, prompts: list[tuple[Any, Any]], layers: list[i
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
         injs = [[Injection(zero, L, 1.0, win) for L in layers] for _, win in chunk]
-        rec = forward(model, [p for p, _ in chunk], injs)
+        rec = forward(model, [p for p, _ in chunk], injs, record=RecordSpec(layers=[], residual=False, logits=False))
         out += [{L: float(rec.ref_norms[L][r]) for L in layers} for r in range(len(chunk))]
     return out
 
@@ -186,6 +197,32 @@ def cached_dose_references(model: Model, prompts: list[tuple[Any, Any]], layers:
     refs = dose_references(model, prompts, layers)
     atomic_write_json(path, refs)
     return refs
+
+
+@contextmanager
+def frozen_weights_in(model: Model, precision: str) -> Iterator[Callable[[], Any]]:
+    """Hold the frozen linear weights in the training precision; yields the per-forward autocast context.
+
+    Why: under ``torch.autocast`` a frozen float32 weight is cast to bfloat16 on *every* call (autocast
+    caches only weights that require gradients), which ate the gain; cast once here instead. The
+    tied input embedding (also the LM head on SmolLM2) stays float32, so the residual stream — where
+    the injections are added — stays float32. The original tensors are put back on exit, also on
+    error, so the base model is unchanged bit for bit."""
+    if precision == "fp32":
+        yield nullcontext
+        return
+    emb = model.hf.get_input_embeddings().weight
+    kept: list[tuple[torch.nn.Linear, torch.Tensor]] = []
+    try:
+        for mod in model.hf.modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(mod, torch.nn.Linear) and not w.requires_grad and w is not emb and w.dtype == torch.float32:
+                kept.append((mod, w.data))
+                mod.weight.data = w.data.to(torch.bfloat16)
+        yield lambda: torch.autocast(model.device.type, dtype=torch.bfloat16)
+    finally:
+        for mod, data in kept:
+            mod.weight.data = data
 
 
 def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
@@ -297,6 +334,7 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
     torch.manual_seed(cfg.seed)
     init = cfg.initial_weights(model)
     pm = attach_lora(model, spec)
+    stack = ExitStack()  # the training precision's weight casts, undone before the LoRA layers are removed
     try:
         if init is not None and ck is None:
             from peft import set_peft_model_state_dict
@@ -353,12 +391,14 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
             return meta
 
         out.mkdir(parents=True, exist_ok=True)
+        autocast = stack.enter_context(frozen_weights_in(model, cfg.precision))
         while step < cfg.steps:
             if stop_after is not None and step - start >= stop_after:
                 bar.close()
                 return TrainResult(out, {}, start)
             examples = recipe.batch(step, cfg.batch_size)
-            loss, per_row = example_loss(model, examples, use_prefix=cfg.use_prefix)
+            with autocast():
+                loss, per_row = example_loss(model, examples, use_prefix=cfg.use_prefix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -389,4 +429,5 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
             f"{sum(c['loss'] for c in curve[-10:]) / len(curve[-10:]):.3f})")
         return TrainResult(out, json.loads(meta_path.read_text()), start)
     finally:
+        stack.close()
         pm.unload()
