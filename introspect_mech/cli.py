@@ -122,7 +122,12 @@ def _batch_size(text: str | None) -> int | str | None:
 
 
 def _since_process_start() -> float:
-    """Seconds since this process started (Linux /proc; falls back to time since the CLI was imported)."""
+    """Seconds since this process started (Linux /proc; falls back to time since the CLI was imported); in a
+    command served by the warm server, since the caller's process started."""
+    from . import warm
+
+    if warm.served_t0 is not None:
+        return time.time() - warm.served_t0
     try:
         with open("/proc/self/stat") as f:
             start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -176,6 +181,22 @@ def unused_options_error(spec: Any, extras: Sequence[str]) -> ConfigError | None
         return None
     return ConfigError(f"{spec.cli_name} does not use {', '.join(given)}; remove it (its options: "
                        f"{', '.join(o.flag for o in cli_options(spec.config))})")
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    """``warm start|stop|status``: the resident process of ``warm.py``."""
+    from . import warm
+
+    if args.action == "start":
+        pid = warm.start()
+        print(f"warm server running (pid {pid}, socket {warm.socket_path()}); commands of this user now start "
+              "without re-importing torch; `introspect-mech warm stop` stops it")
+    elif args.action == "stop":
+        print("warm server stopped" if warm.stop() else "no warm server was running")
+    else:
+        pid = warm.server_pid()
+        print(f"warm server running (pid {pid}, socket {warm.socket_path()})" if pid else "no warm server is running")
+    return 0
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
@@ -314,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of the analysis (see analyze NAME --help)")
     p.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("warm", help="keep torch and transformers imported in a resident process: commands start in ~1 s")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(func=cmd_warm)
+
     p = sub.add_parser("repair", help="move unreadable lines of a run's results.jsonl aside, keeping the rest")
     p.add_argument("run", help="run folder")
     p.set_defaults(func=cmd_repair)
@@ -371,7 +396,14 @@ analyses:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    entry = argv is None  # the process's own command (console script, python -m); in-process calls are never served
     argv = list(sys.argv[1:] if argv is None else argv)
+    if entry and argv[:1] != ["warm"]:
+        from .warm import try_served
+
+        status = try_served(argv, time.time() - _since_process_start())
+        if status is not None:  # a warm server ran it (warm.py)
+            return status
     if argv[:1] == ["analyze"] and argv[1:] in (["-h"], ["--help"]):  # its parser passes --help on to the analysis
         print(ANALYZE_HELP.format(rows="\n".join(f"  {n:<16} (analyses.{m})" for n, m in sorted(ANALYSES.items()))))
         return 0

@@ -199,6 +199,14 @@ def cached_dose_references(model: Model, prompts: list[tuple[Any, Any]], layers:
     return refs
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 products natively on this CPU (else they are emulated and slower than fp32)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 @contextmanager
 def frozen_weights_in(model: Model, precision: str) -> Iterator[Callable[[], Any]]:
     """Hold the frozen linear weights in the training precision; yields the per-forward autocast context.
@@ -330,6 +338,9 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
     ck = _load_checkpoint(ck_path, digest) if ck_path.exists() else None
 
     recipe, split, timing = build_recipe(model, cfg, log)
+    if cfg.precision == "bf16" and model.device.type == "cpu" and not cpu_has_native_bf16():
+        log("note: this CPU has no native bfloat16 products (AMX or AVX512-BF16); --precision fp32 is likely faster "
+            "here (and trains recipes v2-v6 exactly)")
     spec = cfg.lora_spec(model)
     torch.manual_seed(cfg.seed)
     init = cfg.initial_weights(model)
