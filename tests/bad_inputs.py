@@ -34,6 +34,23 @@ def _vectors(tmp: Path, dim: int = 576, name: str = "v") -> str:
     return str(tmp / name)
 
 
+def _warm_start_in_open_folder(tmp: Path) -> None:
+    from introspect_mech import warm
+
+    folder = tmp / "open"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    old = os.environ.get(warm.DIR_ENV)
+    os.environ[warm.DIR_ENV] = str(folder)
+    try:
+        warm.start()
+    finally:
+        if old is None:
+            os.environ.pop(warm.DIR_ENV, None)
+        else:
+            os.environ[warm.DIR_ENV] = old
+
+
 def _corrupt_vectors(tmp: Path) -> str:
     (tmp / "bad.safetensors").write_bytes(b"\x00garbage")
     (tmp / "bad.json").write_text('{"words": ["dust"], "layers": [19]}')
@@ -486,6 +503,10 @@ CASES: list[Case] = [
     Case("organism eval dose 1e9 (overflows the layers above)", lambda t: ["organism", "eval", "--doses", "1e9"],
          "(0, 100]"),
     Case("organism eval negative seed", lambda t: ["organism", "eval", "--seed", "-1"], "--seed must be >= 0"),
+    Case("organism train --precision fp16 (bf16 or fp32)", lambda t: ["organism", "train", "--out", str(t / "r"),
+                                                                    "--precision", "fp16"], "invalid choice"),
+    Case("warm start with a socket folder that others can open", None, "not a private folder",
+         call=lambda t: _warm_start_in_open_folder(t)),
     Case("organism eval --layers abc (before the model loads)", lambda t: ["organism", "eval", "--layers", "abc"],
          "neither an integer index nor a depth fraction"),
     Case("organism ablate dose 1e9", lambda t: ["organism", "ablate", "--adapter", str(t / "a"), "--out",
