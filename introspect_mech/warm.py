@@ -35,7 +35,8 @@ from typing import Sequence
 WARM_ENV = "INTROSPECT_MECH_WARM"  # 0: never use the server
 DIR_ENV = "INTROSPECT_MECH_WARM_DIR"  # where the socket lives (tests); default: a per-user runtime folder
 IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "OMP_", "MKL_", "KMP_", "CUDA_",
-                        "PYTORCH_", "PYTHON", "NNSIGHT", "TOKENIZERS_", "LD_")
+                        "PYTORCH_", "PYTHON", "NNSIGHT", "TOKENIZERS_", "LD_", "MALLOC_", "GLIBC_TUNABLES", "HOME",
+                        "XDG_CACHE_HOME", "TMPDIR", "TEMP", "TMP")
 MAX_HEADER = 1 << 20
 
 
@@ -56,8 +57,8 @@ def _private_dir() -> Path:
     """Create the socket folder (mode 0700) or check that an existing one is ours and private."""
     d = socket_dir()
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = d.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+    st = os.lstat(d)
+    if not _folder_is_private(d):
         from .errors import ConfigError
 
         raise ConfigError(f"{d} is not a private folder of this user (owner uid {st.st_uid}, mode "
@@ -69,6 +70,13 @@ def code_token() -> str:
     """What the server's imports depend on: the package's source files (path, size, mtime) and the interpreter."""
     root = Path(__file__).resolve().parent
     h = hashlib.sha256(sys.executable.encode())
+    from importlib.metadata import PackageNotFoundError, version
+
+    for lib in ("torch", "transformers", "nnsight", "peft", "tokenizers"):  # an upgraded library: a new token
+        try:
+            h.update(f"{lib}={version(lib)}".encode())
+        except PackageNotFoundError:
+            pass
     for p in sorted(root.rglob("*.py")):
         try:
             st = p.stat()
@@ -108,22 +116,57 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict, list[int]]:
+    """One message (and up to ``with_fds`` passed descriptors). On any error the received descriptors are
+    closed before the error propagates (a kept pipe end would hang the caller's pipeline)."""
     fds: list[int] = []
-    if with_fds:
-        fd_size = array.array("i").itemsize
-        data, anc, _flags, _addr = sock.recvmsg(4, socket.CMSG_LEN(with_fds * fd_size))
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(payload[: len(payload) - (len(payload) % fd_size)])
-                fds += list(arr)
-        head = data + (_recv_exact(sock, 4 - len(data)) if len(data) < 4 else b"")
-    else:
-        head = _recv_exact(sock, 4)
-    (n,) = struct.unpack("!I", head)
-    if n > MAX_HEADER:
-        raise ConnectionError("message too large")
-    return json.loads(_recv_exact(sock, n)), fds
+    try:
+        if with_fds:
+            fd_size = array.array("i").itemsize
+            data, anc, _flags, _addr = sock.recvmsg(4, socket.CMSG_LEN(with_fds * fd_size))
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    arr = array.array("i")
+                    arr.frombytes(payload[: len(payload) - (len(payload) % fd_size)])
+                    fds += list(arr)
+            head = data + (_recv_exact(sock, 4 - len(data)) if len(data) < 4 else b"")
+        else:
+            head = _recv_exact(sock, 4)
+        (n,) = struct.unpack("!I", head)
+        if n > MAX_HEADER:
+            raise ConnectionError("message too large")
+        msg = json.loads(_recv_exact(sock, n))
+        if not isinstance(msg, dict):
+            raise ValueError("not a message")
+        return msg, fds
+    except BaseException:
+        _close_all(fds)
+        raise
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _peer(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return pid, uid
+
+
+def _folder_is_private(d: Path) -> bool:
+    """Ours, not a symlink, no access for group or others (checked by the caller too: a socket planted by someone
+    else in a predictable /tmp folder would otherwise receive the caller's environment and terminal)."""
+    try:
+        st = os.lstat(d)
+    except OSError:
+        return False
+    import stat
+
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
 
 
 # --------------------------------------------------------------------------------------------------
@@ -132,6 +175,25 @@ def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict, list[int]]:
 
 
 served_t0: float | None = None  # in a served child: when the caller's process started (time.time() clock)
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGCONT)
+CALLER_ATTRS = "umask, CPU affinity, niceness and resource limits"
+
+
+def _caller_state() -> dict:
+    """What a fresh process would inherit from the caller beyond argv/cwd/env, for the child to take on."""
+    import resource
+
+    mask = os.umask(0)
+    os.umask(mask)
+    limits = {}
+    for name in ("RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_RSS", "RLIMIT_NOFILE", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_CORE",
+                 "RLIMIT_STACK", "RLIMIT_NPROC", "RLIMIT_MEMLOCK"):
+        if hasattr(resource, name):
+            limits[name] = list(resource.getrlimit(getattr(resource, name)))
+    ignored = [int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+               if signal.getsignal(s) == signal.SIG_IGN]
+    return {"umask": mask, "nice": os.getpriority(os.PRIO_PROCESS, 0), "limits": limits, "ignored": ignored,
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
 def try_served(argv: Sequence[str], t0: float) -> int | None:
@@ -142,42 +204,69 @@ def try_served(argv: Sequence[str], t0: float) -> int | None:
     if served_t0 is not None or os.environ.get(WARM_ENV, "").strip() == "0" or argv[:1] == ["warm"]:
         return None
     path = socket_path()
-    if not path.exists():
+    if not path.exists() or not _folder_is_private(path.parent):
+        return None
+    try:
+        for fd in (0, 1, 2):  # a closed std stream would be taken by the socket itself
+            os.fstat(fd)
+    except OSError:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        sock.settimeout(10.0)  # a busy or wedged server: run here instead of waiting
         sock.connect(str(path))
+        if _peer(sock)[1] != os.getuid():  # only a server of this user gets the environment and the terminal
+            sock.close()
+            return None
         _send(sock, {"argv": list(argv), "argv0": sys.argv[0], "cwd": os.getcwd(), "env": dict(os.environ),
-                     "token": code_token(), "t0": t0}, fds=[0, 1, 2])
+                     "token": code_token(), "t0": t0, "state": _caller_state()}, fds=[0, 1, 2])
         reply, _ = _recv(sock)
     except (OSError, ConnectionError, ValueError):
         sock.close()
-        return None  # no server (a stale socket file) or it went away: run here
+        return None  # no server (a stale socket file), a busy one, or it went away: run here
     if "refused" in reply:
         sock.close()
         print(f"note: the warm server did not take this command ({reply['refused']}); running it here. "
               "Restart it with `introspect-mech warm start`", file=sys.stderr)
         return None
     child = int(reply["pid"])
+    sent: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(child, signum)
+            sent.append(signum)
         except OSError:
             pass
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    def suspend(signum: int, _frame: object) -> None:  # Ctrl-Z: stop the command, then ourselves
+        forward(signal.SIGTSTP, _frame)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    old = {}
+    for s in FORWARDED:
+        if signal.getsignal(s) != signal.SIG_IGN:  # nohup, background jobs: an ignored signal stays ignored
+            old[s] = signal.signal(s, forward)
+    old[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, suspend)
+    sock.settimeout(None)
     try:
         while True:
             try:
                 done, _ = _recv(sock)
-                return int(done["status"])
             except InterruptedError:
                 continue
             except (OSError, ConnectionError, ValueError):
-                print("error: the warm server's process for this command ended without a status; re-run it "
-                      f"(or set {WARM_ENV}=0)", file=sys.stderr)
+                fatal = [s for s in sent if s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)]
+                if fatal:  # the command died of the signal we passed on, as a fresh process would have
+                    return 128 + int(fatal[-1])
+                print("error: the warm server's process for this command ended without a status (killed?); re-run "
+                      f"the same command (or set {WARM_ENV}=0)", file=sys.stderr)
                 return 1
+            if "refused" in done:  # the child could not take on the caller's process attributes
+                print(f"note: the warm server did not take this command ({done['refused']}); running it here",
+                      file=sys.stderr)
+                return None
+            return int(done["status"])
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -201,27 +290,65 @@ def preload() -> None:
     from . import cli, concepts, execution, models, report, runner  # noqa: F401
     from .experiments import registry
 
-    for spec in registry.specs():  # every experiment's modules
-        spec.config  # noqa: B018 - touching the spec imports its config module
+    registry.specs()
     import peft  # noqa: F401 - --adapter
+
+
+def _take_on(state: dict) -> str | None:
+    """Apply the caller's process attributes in the child; why not, if one cannot be applied."""
+    import resource
+
+    try:
+        os.umask(int(state["umask"]))
+        for name, (soft, hard) in state.get("limits", {}).items():
+            if hasattr(resource, name):
+                resource.setrlimit(getattr(resource, name), (soft, hard))
+        nice_now = os.getpriority(os.PRIO_PROCESS, 0)
+        if int(state["nice"]) != nice_now:
+            os.setpriority(os.PRIO_PROCESS, 0, int(state["nice"]))
+        if state.get("affinity") is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, state["affinity"])
+        for s in state.get("ignored", []):
+            signal.signal(s, signal.SIG_IGN)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"the caller's {CALLER_ATTRS} cannot be applied here ({exc})"
+    return None
 
 
 def _child(conn: socket.socket, msg: dict, fds: list[int]) -> None:
     """In the forked child: become the caller's process and run its command (never returns)."""
     global served_t0
-    status = 1
+    import threading
+
+    status, finished = 1, threading.Event()
     try:
-        served_t0 = float(msg["t0"])
+        conn.settimeout(None)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        why = _take_on(msg.get("state") or {})
+        if why is not None:
+            _send(conn, {"refused": why})
+            os._exit(0)
+        served_t0 = float(msg["t0"])
+
+        def watch() -> None:  # the caller went away (killed): stop the command as Ctrl-C would, stores intact
+            try:
+                while conn.recv(1):
+                    pass
+            except OSError:
+                pass
+            if not finished.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=watch, daemon=True).start()
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
-        for fd in fds:
-            os.close(fd)
-        sys.stdin = os.fdopen(0, "r", closefd=False)
-        sys.stdout = os.fdopen(1, "w", closefd=False)
-        sys.stderr = os.fdopen(2, "w", closefd=False)
+        _close_all(fds)
+        # the streams a fresh interpreter would open (stderr line-buffered, undecodable text escaped)
+        sys.stdin = os.fdopen(0, "r", closefd=False, errors="surrogateescape")
+        sys.stdout = os.fdopen(1, "w", 1 if os.isatty(1) else -1, closefd=False, errors="surrogateescape")
+        sys.stderr = os.fdopen(2, "w", 1, closefd=False, errors="backslashreplace")
         os.chdir(msg["cwd"])
         os.environ.clear()
         os.environ.update(msg["env"])
@@ -242,7 +369,14 @@ def _child(conn: socket.socket, msg: dict, fds: list[int]) -> None:
 
             traceback.print_exc()
             status = 1
+    except BaseException:  # noqa: BLE001 - setting up the caller's process failed: say where (its stderr or the log)
+        import traceback
+
+        traceback.print_exc()
+        status = 1
     finally:
+        finished.set()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller closing after our status is not an interrupt
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -255,12 +389,56 @@ def _child(conn: socket.socket, msg: dict, fds: list[int]) -> None:
         os._exit(status)
 
 
+def _log(text: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {ascii(text)[1:-1]}", flush=True)
+
+
+def _handle(conn: socket.socket, token: str, env_now: dict[str, str], srv: socket.socket) -> None:
+    """One caller: check it, fork its command's process, tell it the pid."""
+    conn.settimeout(5.0)  # a caller that connects and sends nothing must not block the others
+    pid, uid = _peer(conn)
+    msg, fds = _recv(conn, with_fds=3)
+    try:
+        why = None
+        if uid != os.getuid():
+            why = "another user"
+        elif msg.get("token") != token:
+            why = "the package's code, its libraries or the Python interpreter differ from the server's"
+        elif import_env(msg.get("env", {})) != env_now:
+            diff = set(import_env(msg.get("env", {})).items()) ^ set(env_now.items())
+            why = f"environment variables read at import time differ ({', '.join(sorted({k for k, _ in diff}))})"
+        elif len(fds) != 3:
+            why = "stdin/stdout/stderr were not passed"
+        if why is not None:
+            _log(f"refused (caller {pid}): {why}")
+            _send(conn, {"refused": why})
+            return
+        child = os.fork()
+        if child == 0:
+            srv.close()
+            _child(conn, msg, fds)
+        try:
+            _send(conn, {"pid": child})
+        except OSError:  # the caller is gone already: its command must not run on unseen
+            os.kill(child, signal.SIGKILL)
+            raise
+        _log(f"pid {child} (caller {pid}): {' '.join(str(a) for a in msg.get('argv', []))}")
+    finally:
+        _close_all(fds)
+
+
 def serve(ready: Path | None = None) -> int:
-    """Import everything, then serve commands until ``warm stop``, a newer code token or SIGTERM."""
+    """Import everything, then serve commands until ``warm stop`` or SIGTERM."""
+    import gc
+
     d = _private_dir()
     path = socket_path()
     env_now = import_env(dict(os.environ))  # before the imports: torch sets some (TORCHINDUCTOR_CACHE_DIR) itself
     preload()
+    # the imports' objects are shared with every child: collect once and freeze them, so a child's first
+    # collection does not walk (and copy-on-write) ~400k inherited objects (it also swallowed an early Ctrl-C)
+    gc.collect()
+    gc.freeze()
     token = code_token()
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = d / f"warm.{os.getpid()}.sock"
@@ -290,42 +468,14 @@ def serve(ready: Path | None = None) -> int:
                 break
             with conn:
                 try:
-                    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                         struct.calcsize("3i")))
-                    msg, fds = _recv(conn, with_fds=3)
-                except (OSError, ConnectionError, ValueError):
-                    continue
-                try:
-                    why = None
-                    if uid != os.getuid():
-                        why = "another user"
-                    elif msg.get("token") != token:
-                        why = "the package's code or the Python interpreter differs from the server's"
-                    elif import_env(msg.get("env", {})) != env_now:
-                        diff = set(import_env(msg.get("env", {})).items()) ^ set(env_now.items())
-                        why = f"environment variables read at import time differ ({', '.join(sorted({k for k, _ in diff}))})"
-                    elif len(fds) != 3:
-                        why = "stdin/stdout/stderr were not passed"
-                    if why is not None:
-                        _send(conn, {"refused": why})
-                        print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} refused (caller {pid}): {why}", flush=True)
-                        continue
-                    child = os.fork()
-                    if child == 0:
-                        srv.close()
-                        _child(conn, msg, fds)
-                    _send(conn, {"pid": child})
-                    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {child} (caller {pid}): {' '.join(msg['argv'])}",
-                          flush=True)
-                finally:
-                    for fd in fds:
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
+                    _handle(conn, token, env_now, srv)
+                except ConnectionError:
+                    pass  # a caller that left (or `warm status` asking who serves): nothing to do
+                except Exception as exc:  # noqa: BLE001 - one bad caller never takes the server down
+                    _log(f"dropped a caller: {type(exc).__name__}: {exc}")
     finally:
         try:
-            if path.exists() and os.path.samefile(path, path) and (d / "warm.pid").read_text() == str(os.getpid()):
+            if (d / "warm.pid").read_text() == str(os.getpid()):
                 path.unlink(missing_ok=True)
                 (d / "warm.pid").unlink(missing_ok=True)
         except OSError:
@@ -344,37 +494,46 @@ def _reap() -> None:
 
 
 def server_pid() -> int | None:
-    """The running server's pid, or None (a leftover pid file of a dead server counts as none)."""
-    try:
-        pid = int((socket_dir() / "warm.pid").read_text())
-        os.kill(pid, 0)
-        return pid if socket_path().exists() else None
-    except (OSError, ValueError):
+    """The pid of the server behind the socket (asked through the socket itself, so a reused pid in a leftover
+    pid file is never taken for a server), or None."""
+    path = socket_path()
+    if not path.exists() or not _folder_is_private(path.parent):
         return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5.0)
+        sock.connect(str(path))
+        pid, uid = _peer(sock)
+        return pid if uid == os.getuid() else None
+    except OSError:
+        return None
+    finally:
+        sock.close()
 
 
 def start(timeout: float = 120.0) -> int:
     """Start a server in the background (detached) and wait until it serves; its pid."""
+    import fcntl
     import subprocess
     import tempfile
 
-    _private_dir()
-    old = server_pid()
-    if old is not None:
+    d = _private_dir()
+    with open(d / "warm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two `warm start`s at once: one after the other, never an orphan
         stop()
-    with tempfile.TemporaryDirectory() as tmp:
-        ready = Path(tmp) / "ready"
-        with open(socket_dir() / "warm.log", "ab") as log:  # one line per served or refused command
-            proc = subprocess.Popen([sys.executable, "-m", "introspect_mech.warm", "--serve", "--ready", str(ready)],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                    env={**os.environ, WARM_ENV: "0"})
-        t_end = time.time() + timeout
-        while not ready.exists():
-            if proc.poll() is not None or time.time() > t_end:
-                from .errors import IntrospectError
+        with tempfile.TemporaryDirectory() as tmp:
+            ready = Path(tmp) / "ready"
+            with open(d / "warm.log", "ab") as log:  # one line per served or refused command
+                proc = subprocess.Popen([sys.executable, "-m", "introspect_mech.warm", "--serve", "--ready",
+                                         str(ready)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True, env={**os.environ, WARM_ENV: "0"})
+            t_end = time.time() + timeout
+            while not ready.exists():
+                if proc.poll() is not None or time.time() > t_end:
+                    from .errors import IntrospectError
 
-                raise IntrospectError(f"the warm server did not start (see {socket_dir() / 'warm.log'})")
-            time.sleep(0.05)
+                    raise IntrospectError(f"the warm server did not start (see {d / 'warm.log'})")
+                time.sleep(0.05)
     return proc.pid
 
 
@@ -382,7 +541,8 @@ def stop() -> bool:
     """Stop the running server (True if there was one)."""
     pid = server_pid()
     if pid is None:
-        socket_path().unlink(missing_ok=True)
+        if _folder_is_private(socket_dir()):
+            socket_path().unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
     for _ in range(100):

@@ -78,7 +78,7 @@ def test_the_scan_sees_both_forms(tmp_path):
 
 # ---- model options ------------------------------------------------------------------------------
 
-MODEL_FREE = {"report", "repair", "calibrate"}  # they read runs or labelled data; no model under study
+MODEL_FREE = {"report", "repair", "calibrate", "warm"}  # they read runs or labelled data (warm: a server); no model under study
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], argparse.ArgumentParser]:

@@ -118,6 +118,18 @@ def test_interrupting_the_caller_interrupts_the_served_command(server, tiny_fold
     assert proc.returncode == 130, err
     assert "interrupted; re-run the same command to resume" in err
     assert "warm server running" in _cli(server, "warm", "status").stdout
+    # SIGTERM: the command dies of it, and the caller's status says so (128 + 15), as a fresh process's would
+    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run[:-1], str(tmp_path / "b")], env=server,
+                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):
+        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
 
 
 def test_in_process_calls_are_never_served_and_the_socket_folder_must_be_private(server, tmp_path, monkeypatch):
@@ -146,3 +158,54 @@ def test_no_server_means_no_cost_and_stop_is_idempotent(tmp_path, monkeypatch):
     assert _cli(env, "warm", "status").stdout.strip() == "no warm server is running"
     assert _cli(env, "warm", "stop").stdout.strip() == "no warm server was running"
     assert _cli(env, "warm", "stop").stdout.strip() == "no warm server was running"
+
+
+def test_bad_callers_do_not_take_the_server_down_or_keep_descriptors(server, tmp_path, monkeypatch):
+    """A caller that leaves right after its request, and one that sends garbage with its descriptors: the server
+    keeps serving, holds no passed descriptor (a kept pipe end would hang the caller's pipeline), and a pid file
+    that names another live process is not taken for the server."""
+    import array
+    import socket
+    import struct
+
+    monkeypatch.setenv("INTROSPECT_MECH_WARM_DIR", str(tmp_path / "warm"))
+    pid = warm.server_pid()
+    assert pid is not None
+    fds_before = len(os.listdir(f"/proc/{pid}/fd"))
+    request = json.dumps({"argv": ["run", "injected-thoughts", "--strengths", "-1", "--out", str(tmp_path / "x")],
+                          "cwd": str(tmp_path), "env": dict(server), "token": warm.code_token(), "t0": 0.0,
+                          "state": warm._caller_state()}).encode()
+    r, w = os.pipe()
+    try:
+        for payload in (request, b"{not json"):
+            for _ in range(3):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(str(warm.socket_path()))
+                s.sendmsg([struct.pack("!I", len(payload)) + payload],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, w, w]))])
+                s.close()
+        time.sleep(1.0)
+        os.close(w)
+        w = -1
+        os.set_blocking(r, False)
+        deadline = time.time() + 20
+        while time.time() < deadline:  # EOF on the pipe: nobody (server or a stray child) still holds its write end
+            try:
+                if os.read(r, 65536) == b"":
+                    break
+            except BlockingIOError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("a passed descriptor is still open somewhere")
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+    assert warm.server_pid() == pid and len(os.listdir(f"/proc/{pid}/fd")) == fds_before
+    assert _cli(server, "run", "injected-thoughts", "--strengths", "-1", "--out", str(tmp_path / "y")).returncode == 2
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "warm" / "warm.pid").write_text(str(sleeper.pid))
+        assert warm.server_pid() == pid  # asked through the socket, not the pid file
+    finally:
+        sleeper.kill()
