@@ -130,6 +130,27 @@ def test_interrupting_the_caller_interrupts_the_served_command(server, tiny_fold
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
+    # the caller killed outright (no signal to pass on): its command notices the closed connection and stops as on
+    # Ctrl-C — no orphan keeps the run's lock; the same command then resumes the store
+    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run[:-1], str(tmp_path / "c")], env=server,
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    child = int(_served_lines(tmp_path)[-1].split(" pid ")[1].split()[0])
+    proc.kill()
+    proc.wait()
+    for _ in range(600):
+        if not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split(")")[1][:3]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the served command kept running after its caller was killed")
+    resumed = _cli(server, *run[:-1], str(tmp_path / "c"))
+    assert resumed.returncode == 0, resumed.stderr
 
 
 def test_in_process_calls_are_never_served_and_the_socket_folder_must_be_private(server, tmp_path, monkeypatch):
