@@ -179,7 +179,7 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signa
 CALLER_ATTRS = "umask, CPU affinity, niceness and resource limits"
 
 
-def _caller_state() -> dict:
+def caller_state() -> dict:
     """What a fresh process would inherit from the caller beyond argv/cwd/env, for the child to take on."""
     import resource
 
@@ -219,7 +219,7 @@ def try_served(argv: Sequence[str], t0: float) -> int | None:
             sock.close()
             return None
         _send(sock, {"argv": list(argv), "argv0": sys.argv[0], "cwd": os.getcwd(), "env": dict(os.environ),
-                     "token": code_token(), "t0": t0, "state": _caller_state()}, fds=[0, 1, 2])
+                     "token": code_token(), "t0": t0, "state": caller_state()}, fds=[0, 1, 2])
         reply, _ = _recv(sock)
     except (OSError, ConnectionError, ValueError):
         sock.close()
@@ -232,7 +232,7 @@ def try_served(argv: Sequence[str], t0: float) -> int | None:
     child = int(reply["pid"])
     sent: list[int] = []
 
-    def forward(signum: int, _frame: object) -> None:
+    def pass_on(signum: int, _frame: object) -> None:
         try:
             os.kill(child, signum)
             sent.append(signum)
@@ -240,13 +240,13 @@ def try_served(argv: Sequence[str], t0: float) -> int | None:
             pass
 
     def suspend(signum: int, _frame: object) -> None:  # Ctrl-Z: stop the command, then ourselves
-        forward(signal.SIGTSTP, _frame)
+        pass_on(signal.SIGTSTP, _frame)
         os.kill(os.getpid(), signal.SIGSTOP)
 
     old = {}
     for s in FORWARDED:
         if signal.getsignal(s) != signal.SIG_IGN:  # nohup, background jobs: an ignored signal stays ignored
-            old[s] = signal.signal(s, forward)
+            old[s] = signal.signal(s, pass_on)
     old[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, suspend)
     sock.settimeout(None)
     try:
