@@ -52,6 +52,11 @@ def check_word(word: Any) -> str:
     if len(w) > MAX_WORD_CHARS:
         raise ConceptError(f"concept {w[:20]!r}... is {len(w)} characters long; a concept is a word or short phrase "
                            f"of at most {MAX_WORD_CHARS} characters")
+    try:
+        w.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes from the command line arrive as lone surrogates
+        raise ConceptError(f"concept {w.encode('utf-8', 'backslashreplace').decode()!r} is not valid text (bytes "
+                           "that are not UTF-8); type the word in UTF-8") from None
     return w
 
 

@@ -303,6 +303,8 @@ CASES: list[Case] = [
                                                              "--out", str(t / "v")], "out of range"),
     Case("unknown control condition", lambda t: R + ["--controls", "bogus", "--out", str(t / "r")], "unknown control"),
     Case("no concepts selected", lambda t: R + ["--concepts", ",", "--out", str(t / "r")], "no concepts"),
+    Case("concept with bytes that are not UTF-8 (a tokenizer TypeError before)",
+         lambda t: R + ["--concepts", "du\udcffst", "--out", str(t / "r")], "not valid text"),
     Case("batch size 0", lambda t: R + ["--concepts", "dust", "--layers", "0.5", "--strengths", "2", "--controls",
                                         "control", "--control-trials", "1", "--batch-size", "0", "--out", str(t / "r")],
          "batch", review=(31,)),
