@@ -413,10 +413,18 @@ def _handle(conn: socket.socket, token: str, env_now: dict[str, str], srv: socke
             _log(f"refused (caller {pid}): {why}")
             _send(conn, {"refused": why})
             return
-        child = os.fork()
-        if child == 0:
-            srv.close()
-            _child(conn, msg, fds)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # reaped only once it is registered below
+        try:
+            child = os.fork()
+            if child == 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                srv.close()
+                for other in _WATCHED.values():  # other callers' connections are not this command's
+                    other.close()
+                _child(conn, msg, fds)
+            _WATCHED[child] = conn.dup()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         try:
             _send(conn, {"pid": child})
         except OSError:  # the caller is gone already: its command must not run on unseen
@@ -483,14 +491,30 @@ def serve(ready: Path | None = None) -> int:
     return 0
 
 
+_WATCHED: dict[int, socket.socket] = {}
+
+
 def _reap() -> None:
+    """Collect ended children; tell the caller of one killed by a signal its status (its own report never came)."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, wait_status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        # kept from the fork until the child ends: if a signal kills it before it can report (the OOM killer,
+        # kill -9), the caller still learns 128 + the signal from here, as a shell reports a fresh process's death
+        sock = _WATCHED.pop(pid, None)
+        if sock is None:
+            continue
+        try:
+            if os.WIFSIGNALED(wait_status):
+                _send(sock, {"status": 128 + os.WTERMSIG(wait_status), "signal": os.WTERMSIG(wait_status)})
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
 
 def server_pid() -> int | None:

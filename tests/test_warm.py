@@ -151,6 +151,18 @@ def test_interrupting_the_caller_interrupts_the_served_command(server, tiny_fold
         pytest.fail("the served command kept running after its caller was killed")
     resumed = _cli(server, *run[:-1], str(tmp_path / "c"))
     assert resumed.returncode == 0, resumed.stderr
+    # the served process killed outright (as the OOM killer would): the caller's status is 128 + 9, as for a
+    # fresh process, reported by the server since the process itself could not
+    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run[:-1], str(tmp_path / "d")], env=server,
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(int(_served_lines(tmp_path)[-1].split(" pid ")[1].split()[0]), signal.SIGKILL)
+    assert proc.wait(timeout=60) == 128 + signal.SIGKILL
 
 
 def test_in_process_calls_are_never_served_and_the_socket_folder_must_be_private(server, tmp_path, monkeypatch):
