@@ -102,45 +102,38 @@ def test_a_refused_command_runs_in_its_own_process_with_a_note(server, tmp_path)
     assert "warm server running" in _cli(server, "warm", "status").stdout  # still up for matching callers
 
 
-def test_interrupting_the_caller_interrupts_the_served_command(server, tiny_folder, tmp_path):
-    run = ["run", "injected-thoughts", "--model", str(tiny_folder), "--concepts", "paper", "--layers", "1",
-           "--strengths", "4", "--control-trials", "0", "--max-new-tokens", "500", "--no-progress",
-           "--out", str(tmp_path / "a")]
-    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run], env=server, cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):  # until the server has forked its process
-        if any(" pid " in ln for ln in _served_lines(tmp_path)):
+def _start_served(env: dict[str, str], tmp_path: Path, argv: list[str], **popen) -> tuple[subprocess.Popen, int]:
+    """Start a served command; return its caller and, once the server has forked it, the served process's pid
+    (from the server's log), a second into its work."""
+    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *argv], env=env, cwd=str(ROOT), **popen)
+    for _ in range(600):
+        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
             break
         time.sleep(0.05)
     time.sleep(1.0)
+    return proc, int(_served_lines(tmp_path)[-1].split(" pid ")[1].split()[0])
+
+
+def test_interrupting_the_caller_interrupts_the_served_command(server, tiny_folder, tmp_path):
+    run = ["run", "injected-thoughts", "--model", str(tiny_folder), "--concepts", "paper", "--layers", "1",
+           "--strengths", "4", "--control-trials", "0", "--max-new-tokens", "500", "--no-progress", "--out"]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, _ = _start_served(server, tmp_path, run + [str(tmp_path / "a")], **pipes)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted; re-run the same command to resume" in err
     assert "warm server running" in _cli(server, "warm", "status").stdout
     # SIGTERM: the command dies of it, and the caller's status says so (128 + 15), as a fresh process's would
-    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run[:-1], str(tmp_path / "b")], env=server,
-                            cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(600):
-        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
+    proc, _ = _start_served(server, tmp_path, run + [str(tmp_path / "b")], **pipes)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
     # the caller killed outright (no signal to pass on): its command notices the closed connection and stops as on
     # Ctrl-C — no orphan keeps the run's lock; the same command then resumes the store
-    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run[:-1], str(tmp_path / "c")], env=server,
-                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
-    child = int(_served_lines(tmp_path)[-1].split(" pid ")[1].split()[0])
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, child = _start_served(server, tmp_path, run + [str(tmp_path / "c")], **quiet)
     proc.kill()
     proc.wait()
     for _ in range(600):
@@ -149,19 +142,12 @@ def test_interrupting_the_caller_interrupts_the_served_command(server, tiny_fold
         time.sleep(0.05)
     else:
         pytest.fail("the served command kept running after its caller was killed")
-    resumed = _cli(server, *run[:-1], str(tmp_path / "c"))
+    resumed = _cli(server, *run, str(tmp_path / "c"))
     assert resumed.returncode == 0, resumed.stderr
     # the served process killed outright (as the OOM killer would): the caller's status is 128 + 9, as for a
     # fresh process, reported by the server since the process itself could not
-    n_served = sum(" pid " in ln for ln in _served_lines(tmp_path))
-    proc = subprocess.Popen([sys.executable, "-m", "introspect_mech", *run[:-1], str(tmp_path / "d")], env=server,
-                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if sum(" pid " in ln for ln in _served_lines(tmp_path)) > n_served:
-            break
-        time.sleep(0.05)
-    time.sleep(1.0)
-    os.kill(int(_served_lines(tmp_path)[-1].split(" pid ")[1].split()[0]), signal.SIGKILL)
+    proc, child = _start_served(server, tmp_path, run + [str(tmp_path / "d")], **quiet)
+    os.kill(child, signal.SIGKILL)
     assert proc.wait(timeout=60) == 128 + signal.SIGKILL
 
 
