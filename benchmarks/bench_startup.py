@@ -37,6 +37,20 @@ def _time(cmd: list[str], env: dict, repeats: int) -> float:
     return best
 
 
+def _timed_runs(py: str, env: dict, repeats: int) -> list[dict]:
+    """The run command ``repeats`` times, each with its own output folder: its timing marks and wall time."""
+    runs = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.perf_counter()
+            out = subprocess.run([py, "-m", "introspect_mech", *RUN_ARGS, "--out", f"{d}/r"],
+                                 env=dict(env, INTROSPECT_MECH_TIMING="1"), check=True, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+        line = next(ln for ln in out.stderr.splitlines() if ln.startswith('{"timing"'))
+        runs.append({**json.loads(line)["timing"], "wall_s": wall})
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -52,15 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     res["python_s"] = _time([py, "-c", "pass"], env, a.repeats)
     res["import_torch_s"] = _time([py, "-c", "import torch"], env, a.repeats)
     res["import_package_s"] = _time([py, "-c", "import introspect_mech.cli"], env, a.repeats)
-    runs = []
-    for _ in range(a.repeats):
-        with tempfile.TemporaryDirectory() as d:
-            t0 = time.perf_counter()
-            out = subprocess.run([py, "-m", "introspect_mech", *RUN_ARGS, "--out", f"{d}/r"],
-                                 env=dict(env, INTROSPECT_MECH_TIMING="1"), check=True, capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-        line = next(ln for ln in out.stderr.splitlines() if ln.startswith('{"timing"'))
-        runs.append({**json.loads(line)["timing"], "wall_s": wall})
+    runs = _timed_runs(py, env, a.repeats)
     res["run"] = min(runs, key=lambda r: r["startup_s"])
     res["run_command_startup_s"] = res["run"]["startup_s"]
     # the same command served by a warm server (`introspect-mech warm start`, warm.py): the caller's process
@@ -71,17 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         subprocess.run([py, "-m", "introspect_mech", "warm", "start"], env=wenv, check=True, capture_output=True)
         res["warm_server_start_s"] = time.perf_counter() - t0
-        served = []
         try:
-            for _ in range(a.repeats):
-                with tempfile.TemporaryDirectory() as d:
-                    t0 = time.perf_counter()
-                    out = subprocess.run([py, "-m", "introspect_mech", *RUN_ARGS, "--out", f"{d}/r"],
-                                         env=dict(wenv, INTROSPECT_MECH_TIMING="1"), check=True, capture_output=True,
-                                         text=True)
-                    wall = time.perf_counter() - t0
-                line = next(ln for ln in out.stderr.splitlines() if ln.startswith('{"timing"'))
-                served.append({**json.loads(line)["timing"], "wall_s": wall})
+            served = _timed_runs(py, wenv, a.repeats)
             log = (Path(wd) / "warm.log").read_text()
             if log.count(" pid ") != a.repeats or "refused" in log:
                 raise SystemExit(f"the warm server did not serve every run:\n{log}")

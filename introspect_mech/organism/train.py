@@ -67,7 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     use_prefix: bool = True  # run the shared never-injected prefix once per batch (exact)
     # "bf16": matrix products in bfloat16 (torch.autocast; the frozen base weights held in bfloat16 while training,
-    # restored bit for bit after), the residual stream, LoRA weights, optimizer and loss in float32 — 1.4x faster per
+    # restored bit for bit after), the residual stream, LoRA weights, optimizer and loss in float32 — 1.33x faster per
     # step on a CPU with AMX/AVX512-BF16 (and on GPUs); "fp32": everything in float32 (recipes v2-v6)
     precision: str = "bf16"
     # steps (< steps) after which the adapter so far is also saved, as OUT/step-N (an adapter folder):
