@@ -56,13 +56,14 @@ test-browser: $(VENV)/.installed
 
 # Benchmarks (not part of the tests; run them on an idle machine). `make bench` (~20 min on 2 cores):
 # every decoder vs the naive loop, the plain-HF floor and the matmul peak at batch 64 and 128, start-up,
-# sampling stability, and a ~1B model in bfloat16 with device_map="auto". `make bench-paper` (9.7 min idle, 2 threads):
+# sampling stability, and a ~1B model in bfloat16 with device_map="auto". `make bench-paper` (9.2 min idle, 2 threads):
 # the README's paper-sized Exp 1 sweep end to end, against its FLOP floor (benchmarks/paper_sweep.json).
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_exp1.py --trials 64 --batch-size 64 --startup --out benchmarks/results.json
 	$(PY) benchmarks/bench_exp1.py --trials 128 --batch-size 128 --skip-cold-load --skip-naive --out benchmarks/results_batch128.json
 	$(PY) benchmarks/bench_sampling_stability.py
 	$(PY) benchmarks/bench_big.py
+	$(PY) benchmarks/bench_decode_step.py --rows 128 --tokens 40 --temperature 1 > benchmarks/results_decode_step.json
 
 bench-paper: $(VENV)/.installed
 	$(PY) benchmarks/bench_paper_sweep.py

@@ -131,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     model = im.load_model()
     gemm = floor_mod.gemm_table(model, (64, 128, 256, 1024))
     peak = max(gemm.values())
-    prompt_lengths, new_tokens, fed_prompt, prefixes = [], [], 0, set()
+    bandwidth = floor_mod.read_bandwidth()
+    prompt_lengths, new_tokens, fed_prompt, prefixes, own = [], [], 0, set(), []
     for r in recs:
         L = r["n_prompt_tokens"]
         P = min([L - 1] + [i["window"]["start"] for i in r["injections"]])
         P = P if P >= MIN_PREFIX else 0
         fed_prompt += L - P
+        own.append(L - P)
         if P:
             prefixes.add((r["prompt"], P))
         prompt_lengths.append(L)
@@ -152,6 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         "floor_seconds": useful / 1e9 / peak, "trials_per_s": len(recs) / res["wall_seconds"],
     })
     res["fraction_of_floor"] = res["floor_seconds"] / res["wall_seconds"]
+    # the memory side (floor.py): per-row keys/values every decode step must read, and the logits rows
+    kv, lg = floor_mod.own_kv_read_bytes(model, own, new_tokens), floor_mod.logits_bytes(model, new_tokens)
+    res.update({"read_bandwidth_gb_s": bandwidth / 1e9, "own_kv_read_gb": kv / 1e9, "logits_gb": lg / 1e9,
+                "memory_seconds": (kv + lg) / bandwidth})
+    res["matmul_plus_memory_seconds"] = res["floor_seconds"] + res["memory_seconds"]
+    res["fraction_of_matmul_plus_memory"] = res["matmul_plus_memory_seconds"] / res["wall_seconds"]
+    # the same bound with the multiplies at the rate of the decode batch's row count (slots), not the best rate
+    slots = int(manifest.get("batch_size") or 0)
+    if slots in gemm:
+        res["matmul_at_slots_plus_memory_seconds"] = useful / 1e9 / gemm[slots] + res["memory_seconds"]
     if a.naive_sample:
         per_trial, n = naive_seconds_per_trial(model, a, recs)
         res["naive_sample_trials"] = n

@@ -90,3 +90,51 @@ def useful_flops(model: Any, prompt_lengths: Sequence[int], new_tokens: Sequence
     fed = sum(L - shared_prefix for L in prompt_lengths) + shared_prefix * n_prefixes
     fed += sum(max(0, n - 1) for n in new_tokens)
     return flops(model, fed, sum(new_tokens))
+
+
+# ---- the memory side: what a sweep must read besides the weights ---------------------------------------------
+#
+# The matmul floor above treats a sweep as pure matrix multiplies. Decoding also reads, for every generated
+# token, the keys and values of every position the token attends to, and writes and reads one row of logits.
+# Keys/values of a prefix that rows share can be read once per step for all of them (cascade attention), but a
+# row's own positions — its prompt beyond that prefix and its reply so far — are its alone: they are read once
+# per layer and step, a memory-bound operation whatever the batch size. On a small CPU these bytes are not
+# negligible beside the multiplies, so ``bandwidth_floor_seconds`` states them, and a sweep's time is compared
+# with both: the matmul floor (the issue's definition), and matmul + memory for an implementation that runs
+# them one after the other (a layer's attention waits for its projections) — a lower bound for such a forward.
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 3) -> float:
+    """Bytes/s of reading a float32 buffer far larger than the caches (a sum), best of ``repeats``; same process
+    and thread setting as the methods measured."""
+    x = torch.ones(megabytes * 1024 * 1024 // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * 4 / best
+
+
+def kv_bytes_per_position(model: Any) -> int:
+    """Bytes of one position's keys and values across all layers, in the model's dtype."""
+    a = model.arch
+    return 2 * a.n_layers * a.n_kv_heads * a.head_dim * torch.empty((), dtype=model.dtype).element_size()
+
+
+def own_kv_read_bytes(model: Any, own_prompt: Sequence[int], new_tokens: Sequence[int]) -> float:
+    """Keys/values a sweep's decode steps must read that no other row shares: trial ``i`` has ``own_prompt[i]``
+    prompt positions beyond its shareable prefix; the ``j``-th generated token fed back (``j = 1 .. n-1``)
+    attends to those and to the ``j`` reply tokens before it (itself included)."""
+    cols = 0
+    for own, n in zip(own_prompt, new_tokens):
+        k = max(0, n - 1)
+        cols += k * own + k * (k + 1) // 2
+    return float(cols) * kv_bytes_per_position(model)
+
+
+def logits_bytes(model: Any, new_tokens: Sequence[int]) -> float:
+    """One row of logits written and read once per generated token (the sampler's minimum)."""
+    vocab = model.hf.get_output_embeddings().weight.shape[0]
+    return 2.0 * 4 * vocab * sum(new_tokens)

@@ -46,6 +46,18 @@ def trial_seed(run_seed: int, trial_id: str) -> int:
     return int(hashlib.sha256(f"{int(run_seed)}:trial:{trial_id}".encode()).hexdigest()[:8], 16)
 
 
+def inverse_cdf(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Unnormalized cumulative distribution of ``softmax(logits / temperature)`` along the last axis (the draw
+    scales by its last entry).
+
+    Why written out: at 128 rows × a 49k vocabulary every pass over the logits is ~25 MB of memory traffic,
+    and sampling was ~5 % of a decode step. Dividing by a temperature of 1 is skipped and the exponential
+    is taken in place — the same floats as ``exp(z - max z).cumsum()`` (tested), two passes fewer."""
+    z = logits if temperature == 1 else logits / temperature
+    e = z - z.amax(-1, keepdim=True)
+    return e.exp_().cumsum(-1)
+
+
 def prefix_length(prompt: RenderedPrompt, injections: Sequence[Injection]) -> int:
     """Tokens at the start of ``prompt`` that no injection touches and that can come from a cache (0: none).
 
@@ -203,8 +215,7 @@ class _Loop:
             return logits.argmax(-1).tolist()
         # inverse-CDF sampling: one uniform per row from the row's own generator (so a trial's stream is
         # one draw per generated token, whatever else is in the batch); float32, as HF's multinomial uses
-        z = logits / self.temperature
-        cdf = torch.exp(z - z.amax(-1, keepdim=True)).cumsum(-1)  # unnormalized: the draw scales by the total
+        cdf = inverse_cdf(logits, self.temperature)
         u = torch.stack([torch.rand((), generator=r.gen) for r in rows]).to(cdf.device)
         idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
         return idx.clamp(max=cdf.shape[-1] - 1).tolist()

@@ -530,3 +530,18 @@ def test_stem_lengths_cut_prefixes_at_the_common_stem(sdpa_model):
     far = Request(render(m.tokenizer, [{"role": "user", "content": " ".join(TEXTS[:4]) + "\n\n" + "word " * 80}]), ())
     assert cont_mod.stem_lengths(reqs + [far])[-1] == len(far.prompt) - 1  # > MAX_STEM_EXTRA own columns: own group
     assert cont_mod.stem_lengths(reqs) == cont_mod.stem_lengths(list(reqs))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3])
+def test_inverse_cdf_is_the_plain_formula_to_the_bit(temperature):
+    # the sampler's pass-saving version must give the very floats of exp(z - max z).cumsum(), z = logits / T
+    # (a sampled token is where a uniform draw falls in this array, so any difference could move a token)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5003, generator=g) * 6
+    z = logits / temperature
+    want = torch.exp(z - z.amax(-1, keepdim=True)).cumsum(-1)
+    got = cont_mod.inverse_cdf(logits.clone(), temperature)
+    assert torch.equal(got, want)
+    before = logits.clone()
+    cont_mod.inverse_cdf(logits, temperature)
+    assert torch.equal(logits, before)  # the logits are not modified
