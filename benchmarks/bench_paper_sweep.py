@@ -132,19 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     gemm = floor_mod.gemm_table(model, (64, 128, 256, 1024))
     peak = max(gemm.values())
     bandwidth = floor_mod.read_bandwidth()
-    prompt_lengths, new_tokens, fed_prompt, prefixes, own = [], [], 0, set(), []
+    prompt_lengths, new_tokens, prefixes, own = [], [], set(), []
     for r in recs:
         L = r["n_prompt_tokens"]
         P = min([L - 1] + [i["window"]["start"] for i in r["injections"]])
         P = P if P >= MIN_PREFIX else 0
-        fed_prompt += L - P
-        own.append(L - P)
+        own.append(L - P)  # prompt positions beyond the shareable prefix: fed once, and this row's alone
         if P:
             prefixes.add((r["prompt"], P))
         prompt_lengths.append(L)
         new_tokens.append(r["n_new_tokens"])
     prefix_tokens = sum(P for _, P in prefixes)
-    fed = fed_prompt + prefix_tokens + sum(max(0, n - 1) for n in new_tokens)
+    fed = sum(own) + prefix_tokens + sum(max(0, n - 1) for n in new_tokens)
     useful = floor_mod.flops(model, fed, sum(new_tokens))
     res.update({
         "decode": manifest.get("decode"), "batch_size": manifest.get("batch_size"), "trials": len(recs),

@@ -99,7 +99,7 @@ def useful_flops(model: Any, prompt_lengths: Sequence[int], new_tokens: Sequence
 # Keys/values of a prefix that rows share can be read once per step for all of them (cascade attention), but a
 # row's own positions — its prompt beyond that prefix and its reply so far — are its alone: they are read once
 # per layer and step, a memory-bound operation whatever the batch size. On a small CPU these bytes are not
-# negligible beside the multiplies, so ``bandwidth_floor_seconds`` states them, and a sweep's time is compared
+# negligible beside the multiplies, so ``bench_paper_sweep`` states them (``memory_seconds``), and a sweep's time is compared
 # with both: the matmul floor (the definition), and matmul + memory for an implementation that runs
 # them one after the other (a layer's attention waits for its projections) — a lower bound for such a forward.
 
