@@ -63,7 +63,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_exp1.py --trials 128 --batch-size 128 --skip-cold-load --skip-naive --out benchmarks/results_batch128.json
 	$(PY) benchmarks/bench_sampling_stability.py
 	$(PY) benchmarks/bench_big.py
-	$(PY) benchmarks/bench_decode_step.py --rows 128 --tokens 40 --temperature 1 > benchmarks/results_decode_step.json
+	$(PY) benchmarks/bench_decode_step.py --rows 128 --tokens 50 --short 10 --temperature 1 --compile > benchmarks/results_decode_step.json
 
 bench-paper: $(VENV)/.installed
 	$(PY) benchmarks/bench_paper_sweep.py

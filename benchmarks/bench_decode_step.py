@@ -1,11 +1,22 @@
-"""Anatomy of one continuous-decode step on the real model: wall time per step against the matrix products alone.
+"""Anatomy of one continuous-decode step on the real model, against what a decode step could cost at all.
 
-Why: the paper-sized sweep runs at under half of its matmul floor; this isolates one part of it — a
-full batch of ``R`` rows of the Exp 1 prompt, one injection each, decoding exactly ``N`` tokens (no
-drain, no mixed prompts) — and states how much of a step the weight products need at ``R`` rows
-(``floor.gemm_throughput``). ``--profile FILE`` also writes torch's operator table (self time).
+Why: the paper-sized sweep runs at under half of its matmul floor; this isolates its decode step — a full
+batch of ``R`` rows of the Exp 1 prompt, one injection each (no drain, no mixed prompts) — and sets it
+beside three references measured in the same process:
 
-    INTROSPECT_MECH_THREADS=2 python benchmarks/bench_decode_step.py --rows 128 --tokens 40 --temperature 1
+- the weight products alone, at ``R`` rows and at the machine's peak (``floor.gemm_throughput``), the
+  floor's own definition;
+- a minimal decode step (``minimal_step.MinimalDecoder``): the same model's arithmetic as the fewest plain
+  torch operators, with no interventions, no shared-prefix attention, no sampler and no hooks, eager and
+  (``--compile``) through ``torch.compile``. It computes the model's logits (tested), so it is the step an
+  implementation without the engine's features could have on this machine;
+- the sampler alone (``continuous.inverse_cdf`` and the search), at ``R`` rows.
+
+The engine's step time is the slope between a run of ``--tokens`` and one of ``--short`` tokens (the prefill
+and admission cancel). The CLI's allocator setting (``allocator.keep_freed_memory``) is applied as a command
+would. ``--profile FILE`` writes torch's operator table (self time) of the ``--tokens`` run instead.
+
+    INTROSPECT_MECH_THREADS=2 python benchmarks/bench_decode_step.py --rows 128 --tokens 50 --temperature 1 --compile
 """
 
 from __future__ import annotations
@@ -13,61 +24,118 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import floor as floor_mod  # noqa: E402
+import minimal_step  # noqa: E402
+
+
+def _median_ms(fn: Callable[[], object], n: int) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=128)
-    ap.add_argument("--tokens", type=int, default=40)
-    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--tokens", type=int, default=50)
+    ap.add_argument("--short", type=int, default=10, help="the shorter run whose time is subtracted")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each length; the fastest counts")
+    ap.add_argument("--compile", action="store_true", help="also time the minimal step through torch.compile")
     ap.add_argument("--profile", default=None, help="write torch profiler's operator table here")
     a = ap.parse_args(argv)
+    if not 1 <= a.short < a.tokens:
+        ap.error("need 1 <= --short < --tokens")
     threads = int(os.environ.get("INTROSPECT_MECH_THREADS", "0")) or torch.get_num_threads()
     torch.set_num_threads(threads)
 
     import introspect_mech as im
-    from introspect_mech.continuous import Request, generate_continuous
+    from introspect_mech.allocator import keep_freed_memory
+    from introspect_mech.continuous import Request, generate_continuous, inverse_cdf
     from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
     from introspect_mech.inject import Injection, Window
 
+    kept = keep_freed_memory()
     model = im.load_model()
     p = exp1_prompt(model.tokenizer)
     layer = model.arch.resolve_layer(0.5)
     g = torch.Generator().manual_seed(0)
-    reqs = [Request(p.rendered, (Injection(torch.randn(model.arch.d_model, generator=g) * 0.2, layer, 4.0,
-                                           Window(p.start, None)),), a.tokens, i) for i in range(a.rows)]
+    vecs = [torch.randn(model.arch.d_model, generator=g) * 0.2 for _ in range(a.rows)]
+
+    def requests(n: int) -> list[Request]:
+        return [Request(p.rendered, (Injection(v, layer, 4.0, Window(p.start, None)),), n, i) for i, v in enumerate(vecs)]
+
     prefixes: dict = {}
     kw = dict(prefixes=prefixes, temperature=a.temperature)
-    list(generate_continuous(model, reqs[:2], slots=2, min_new_tokens=2, **kw))  # builds the prefix cache
+    list(generate_continuous(model, requests(2)[:2], slots=2, min_new_tokens=2, **kw))  # builds the prefix cache
     stats: dict = {}
 
-    def run() -> None:
-        list(generate_continuous(model, reqs, slots=a.rows, min_new_tokens=a.tokens, stats=stats, **kw))
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        list(generate_continuous(model, requests(n), slots=a.rows, min_new_tokens=n, stats=stats, **kw))
+        return time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    res: dict = {"rows": a.rows, "tokens": a.tokens, "short": a.short, "temperature": a.temperature,
+                 "threads": threads, "allocator_kept": kept}
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run()
+            res["profiled_wall_s"] = run(a.tokens)
         Path(a.profile).write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
-    else:
-        run()
-    wall = time.perf_counter() - t0
-    useful = floor_mod.useful_flops(model, [len(p.rendered)] * a.rows, [a.tokens] * a.rows, shared_prefix=p.start)
-    rate = floor_mod.gemm_throughput(model, a.rows)
-    res = {"rows": a.rows, "tokens": a.tokens, "temperature": a.temperature, "threads": threads,
-           "profiled": bool(a.profile), "wall_s": wall, "per_step_ms": wall / a.tokens * 1000, "stats": stats,
-           "useful_gflop": useful / 1e9, "gemm_gflops_at_rows": rate / 1e9, "matmul_only_s": useful / rate,
-           "fraction_of_gemm_at_rows": useful / rate / wall}
+    walls = {n: [run(n) for _ in range(a.repeats)] for n in (a.short, a.tokens)}
+    step_ms = (min(walls[a.tokens]) - min(walls[a.short])) / (a.tokens - a.short) * 1000
+    res["engine"] = {"wall_s": {str(n): w for n, w in walls.items()}, "decode_step_ms": step_ms, "stats": stats}
+
+    # the minimal step: the rows' own columns on average over the decode steps measured (the prompt beyond the
+    # cached prefix, and the reply so far); the engine also attends to the shared prefix, the minimal step does not
+    own = len(p.rendered) - p.start
+    columns = own + (a.short + a.tokens) // 2
+    dec = minimal_step.MinimalDecoder(model.hf, a.rows, columns)
+    ids = torch.randint(0, model.tokenizer.vocab_size, (a.rows,), generator=g)
+    res["minimal"] = {"columns": columns, "check_max_abs_logit_diff": minimal_step.check_against_hf(model.hf),
+                      "eager_step_ms": _median_ms(lambda: dec.step(ids, len(p.rendered)), 10)}
+    if a.compile:
+        try:
+            t0 = time.perf_counter()
+            dec.compiled(ids, len(p.rendered))
+            res["minimal"]["compile_s"] = time.perf_counter() - t0
+            res["minimal"]["compiled_step_ms"] = _median_ms(lambda: dec.compiled(ids, len(p.rendered)), 10)
+        except Exception as exc:  # noqa: BLE001 - no C++ compiler, an unsupported build: reported, not fatal
+            res["minimal"]["compiled_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    del dec
+
+    logits = torch.randn(a.rows, model.hf.get_output_embeddings().weight.shape[0], generator=g)
+    u = torch.rand(a.rows, 1, generator=g)
+
+    def sample() -> None:
+        cdf = inverse_cdf(logits, 1.0)
+        torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+
+    res["sampler_ms"] = _median_ms(sample, 20)
+
+    flops = floor_mod.flops(model, a.rows, a.rows)  # one step: every row's token through the blocks and the head
+    rate, peak = floor_mod.gemm_throughput(model, a.rows), floor_mod.gemm_throughput(model, 1024)
+    res.update(step_gflop=flops / 1e9, gemm_gflops_at_rows=rate / 1e9, gemm_gflops_peak=peak / 1e9,
+               products_ms_at_rows=flops / rate * 1000, products_ms_at_peak=flops / peak * 1000)
+    steps = {"engine": step_ms, "minimal_eager": res["minimal"]["eager_step_ms"]}
+    if "compiled_step_ms" in res["minimal"]:
+        steps["minimal_compiled"] = res["minimal"]["compiled_step_ms"]
+    res["fraction_of_peak_floor"] = {k: res["products_ms_at_peak"] / v for k, v in steps.items()}
+    res["fraction_of_products_at_rows"] = {k: res["products_ms_at_rows"] / v for k, v in steps.items()}
     print(json.dumps(res, indent=1))
     return 0
 

@@ -4,6 +4,9 @@ Each measurement is a fresh Python process (what a user pays per command), best 
 
 - ``python_s``, ``import_torch_s``, ``import_package_s``: the interpreter alone; ``import torch``;
   ``import introspect_mech.cli`` (no torch: the package imports its parts on first use);
+- ``import_hf_stack_s``: ``import torch``, nnsight, transformers' model-loading code and the Llama model
+  code — what any fresh process that loads an HF model through nnsight pays before reading a weight, so
+  the floor under a fresh command's start-up (which only a warm server avoids);
 - ``run``: the CLI command for a one-trial, one-token Exp 1 sweep (``run injected-thoughts``) with
   ``INTROSPECT_MECH_TIMING=1``, which makes it print, in seconds since its process started: when the
   CLI got control, when the options were checked (the experiment modules imported: torch and the
@@ -27,6 +30,10 @@ from pathlib import Path
 
 RUN_ARGS = ["run", "injected-thoughts", "--concepts", "dust", "--layers", "0.5", "--strengths", "4", "--controls",
             "control", "--control-trials", "0", "--max-new-tokens", "1", "--temperature", "0", "--no-progress"]
+
+HF_STACK = ("import torch, nnsight; from transformers import AutoModelForCausalLM, AutoTokenizer, modeling_utils; "
+            "import transformers.models.llama.modeling_llama")
+
 
 def _time(cmd: list[str], env: dict, repeats: int) -> float:
     best = float("inf")
@@ -66,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     res["python_s"] = _time([py, "-c", "pass"], env, a.repeats)
     res["import_torch_s"] = _time([py, "-c", "import torch"], env, a.repeats)
     res["import_package_s"] = _time([py, "-c", "import introspect_mech.cli"], env, a.repeats)
+    res["import_hf_stack_s"] = _time([py, "-c", HF_STACK], env, a.repeats)
     runs = _timed_runs(py, env, a.repeats)
     res["run"] = min(runs, key=lambda r: r["startup_s"])
     res["run_command_startup_s"] = res["run"]["startup_s"]

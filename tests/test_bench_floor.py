@@ -33,3 +33,18 @@ def test_own_kv_bytes_count_every_column_each_fed_token_reads(tiny_model_of):
 def test_read_bandwidth_is_a_rate():
     bw = floor.read_bandwidth(megabytes=8, repeats=1)
     assert 1e8 < bw < 1e13  # bytes/s: between 0.1 GB/s and 10 TB/s on any machine this runs on
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_minimal_decode_step_computes_the_models_logits(tiny_model_of):
+    """The decode-step bound (benchmarks/minimal_step.py) is only a bound on *this* model's step if it computes
+    it: its logits for one decode step equal HF's over the same cache (float32 rounding apart)."""
+    import minimal_step
+
+    hf = tiny_model_of("llama").hf
+    assert minimal_step.check_against_hf(hf, rows=3, columns=6) < 1e-4
+    dec = minimal_step.MinimalDecoder(hf, rows=3, columns=6)
+    other = hf.config.__class__.from_dict({**hf.config.to_dict(), "model_type": "gemma3_text"})
+    with pytest.raises(ValueError, match="Llama-family"):
+        minimal_step.MinimalDecoder(type("M", (), {"config": other})(), rows=1, columns=1)
+    assert len(dec.keys) == hf.config.num_hidden_layers
