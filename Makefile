@@ -64,6 +64,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_sampling_stability.py
 	$(PY) benchmarks/bench_big.py
 	$(PY) benchmarks/bench_decode_step.py --rows 128 --tokens 50 --short 10 --temperature 1 --compile > benchmarks/results_decode_step.json
+	$(PY) benchmarks/bench_decode_step.py --rows 128 --tokens 50 --short 10 --temperature 1 --compile --dtype bfloat16 > benchmarks/results_decode_step_bf16.json
 
 bench-paper: $(VENV)/.installed
 	$(PY) benchmarks/bench_paper_sweep.py

@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each length; the fastest counts")
     ap.add_argument("--compile", action="store_true", help="also time the minimal step through torch.compile")
+    ap.add_argument("--dtype", default=None, help="the model's dtype (default float32; bfloat16: another instrument)")
     ap.add_argument("--profile", default=None, help="write torch profiler's operator table here")
     a = ap.parse_args(argv)
     if not 1 <= a.short < a.tokens:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from introspect_mech.inject import Injection, Window
 
     kept = keep_freed_memory()
-    model = im.load_model()
+    model = im.load_model(dtype=a.dtype)
     p = exp1_prompt(model.tokenizer)
     layer = model.arch.resolve_layer(0.5)
     g = torch.Generator().manual_seed(0)
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     res: dict = {"rows": a.rows, "tokens": a.tokens, "short": a.short, "temperature": a.temperature,
-                 "threads": threads, "allocator_kept": kept}
+                 "threads": threads, "allocator_kept": kept, "dtype": str(model.dtype).replace("torch.", "")}
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             res["minimal"]["compiled_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     del dec
 
-    logits = torch.randn(a.rows, model.hf.get_output_embeddings().weight.shape[0], generator=g)
+    logits = torch.randn(a.rows, model.hf.get_output_embeddings().weight.shape[0], generator=g)  # the sampler is float32
     u = torch.rand(a.rows, 1, generator=g)
 
     def sample() -> None:

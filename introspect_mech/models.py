@@ -254,6 +254,12 @@ class Model:
     attention: bool = False
     source: str = ""
     extra: dict = field(default_factory=dict)
+    weights_fingerprint: str = ""
+    """The weights alone (``fingerprint`` also names a dtype other than float32, ``dtype_fingerprint``); what an
+    adapter's base is checked against, so an adapter trained on the float32 base also loads on a bfloat16 one."""
+
+    def __post_init__(self) -> None:
+        self.weights_fingerprint = self.weights_fingerprint or self.fingerprint
 
     @property
     def config(self) -> Any:
@@ -310,6 +316,7 @@ class Model:
             "n_heads": a.n_heads,
             "n_kv_heads": a.n_kv_heads,
             "head_dim": a.head_dim,
+            "dtype": None if self.remote else str(self.dtype).replace("torch.", ""),
             "remote": self.remote,
             "source": self.source,
             **({"adapter": self.extra["adapter"]} if "adapter" in self.extra else {}),
@@ -323,6 +330,19 @@ def _register_for_remote() -> None:
     import introspect_mech
 
     nnsight.register(introspect_mech)
+
+
+def dtype_fingerprint(weights_fingerprint: str, dtype: torch.dtype) -> str:
+    """The fingerprint of a model as it computes: its weights' fingerprint, joined with the dtype it runs in
+    unless that is float32.
+
+    Why: ``fingerprint_module`` sums the parameters, and a checkpoint stored in bfloat16 (most on the Hub) sums
+    to the same values loaded in float32 or in bfloat16 — so without the dtype a run started in one precision
+    would resume in the other and mix their trials, and concept vectors extracted in one would be served to
+    the other. Float32 fingerprints are unchanged, so runs and caches made before keep theirs."""
+    if dtype == torch.float32:
+        return weights_fingerprint
+    return hashlib.sha256(f"{weights_fingerprint}:{str(dtype).replace('torch.', '')}".encode()).hexdigest()[:16]
 
 
 def fingerprint_module(module: torch.nn.Module | None, config: Any, name: str) -> str:
@@ -403,15 +423,17 @@ def wrap(
     tokenizer.padding_side = "left"
     hf_model.eval()
     nn_model = TransformersModel(hf_model, tokenizer=tokenizer)
+    weights = fingerprint or fingerprint_module(hf_model, hf_model.config, name)
     return Model(
         name=name,
         nn=nn_model,
         tokenizer=tokenizer,
         arch=arch,
-        fingerprint=fingerprint or fingerprint_module(hf_model, hf_model.config, name),
+        fingerprint=dtype_fingerprint(weights, next(hf_model.parameters()).dtype),
         hf=hf_model,
         attention=attention,
         source=source,
+        weights_fingerprint=weights,
     )
 
 
@@ -551,6 +573,7 @@ def load_model(
     info = adapters.summary(meta, adapter)
     model = wrap(hf_model, tokenizer, name=f"{display}+{info['name']}", attention=attention,
                  source=f"{source}+adapter:{Path(adapter).expanduser().resolve()}")
-    model.fingerprint = adapters.adapter_fingerprint(base_fp, meta)
+    model.weights_fingerprint = adapters.adapter_fingerprint(base_fp, meta)
+    model.fingerprint = dtype_fingerprint(model.weights_fingerprint, model.dtype)
     model.extra["adapter"] = info
     return model

@@ -380,7 +380,7 @@ def _resume_options(old: dict, new: dict) -> str:
         if k in RUN_FLAGS and a is not None:
             out.append(f"{RUN_FLAGS[k]} {as_option_text(a)}")
         elif k == "model_fingerprint":
-            out.append("the same --model/--adapter")
+            out.append("the same --model/--adapter/--dtype")
         elif k == "config" and isinstance(a, dict) and isinstance(b, dict):
             for f in sorted(set(a) | set(b)):
                 if a.get(f) != b.get(f) and f in flags:

@@ -123,7 +123,7 @@ class TrainConfig:
         from .adapter import read_adapter
 
         tensors, meta = read_adapter(self.init_adapter)
-        if meta["base_model"].get("fingerprint") != model.fingerprint:
+        if meta["base_model"].get("fingerprint") != model.weights_fingerprint:
             raise ConfigError(f"--init-adapter {self.init_adapter} was trained on another base model "
                               f"({meta['base_model'].get('name')}); start from an adapter of this model")
         spec, theirs = asdict(self.lora_spec(model)), meta["lora"]
@@ -381,7 +381,7 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
                  "s_per_step": round(train_s / max(1, done), 3)}
             meta = {
                 "name": name,
-                "base_model": {"name": model.name, "fingerprint": model.fingerprint, "source": model.source},
+                "base_model": {"name": model.name, "fingerprint": model.weights_fingerprint, "source": model.source},
                 "lora": asdict(spec),
                 "config": cfg.to_dict(),
                 "config_digest": digest,
