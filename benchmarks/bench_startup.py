@@ -6,7 +6,8 @@ Each measurement is a fresh Python process (what a user pays per command), best 
   ``import introspect_mech.cli`` (no torch: the package imports its parts on first use);
 - ``import_hf_stack_s``: ``import torch``, nnsight, transformers' model-loading code and the Llama model
   code — what any fresh process that loads an HF model through nnsight pays before reading a weight, so
-  the floor under a fresh command's start-up (which only a warm server avoids);
+  the floor under a fresh command's start-up (which only a warm server avoids); timed by the process's own
+  clock from its start, as the run command's marks are;
 - ``run``: the CLI command for a one-trial, one-token Exp 1 sweep (``run injected-thoughts``) with
   ``INTROSPECT_MECH_TIMING=1``, which makes it print, in seconds since its process started: when the
   CLI got control, when the options were checked (the experiment modules imported: torch and the
@@ -33,6 +34,14 @@ RUN_ARGS = ["run", "injected-thoughts", "--concepts", "dust", "--layers", "0.5",
 
 HF_STACK = ("import torch, nnsight; from transformers import AutoModelForCausalLM, AutoTokenizer, modeling_utils; "
             "import transformers.models.llama.modeling_llama")
+
+
+def _stack_import(py: str, env: dict) -> float:
+    """Seconds from a fresh process's start until ``HF_STACK`` is imported, by the same clock as the run command's
+    marks (the process's own start time), so interpreter exit is not counted."""
+    code = HF_STACK + "; from introspect_mech.cli import _since_process_start as t; print(t())"
+    out = subprocess.run([py, "-c", code], env=env, check=True, capture_output=True, text=True)
+    return float(out.stdout.split()[-1])
 
 
 def _time(cmd: list[str], env: dict, repeats: int) -> float:
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     res["python_s"] = _time([py, "-c", "pass"], env, a.repeats)
     res["import_torch_s"] = _time([py, "-c", "import torch"], env, a.repeats)
     res["import_package_s"] = _time([py, "-c", "import introspect_mech.cli"], env, a.repeats)
-    res["import_hf_stack_s"] = _time([py, "-c", HF_STACK], env, a.repeats)
+    res["import_hf_stack_s"] = min(_stack_import(py, env) for _ in range(a.repeats))
     runs = _timed_runs(py, env, a.repeats)
     res["run"] = min(runs, key=lambda r: r["startup_s"])
     res["run_command_startup_s"] = res["run"]["startup_s"]
