@@ -254,9 +254,11 @@ def extract_concept_vectors(
     layer_ids = model.arch.resolve_layers(layers)
     fmt_used = "chat" if (fmt == "chat" or (fmt == "auto" and model.has_chat_template)) else "raw"
     _, system_text = resolve_system(model.tokenizer, system, fmt_used)
+    # the dtype is in the key although the fingerprint names it: cache entries from before it did (a bfloat16
+    # load of a bfloat16-stored checkpoint then had float32's fingerprint) are not served
     key = {"v": FORMAT_VERSION, "method": "mean_subtraction", "words": [w.lower() for w in words],
            "baseline": _hash_list(w.lower() for w in baseline), "layers": layer_ids, "fmt": fmt_used,
-           "system": system_text}
+           "system": system_text, "dtype": str(model.dtype).replace("torch.", "")}
     path = _cache_path(model, key)
     if cache and _artefact_paths(path)[1].exists():
         try:
@@ -273,6 +275,7 @@ def extract_concept_vectors(
         "method": "mean_subtraction",
         "model_name": model.name,
         "model_fingerprint": model.fingerprint,
+        "model_dtype": key["dtype"],
         "prompt_format": fmt_used,
         "prompt_template": protocol.load_protocol()["concept_vector"]["prompt_turns"][0]["content"],
         "read_position": "last token of the rendered prompt (end of the generation prompt)",
@@ -319,6 +322,6 @@ def extract_contrastive(
     acts, mean_norms = _last_token_residuals(model, pos + neg, layer_ids, batch_size)
     vec = acts[: len(pos)].mean(0) - acts[len(pos):].mean(0)
     meta = {"method": "contrastive", "model_name": model.name, "model_fingerprint": model.fingerprint,
-            "prompt_format": pos[0].fmt, "n_pairs": len(pairs), "protocol_hash": protocol.protocol_hash(),
+            "model_dtype": str(model.dtype).replace("torch.", ""), "prompt_format": pos[0].fmt, "n_pairs": len(pairs), "protocol_hash": protocol.protocol_hash(),
             "system_choice": system, "system_prompt": pos[0].system}
     return ConceptVectors([name.lower()], layer_ids, vec[None], meta, mean_norms)

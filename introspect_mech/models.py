@@ -255,8 +255,10 @@ class Model:
     source: str = ""
     extra: dict = field(default_factory=dict)
     weights_fingerprint: str = ""
-    """The weights alone (``fingerprint`` also names a dtype other than float32, ``dtype_fingerprint``); what an
-    adapter's base is checked against, so an adapter trained on the float32 base also loads on a bfloat16 one."""
+    """The weights alone, as loaded (``fingerprint`` also names a dtype other than float32, ``dtype_fingerprint``);
+    what an adapter's base is checked against. So an adapter loads on its base in another dtype only where that
+    dtype holds the same weights exactly (a checkpoint stored in bfloat16, loaded in float32 or bfloat16); weights
+    rounded to another dtype are other weights (SmolLM2's float32 export in bfloat16), and it is refused."""
 
     def __post_init__(self) -> None:
         self.weights_fingerprint = self.weights_fingerprint or self.fingerprint
@@ -339,7 +341,10 @@ def dtype_fingerprint(weights_fingerprint: str, dtype: torch.dtype) -> str:
     Why: ``fingerprint_module`` sums the parameters, and a checkpoint stored in bfloat16 (most on the Hub) sums
     to the same values loaded in float32 or in bfloat16 — so without the dtype a run started in one precision
     would resume in the other and mix their trials, and concept vectors extracted in one would be served to
-    the other. Float32 fingerprints are unchanged, so runs and caches made before keep theirs."""
+    the other. Float32 fingerprints are unchanged, so float32 runs made before keep theirs. The price: a run or
+    an organism checkpoint that an earlier version made in bfloat16 from a bfloat16-stored checkpoint carries
+    the fingerprint float32 has now, and its manifest records no dtype, so the two cannot be told apart (concept
+    vectors are keyed by dtype too, so those are extracted again)."""
     if dtype == torch.float32:
         return weights_fingerprint
     return hashlib.sha256(f"{weights_fingerprint}:{str(dtype).replace('torch.', '')}".encode()).hexdigest()[:16]

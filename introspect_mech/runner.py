@@ -363,7 +363,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 RUN_FLAGS = {"batch_size": "--batch-size", "temperature": "--temperature", "seed": "--seed", "decode": "--decode"}
 
 
-def _resume_options(old: dict, new: dict) -> str:
+def _resume_options(old: dict, new: dict, stored_dtype: str | None = None) -> str:
     """The command-line options that resume the stored run, for each setting that differs: ``--batch-size 2
     --decode continuous`` (config fields by their experiment's flag; the model by --model/--adapter)."""
     from .experiments import registry
@@ -380,7 +380,8 @@ def _resume_options(old: dict, new: dict) -> str:
         if k in RUN_FLAGS and a is not None:
             out.append(f"{RUN_FLAGS[k]} {as_option_text(a)}")
         elif k == "model_fingerprint":
-            out.append("the same --model/--adapter/--dtype")
+            out.append(f"the same --model/--adapter with --dtype {stored_dtype}" if stored_dtype
+                       else "the same --model/--adapter/--dtype")
         elif k == "config" and isinstance(a, dict) and isinstance(b, dict):
             for f in sorted(set(a) | set(b)):
                 if a.get(f) != b.get(f) and f in flags:
@@ -507,7 +508,8 @@ def run_sweep(
                                     "are unknown; restore the manifest, or move the run folder aside and start afresh")
             diff = _differences(_stored_settings(old), settings)
             if diff:
-                fix = _resume_options(_stored_settings(old), settings)
+                stored_model = old.get("model") if isinstance(old.get("model"), dict) else {}
+                fix = _resume_options(_stored_settings(old), settings, stored_model.get("dtype"))
                 raise ArtifactError(f"{out} holds a run with other settings: {'; '.join(diff)}. Resume it with the "
                                     f"same options{f' ({fix})' if fix else ''} (and package version), or pass a new "
                                     "--out")

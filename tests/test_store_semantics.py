@@ -353,7 +353,7 @@ def test_corrupt_lines_give_one_line_errors_and_repair_keeps_the_rest(tmp_path, 
     assert (run / "results.jsonl.corrupt").read_bytes() == bad
 
 
-def test_resume_refuses_another_dtype_of_the_same_weights(tiny_model_of, tmp_path, monkeypatch):
+def test_resume_refuses_another_dtype_of_the_same_weights(tmp_path, monkeypatch):
     """A checkpoint stored in bfloat16 (most on the Hub) has the same parameter sums loaded in float32 or in
     bfloat16, so a fingerprint of the weights alone let a float32 run resume in bfloat16 and mix the two. The
     model's fingerprint names a dtype other than float32 (float32 fingerprints are unchanged); the weights'
@@ -362,19 +362,30 @@ def test_resume_refuses_another_dtype_of_the_same_weights(tiny_model_of, tmp_pat
 
     from introspect_mech.models import fingerprint_module, load_model
 
+    from conftest import build_tiny_hf, make_tiny_tokenizer
+
     monkeypatch.setenv("INTROSPECT_MECH_CACHE", str(tmp_path / "cache"))
-    m = tiny_model_of("llama")
+    tok = make_tiny_tokenizer()
+    hf = build_tiny_hf("llama", tok)  # its own model: saving one edits its config (the session's tiny model stays as is)
     folder = tmp_path / "bf16-native"
-    state = {k: v.to(torch.bfloat16).float() for k, v in m.hf.state_dict().items()}
-    m.hf.save_pretrained(folder, state_dict=state)
-    m.tokenizer.save_pretrained(folder)
+    hf.save_pretrained(folder, state_dict={k: v.to(torch.bfloat16).float() for k, v in hf.state_dict().items()})
+    tok.save_pretrained(folder)
     f32, b16 = load_model(str(folder)), load_model(str(folder), dtype="bfloat16")
     assert f32.fingerprint == fingerprint_module(f32.hf, f32.hf.config, "x") == f32.weights_fingerprint
     assert b16.weights_fingerprint == f32.weights_fingerprint  # the same weights, exactly
     assert b16.fingerprint != f32.fingerprint
     out = tmp_path / "run"
     assert _started(f32, out)["model"]["dtype"] == "float32"  # the manifest says which
-    with pytest.raises(ArtifactError, match="model_fingerprint.*--dtype"):
+    with pytest.raises(ArtifactError, match="model_fingerprint.*with --dtype float32"):
         run_sweep(TinySweep(), b16, out, **KW)
     res = run_sweep(TinySweep(), f32, out, **KW)  # the float32 model resumes it
     assert res.n_done_before > 0
+    # concept vectors: one cache entry per dtype, each saying which
+    from introspect_mech.concepts import extract_concept_vectors
+
+    kw = dict(baseline=["apple", "river"], layers=[1])
+    v32, v16 = (extract_concept_vectors(m, ["dust"], **kw) for m in (f32, b16))
+    assert (v32.meta["model_dtype"], v16.meta["model_dtype"]) == ("float32", "bfloat16")
+    assert len(list((tmp_path / "cache" / "vectors").iterdir())) == 2 * 2  # two entries (tensors + metadata each)
+    again = extract_concept_vectors(f32, ["dust"], **kw)
+    assert again.meta.get("loaded_from_cache") and again.meta["model_dtype"] == "float32"

@@ -221,7 +221,8 @@ def apply_adapter(hf_model: Any, arch: Any, path: str | os.PathLike, base_finger
     if want != base_fingerprint:
         raise ArtifactError(f"adapter {path} was trained on base model {meta['base_model'].get('name')} "
                             f"(fingerprint {want}), not on this model (fingerprint {base_fingerprint}); "
-                            "load it with the --model it was trained on")
+                            "load it with the --model it was trained on, in a dtype that holds its weights "
+                            "exactly (--dtype: weights rounded to another dtype are other weights)")
     spec = LoraSpec(**meta["lora"])
     spec.validate(arch.n_layers)
     return merge_adapter(hf_model, arch, tensors, spec), meta

@@ -125,7 +125,8 @@ class TrainConfig:
         tensors, meta = read_adapter(self.init_adapter)
         if meta["base_model"].get("fingerprint") != model.weights_fingerprint:
             raise ConfigError(f"--init-adapter {self.init_adapter} was trained on another base model "
-                              f"({meta['base_model'].get('name')}); start from an adapter of this model")
+                              f"({meta['base_model'].get('name')}), or on its weights in another --dtype; start from "
+                              "an adapter of this model")
         spec, theirs = asdict(self.lora_spec(model)), meta["lora"]
         diff = [k for k in ("rank", "alpha", "layers", "target_modules") if spec[k] != theirs.get(k)]
         if diff:
