@@ -180,6 +180,7 @@ def test_a_few_training_steps_lower_the_loss_on_the_planted_task(tiny_model_of, 
     assert after < 0.6 * before, (before, after)
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
     assert meta["lora"]["layers"] == [2]  # only above the injection layers 0-1
+    assert meta["base_model"]["fingerprint"] == model.weights_fingerprint and meta["base_model"]["dtype"] == "float32"
     assert meta["split"]["test"] == held_out_words() and not set(meta["split"]["train"]) & set(held_out_words())
     assert meta["timing"]["train_s"] > 0 and len(meta["loss_curve"]) == 30
 

@@ -382,7 +382,8 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
                  "s_per_step": round(train_s / max(1, done), 3)}
             meta = {
                 "name": name,
-                "base_model": {"name": model.name, "fingerprint": model.weights_fingerprint, "source": model.source},
+                "base_model": {"name": model.name, "fingerprint": model.weights_fingerprint, "source": model.source,
+                               "dtype": str(model.dtype).replace("torch.", "")},
                 "lora": asdict(spec),
                 "config": cfg.to_dict(),
                 "config_digest": digest,
