@@ -112,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="im-paper-sweep-")) / "run"
     cmd = [sys.executable, "-m", "introspect_mech", "run", "injected-thoughts", "--layers", a.layers, "--strengths",
            a.strengths, *README_ARGS, "--out", str(out), "--no-progress", *a.extra]
+    # warm the caches the timed command reads (model export, fingerprint, the paper concepts' vectors at these
+    # layers) with a one-token run of the same concepts and layers, so the timing is the README's with cached
+    # model and vectors, whatever ran before (a changed vector-cache key would otherwise be paid inside it)
+    with tempfile.TemporaryDirectory() as warm:
+        subprocess.run([sys.executable, "-m", "introspect_mech", "run", "injected-thoughts", "--layers", a.layers,
+                        "--strengths", a.strengths.split(",")[0], "--concepts", "paper", "--controls", "control",
+                        "--control-trials", "0", "--max-new-tokens", "1", "--temperature", "0", "--no-progress",
+                        "--out", f"{warm}/run", *a.extra], check=True, capture_output=True)
     res: dict = {"machine": machine(), "threads": threads, "command": " ".join(cmd[1:]),
                  "load_average_before": os.getloadavg()}
     t0 = time.perf_counter()
