@@ -57,7 +57,7 @@ test-browser: $(VENV)/.installed
 # Benchmarks (not part of the tests; run them on an idle machine). `make bench` (~25 min on 2 cores):
 # every decoder vs the naive loop, the plain-HF floor and the matmul peak at batch 64 and 128, start-up,
 # sampling stability, a ~1B model in bfloat16 with device_map="auto", and a decode step against a minimal (and a
-# compiled) step of the same model, in float32 and bfloat16. `make bench-paper` (9.2 min idle, 2 threads):
+# compiled) step of the same model, in float32 and bfloat16. `make bench-paper` (9.2-11.1 min idle, 2 threads):
 # the README's paper-sized Exp 1 sweep end to end, against its FLOP floor (benchmarks/paper_sweep.json).
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_exp1.py --trials 64 --batch-size 64 --startup --out benchmarks/results.json
