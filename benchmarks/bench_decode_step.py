@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from introspect_mech.continuous import Request, generate_continuous, inverse_cdf
     from introspect_mech.experiments.injected_thoughts.prompt import exp1_prompt
     from introspect_mech.inject import Injection, Window
+    from introspect_mech.models import dtype_name
 
     kept = keep_freed_memory()
     model = im.load_model(dtype=a.dtype)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t0
 
     res: dict = {"rows": a.rows, "tokens": a.tokens, "short": a.short, "temperature": a.temperature,
-                 "threads": threads, "allocator_kept": kept, "dtype": str(model.dtype).replace("torch.", "")}
+                 "threads": threads, "allocator_kept": kept, "dtype": dtype_name(model.dtype)}
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 

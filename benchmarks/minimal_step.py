@@ -123,10 +123,9 @@ def check_against_hf(hf: Any, rows: int = 2, columns: int = 7, seed: int = 0) ->
     prompt = torch.randint(0, vocab, (rows, columns), generator=g)
     new = torch.randint(0, vocab, (rows,), generator=g)
     with torch.no_grad():
-        out = hf(prompt, use_cache=True)
-        ref = hf(new[:, None], cache=out.past_key_values, use_cache=True).logits[:, -1]
+        past = hf(prompt, use_cache=True).past_key_values
         dec = MinimalDecoder(hf, rows, columns)
-        prefill = hf(prompt, use_cache=True)  # a fresh cache (the reference step appended to the first)
-        dec.load(prefill.past_key_values)
+        dec.load(past)  # copied before the reference step appends the new token to the same cache
+        ref = hf(new[:, None], cache=past, use_cache=True).logits[:, -1]
         got = dec.step(new, columns)
     return float((got - ref).abs().max())

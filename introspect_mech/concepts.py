@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from . import protocol
 from .errors import ArtifactError, ConceptError, MissingFileError, VectorError
 from .execution import forward
+from .models import dtype_name
 from .prompts import RenderedPrompt, Turn, render
 from .record import RecordSpec
 from .store import atomic_write_with
@@ -258,7 +259,7 @@ def extract_concept_vectors(
     # load of a bfloat16-stored checkpoint then had float32's fingerprint) are not served
     key = {"v": FORMAT_VERSION, "method": "mean_subtraction", "words": [w.lower() for w in words],
            "baseline": _hash_list(w.lower() for w in baseline), "layers": layer_ids, "fmt": fmt_used,
-           "system": system_text, "dtype": str(model.dtype).replace("torch.", "")}
+           "system": system_text, "dtype": dtype_name(model.dtype)}
     path = _cache_path(model, key)
     if cache and _artefact_paths(path)[1].exists():
         try:
@@ -322,6 +323,7 @@ def extract_contrastive(
     acts, mean_norms = _last_token_residuals(model, pos + neg, layer_ids, batch_size)
     vec = acts[: len(pos)].mean(0) - acts[len(pos):].mean(0)
     meta = {"method": "contrastive", "model_name": model.name, "model_fingerprint": model.fingerprint,
-            "model_dtype": str(model.dtype).replace("torch.", ""), "prompt_format": pos[0].fmt, "n_pairs": len(pairs), "protocol_hash": protocol.protocol_hash(),
+            "model_dtype": dtype_name(model.dtype), "prompt_format": pos[0].fmt, "n_pairs": len(pairs),
+            "protocol_hash": protocol.protocol_hash(),
             "system_choice": system, "system_prompt": pos[0].system}
     return ConceptVectors([name.lower()], layer_ids, vec[None], meta, mean_norms)

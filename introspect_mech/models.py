@@ -318,7 +318,7 @@ class Model:
             "n_heads": a.n_heads,
             "n_kv_heads": a.n_kv_heads,
             "head_dim": a.head_dim,
-            "dtype": None if self.remote else str(self.dtype).replace("torch.", ""),
+            "dtype": None if self.remote else dtype_name(self.dtype),
             "remote": self.remote,
             "source": self.source,
             **({"adapter": self.extra["adapter"]} if "adapter" in self.extra else {}),
@@ -334,6 +334,11 @@ def _register_for_remote() -> None:
     nnsight.register(introspect_mech)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: how manifests, caches and adapters name a dtype."""
+    return str(dtype).replace("torch.", "")
+
+
 def dtype_fingerprint(weights_fingerprint: str, dtype: torch.dtype) -> str:
     """The fingerprint of a model as it computes: its weights' fingerprint, joined with the dtype it runs in
     unless that is float32.
@@ -347,7 +352,7 @@ def dtype_fingerprint(weights_fingerprint: str, dtype: torch.dtype) -> str:
     vectors are keyed by dtype too, so those are extracted again)."""
     if dtype == torch.float32:
         return weights_fingerprint
-    return hashlib.sha256(f"{weights_fingerprint}:{str(dtype).replace('torch.', '')}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{weights_fingerprint}:{dtype_name(dtype)}".encode()).hexdigest()[:16]
 
 
 def fingerprint_module(module: torch.nn.Module | None, config: Any, name: str) -> str:

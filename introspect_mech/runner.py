@@ -506,10 +506,11 @@ def run_sweep(
             if old is None:
                 raise ArtifactError(f"{rpath} holds {len(records)} trials but {mpath} is missing, so their settings "
                                     "are unknown; restore the manifest, or move the run folder aside and start afresh")
-            diff = _differences(_stored_settings(old), settings)
+            stored = _stored_settings(old)
+            diff = _differences(stored, settings)
             if diff:
                 stored_model = old.get("model") if isinstance(old.get("model"), dict) else {}
-                fix = _resume_options(_stored_settings(old), settings, stored_model.get("dtype"))
+                fix = _resume_options(stored, settings, stored_model.get("dtype"))
                 raise ArtifactError(f"{out} holds a run with other settings: {'; '.join(diff)}. Resume it with the "
                                     f"same options{f' ({fix})' if fix else ''} (and package version), or pass a new "
                                     "--out")

@@ -35,6 +35,7 @@ from ..inject import Injection
 from ..record import RecordSpec
 from ..store import atomic_write_with
 from .adapter import META_FILE, LoraSpec, attach_lora, linear_module_names, lora_state, save_adapter
+from ..models import dtype_name
 from .forcing import forced_loss, make_forced_batch
 from .recipe import Example, Recipe, RecipeConfig
 from .words import build_split
@@ -383,7 +384,7 @@ def train_organism(model: Model, cfg: TrainConfig, out: str | os.PathLike, *, pr
             meta = {
                 "name": name,
                 "base_model": {"name": model.name, "fingerprint": model.weights_fingerprint, "source": model.source,
-                               "dtype": str(model.dtype).replace("torch.", "")},
+                               "dtype": dtype_name(model.dtype)},
                 "lora": asdict(spec),
                 "config": cfg.to_dict(),
                 "config_digest": digest,
